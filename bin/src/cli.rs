@@ -1,0 +1,92 @@
+//! The command-line interface (clap). Flags override the config file and `STUDIO_*`
+//! environment variables; see `config/default.toml` for every setting.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Studio: a stream-processing dataflow for event-sourced documents.
+#[derive(Debug, Parser)]
+#[command(name = "studio", version, about, long_about = None)]
+pub struct Cli {
+    /// A TOML config file (defaults < file < STUDIO_* env < flags).
+    #[arg(long, global = true, env = "STUDIO_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log formats.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Studio's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Replay delta logs (JSONL) into the views, as fast as the machine allows, and
+    /// print a summary. Exits 0 when the replay completed, dead letters or not.
+    Replay(ReplayArgs),
+    /// Write a synthetic, valid delta log to stdout (or --out).
+    Gen(GenArgs),
+}
+
+/// `studio replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Delta logs, read in the order given as one log.
+    #[arg(required = true, value_name = "LOG.jsonl")]
+    pub logs: Vec<PathBuf>,
+    /// The view database: a SQLite file (created; its view tables are replaced).
+    #[arg(long, value_name = "PATH.sqlite")]
+    pub db: String,
+    /// Timely worker threads [config: replay.workers].
+    #[arg(long, short = 'w')]
+    pub workers: Option<usize>,
+    /// Records per dataflow timestamp [config: replay.batch_records].
+    #[arg(long)]
+    pub batch_records: Option<u64>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Never draw a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// `studio gen`.
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Number of blobs.
+    #[arg(long, default_value_t = 1000)]
+    pub blobs: u64,
+    /// Number of valid deltas (at least one create per blob).
+    #[arg(long, default_value_t = 10_000)]
+    pub deltas: u64,
+    /// Random seed: the same flags give the same log.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Probability per delta of a re-sent copy (S4.2).
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_rate: f64,
+    /// Probability per delta of an extra malformed line (S1.1).
+    #[arg(long, default_value_t = 0.0)]
+    pub malformed_rate: f64,
+    /// Shuffle lines within windows of this many (out-of-order arrival, S4.1).
+    #[arg(long, default_value_t = 0)]
+    pub shuffle_window: usize,
+    /// Write here instead of stdout.
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+}

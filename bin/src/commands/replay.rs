@@ -1,0 +1,128 @@
+//! `studio replay`: a bounded replay of delta logs into the views, with a progress bar
+//! and a summary.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use studio_config::Config;
+use studio_connectors::file::FileSource;
+use studio_connectors::sqlite::{SqliteOptions, SqliteViews};
+use studio_dataflow::replay::{Progress, ReplayReport, replay};
+
+use crate::cli::ReplayArgs;
+
+pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(config_file)?;
+    if let Some(workers) = args.workers {
+        config.replay.workers = workers;
+    }
+    if let Some(batch) = args.batch_records {
+        config.replay.batch_records = batch;
+    }
+    config.validate()?;
+
+    for log in &args.logs {
+        if !log.is_file() {
+            bail!("cannot read delta log {}: no such file", log.display());
+        }
+    }
+    let Some(path) = SqliteViews::path_of(&args.db) else {
+        bail!(
+            "--db {}: only SQLite files are supported so far (a path or sqlite://PATH)",
+            args.db
+        );
+    };
+    let sink = SqliteViews::open(&SqliteOptions {
+        path: path.to_path_buf(),
+        cache_size_kib: config.sqlite.cache_size_kib,
+        recreate: true,
+    })
+    .with_context(|| format!("cannot use {} as the view database", path.display()))?;
+
+    let progress = Arc::new(Progress::default());
+    let total = FileSource::total_bytes(&args.logs);
+    let bar = (!args.no_progress && std::io::stderr().is_terminal())
+        .then(|| spawn_progress_bar(&progress, total));
+    tracing::info!(logs = ?args.logs, db = %path.display(), workers = config.replay.workers, "replay starting");
+    let report = replay(
+        &args.logs,
+        &config.replay,
+        Box::new(sink),
+        Arc::clone(&progress),
+    );
+    if let Some((bar, handle)) = bar {
+        bar.finish_and_clear();
+        let _ = handle.join();
+    }
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_summary(&report, path);
+    }
+    if !report.counts_add_up() {
+        bail!(
+            "counts do not add up: {} accepted + {} duplicates + {} dead letters != {} records read (a bug: please report it)",
+            report.accepted,
+            report.duplicates,
+            report.dead_letters,
+            report.records_read
+        );
+    }
+    Ok(())
+}
+
+fn spawn_progress_bar(
+    progress: &Arc<Progress>,
+    total: u64,
+) -> (indicatif::ProgressBar, std::thread::JoinHandle<()>) {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} replay [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}",
+        )
+        .expect("valid template"),
+    );
+    let (bar2, progress) = (bar.clone(), Arc::clone(progress));
+    let handle = std::thread::spawn(move || {
+        while !bar2.is_finished() {
+            bar2.set_position(progress.bytes_read.load(Ordering::Relaxed));
+            bar2.set_message(format!(
+                "{} accepted",
+                progress.accepted.load(Ordering::Relaxed)
+            ));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    (bar, handle)
+}
+
+fn print_summary(r: &ReplayReport, db: &Path) {
+    println!(
+        "replayed {} records into {} with {} worker{} in {:.2} s ({:.0} records/s)",
+        r.records_read,
+        db.display(),
+        r.workers,
+        if r.workers == 1 { "" } else { "s" },
+        r.wall_seconds,
+        r.records_per_second
+    );
+    println!("  accepted      {:>10}", r.accepted);
+    println!("  duplicates    {:>10}", r.duplicates);
+    println!("  dead letters  {:>10}", r.dead_letters);
+    for (reason, count) in &r.dead_letters_by_reason {
+        println!("    {reason:<34} {count:>8}");
+    }
+    println!(
+        "  batches       {:>10} in {} transactions; batch latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        r.batches,
+        r.transactions,
+        r.batch_latency_ms.p50,
+        r.batch_latency_ms.p99,
+        r.batch_latency_ms.max
+    );
+}

@@ -1,0 +1,486 @@
+//! [`BlobLedger`]: one blob's state and the rules that move it (SPEC S3, S4).
+//!
+//! A ledger takes the deltas of its blob in log order ([`BlobLedger::offer`]) and
+//! applies each one whose version is the current version + 1. A delta that is ahead
+//! waits in `pending` until the gap is filled; deltas that wait for the same version are
+//! tried in log order and the first that applies wins (S4.3). Every rejection becomes a
+//! dead letter and leaves the blob as it was (S4.5).
+//!
+//! `revert` needs old documents, so the ledger keeps one [`Step`] per version: the
+//! initial document, each patch, each delete and each revert. The document at version
+//! `k` is rebuilt by walking back from `k` to the create (following reverts) and
+//! replaying the patches on the way: memory grows with the patches, not with
+//! snapshots of the document.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    AppliedRow, BlobRow, DeadLetter, Delta, Operation, PatchFormat, ProcessedRow, Reason, Timestamp,
+};
+
+/// What offering deltas to ledgers produced, accumulated across ledgers.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Accepted deltas.
+    pub applied: Vec<AppliedRow>,
+    /// Rejected deltas.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl Effects {
+    fn reject(&mut self, delta: Delta, reason: Reason) {
+        self.dead_letters.push(DeadLetter {
+            pos: delta.pos,
+            delta_id: Some(delta.id),
+            blob_id: Some(delta.blob_id),
+            reason,
+            raw: delta.raw.into_boxed_bytes().into_vec(),
+        });
+    }
+}
+
+/// One entry of a blob's history: enough to rebuild the document at that version.
+#[derive(Clone, Debug)]
+enum Step {
+    /// The create's document, as compact JSON.
+    Create(Box<str>),
+    /// A patch that applied.
+    Patch(PatchFormat, Box<str>),
+    /// A transform without a patch: the document did not change.
+    Unchanged,
+    /// A soft delete.
+    Delete,
+    /// A revert to this version.
+    Revert(u64),
+}
+
+/// The live state of a created blob (SPEC S2).
+#[derive(Clone, Debug)]
+struct BlobState {
+    blob_id: Uuid,
+    user_id: Uuid,
+    version: u64,
+    doc: Value,
+    content_type: String,
+    parent_id: Option<Uuid>,
+    child_ids: Vec<Uuid>,
+    processed_by: BTreeMap<String, (u64, Uuid)>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    deleted_at: Option<Timestamp>,
+    /// The version the delete made, while deleted.
+    deleted_version: Option<u64>,
+    /// `history[v - 1]` made version `v`.
+    history: Vec<Step>,
+}
+
+/// One blob's state, its waiting deltas, and what was last emitted for it.
+#[derive(Debug, Default)]
+pub struct BlobLedger {
+    state: Option<BlobState>,
+    /// Deltas ahead of the current version, by version, each list in log order.
+    pending: BTreeMap<u64, Vec<Delta>>,
+    /// The `blobs` row last emitted, to retract it when the blob changes.
+    emitted_row: Option<BlobRow>,
+    /// The `processed_by` rows last emitted.
+    emitted_processed: BTreeMap<String, (u64, Uuid)>,
+    /// Changed since the last [`BlobLedger::flush`].
+    dirty: bool,
+}
+
+/// Content type of a create without `metadata.content_type` (S3.1).
+pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
+
+impl BlobLedger {
+    /// The current version (0 before the create).
+    pub fn version(&self) -> u64 {
+        self.state.as_ref().map_or(0, |s| s.version)
+    }
+
+    /// Number of deltas waiting for a gap to fill.
+    pub fn pending_len(&self) -> usize {
+        self.pending.values().map(Vec::len).sum()
+    }
+
+    /// The blob's child edges so far (from `child_ids` of accepted deltas).
+    pub fn child_ids(&self) -> &[Uuid] {
+        self.state.as_ref().map_or(&[], |s| &s.child_ids)
+    }
+
+    /// Takes one delta of this blob. Deltas must be offered in log order; duplicates
+    /// (S4.2) must already be removed.
+    pub fn offer(&mut self, delta: Delta, fx: &mut Effects) {
+        let current = self.version();
+        if delta.operation == Operation::Create && delta.version != 1 {
+            let version = delta.version;
+            return fx.reject(delta, Reason::CreateVersion { version });
+        }
+        if delta.version <= current {
+            let version = delta.version;
+            return fx.reject(delta, Reason::VersionConflict { version });
+        }
+        if delta.operation != Operation::Create && delta.version == 1 {
+            let operation = delta.operation;
+            return fx.reject(delta, Reason::NotCreated { operation });
+        }
+        if delta.version > current + 1 {
+            // Offered in log order, so pushing keeps each list in log order.
+            self.pending.entry(delta.version).or_default().push(delta);
+            return;
+        }
+        if self.try_apply(delta, fx) {
+            self.drain_pending(fx);
+        }
+    }
+
+    /// Rejects every waiting delta as a gap that was never filled (S4.4): at the end
+    /// of a bounded replay, or when the pending timeout expires.
+    pub fn expire_pending(&mut self, fx: &mut Effects) {
+        let current = self.version();
+        for (version, waiting) in std::mem::take(&mut self.pending) {
+            for delta in waiting {
+                fx.reject(delta, Reason::VersionGap { current, version });
+            }
+        }
+    }
+
+    /// Emits the net change of this blob's view rows since the last flush, as
+    /// `(row, diff)` pairs: a retraction of the old row and the new row.
+    pub fn flush(
+        &mut self,
+        blobs: &mut Vec<(BlobRow, isize)>,
+        processed: &mut Vec<(ProcessedRow, isize)>,
+    ) {
+        if !std::mem::take(&mut self.dirty) {
+            return;
+        }
+        let Some(state) = &self.state else { return };
+        let row = state.row();
+        if self.emitted_row.as_ref() != Some(&row) {
+            if let Some(old) = self.emitted_row.replace(row.clone()) {
+                blobs.push((old, -1));
+            }
+            blobs.push((row, 1));
+        }
+        if self.emitted_processed != state.processed_by {
+            let to_row =
+                |(provider_id, (version, delta_id)): (&String, &(u64, Uuid))| ProcessedRow {
+                    blob_id: state.blob_id,
+                    provider_id: provider_id.clone(),
+                    version: *version,
+                    delta_id: *delta_id,
+                };
+            for old in &self.emitted_processed {
+                if state.processed_by.get(old.0) != Some(old.1) {
+                    processed.push((to_row(old), -1));
+                }
+            }
+            for new in &state.processed_by {
+                if self.emitted_processed.get(new.0) != Some(new.1) {
+                    processed.push((to_row(new), 1));
+                }
+            }
+            self.emitted_processed = state.processed_by.clone();
+        }
+    }
+
+    /// Applies the deltas that waited for the versions now reached.
+    fn drain_pending(&mut self, fx: &mut Effects) {
+        loop {
+            let next = self.version() + 1;
+            let Some(candidates) = self.pending.remove(&next) else {
+                return;
+            };
+            let mut won = false;
+            for delta in candidates {
+                if won {
+                    fx.reject(delta, Reason::VersionConflict { version: next });
+                } else {
+                    won = self.try_apply(delta, fx);
+                }
+            }
+            if !won {
+                return;
+            }
+        }
+    }
+
+    /// Applies a delta whose version is current + 1; false (and a dead letter) when a
+    /// rule refuses it.
+    fn try_apply(&mut self, delta: Delta, fx: &mut Effects) -> bool {
+        match self.apply(&delta) {
+            Ok(()) => {
+                self.dirty = true;
+                fx.applied.push(AppliedRow {
+                    delta_id: delta.id,
+                    blob_id: delta.blob_id,
+                    version: delta.version,
+                    operation: delta.operation,
+                    user_id: delta.user_id,
+                    provider_id: delta.provider_id,
+                    caused_by: delta.caused_by,
+                    created_at: delta.created_at,
+                });
+                true
+            }
+            Err(reason) => {
+                fx.reject(delta, reason);
+                false
+            }
+        }
+    }
+
+    fn apply(&mut self, delta: &Delta) -> Result<(), Reason> {
+        let op = delta.operation;
+        let Some(state) = self.state.as_mut() else {
+            // Version 1 of a blob that does not exist: `offer` only lets a create here.
+            debug_assert_eq!(op, Operation::Create);
+            self.state = Some(BlobState::create(delta));
+            return Ok(());
+        };
+        if state.deleted_at.is_some() && op != Operation::Revert {
+            return Err(Reason::Deleted { operation: op });
+        }
+        let step = match op {
+            Operation::Create => unreachable!("offer rejects creates after version 1"),
+            Operation::Update | Operation::Transform => match delta.patch_json() {
+                None if op == Operation::Update => {
+                    return Err(Reason::MissingPatch { operation: op });
+                }
+                None => Step::Unchanged,
+                Some(patch) => {
+                    let format = format_of(delta.patch_format, patch);
+                    apply_patch(&mut state.doc, format, patch).map_err(|detail| {
+                        Reason::PatchFailed {
+                            operation: op,
+                            detail,
+                        }
+                    })?;
+                    Step::Patch(format, patch.into())
+                }
+            },
+            Operation::Delete => {
+                state.deleted_at = Some(delta.created_at);
+                state.deleted_version = Some(delta.version);
+                Step::Delete
+            }
+            Operation::Revert => {
+                let to_version = revert_target(delta.patch_json())?;
+                if to_version == 0 || to_version >= state.version {
+                    return Err(Reason::RevertRange {
+                        to_version,
+                        current: state.version,
+                    });
+                }
+                state.doc = state.doc_at(to_version);
+                // S3.5: deleted_at is cleared when k predates the delete. A revert
+                // never deletes: going back to a version that was deleted only
+                // restores its document.
+                if state
+                    .deleted_version
+                    .is_some_and(|deleted| to_version < deleted)
+                {
+                    state.deleted_at = None;
+                    state.deleted_version = None;
+                }
+                Step::Revert(to_version)
+            }
+        };
+        if op == Operation::Transform {
+            let provider = delta
+                .provider_id
+                .clone()
+                .expect("parse requires provider_id on transform");
+            state
+                .processed_by
+                .insert(provider, (delta.version, delta.id));
+        }
+        state.history.push(step);
+        state.version = delta.version;
+        state.updated_at = delta.created_at;
+        state.add_children(&delta.child_ids);
+        Ok(())
+    }
+}
+
+impl BlobState {
+    fn create(delta: &Delta) -> Self {
+        let doc: Value = match delta.patch_json() {
+            Some(text) => serde_json::from_str(text).expect("the record parsed as JSON"),
+            None => Value::Object(Default::default()),
+        };
+        let mut state = BlobState {
+            blob_id: delta.blob_id,
+            user_id: delta.user_id,
+            version: 1,
+            history: vec![Step::Create(doc.to_string().into())],
+            doc,
+            content_type: delta
+                .content_type
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned()),
+            parent_id: delta.parent_id,
+            child_ids: Vec::new(),
+            processed_by: BTreeMap::new(),
+            created_at: delta.created_at,
+            updated_at: delta.created_at,
+            deleted_at: None,
+            deleted_version: None,
+        };
+        state.add_children(&delta.child_ids);
+        state
+    }
+
+    fn add_children(&mut self, children: &[Uuid]) {
+        for child in children {
+            if !self.child_ids.contains(child) {
+                self.child_ids.push(*child);
+            }
+        }
+    }
+
+    fn row(&self) -> BlobRow {
+        BlobRow {
+            blob_id: self.blob_id,
+            user_id: self.user_id,
+            version: self.version,
+            content_type: self.content_type.clone(),
+            doc: self.doc.to_string(),
+            parent_id: self.parent_id,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            deleted_at: self.deleted_at,
+        }
+    }
+
+    /// The document as it was at `version` (1 <= version <= self.version).
+    fn doc_at(&self, version: u64) -> Value {
+        let mut patches = Vec::new();
+        let mut v = version;
+        let mut doc = loop {
+            match &self.history[(v - 1) as usize] {
+                Step::Create(doc) => break serde_json::from_str(doc).expect("stored as JSON"),
+                Step::Patch(format, patch) => {
+                    patches.push((*format, patch));
+                    v -= 1;
+                }
+                Step::Unchanged | Step::Delete => v -= 1,
+                Step::Revert(to) => v = *to,
+            }
+        };
+        for (format, patch) in patches.into_iter().rev() {
+            apply_patch(&mut doc, format, patch).expect("a patch that applied once applies again");
+        }
+        doc
+    }
+}
+
+/// S3.2: an array is a JSON Patch, anything else a merge patch, unless
+/// `metadata.patch_format` says otherwise.
+fn format_of(declared: Option<PatchFormat>, patch: &str) -> PatchFormat {
+    declared.unwrap_or(if patch.starts_with('[') {
+        PatchFormat::JsonPatch
+    } else {
+        PatchFormat::MergePatch
+    })
+}
+
+/// Applies a patch in place; a JSON Patch is all-or-nothing (the document is left as
+/// it was when any operation fails).
+pub fn apply_patch(doc: &mut Value, format: PatchFormat, patch: &str) -> Result<(), String> {
+    match format {
+        PatchFormat::JsonPatch => {
+            let ops: json_patch::Patch = serde_json::from_str(patch)
+                .map_err(|e| format!("not a valid RFC 6902 JSON Patch: {e}"))?;
+            match json_patch::patch(doc, &ops) {
+                Ok(()) => Ok(()),
+                // `json_patch` compares `test` values with `Value` equality, where 1 and
+                // 1.0 differ; RFC 6902 section 4.6 compares numbers by value. Only a
+                // failed patch with a numeric `test` pays for the slower path.
+                Err(e) if has_numeric_test(&ops) => {
+                    patch_comparing_numbers(doc, &ops).map_err(|_| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        PatchFormat::MergePatch => {
+            let patch: Value = serde_json::from_str(patch).map_err(|e| e.to_string())?;
+            json_patch::merge(doc, &patch);
+            Ok(())
+        }
+    }
+}
+
+fn has_numeric_test(ops: &json_patch::Patch) -> bool {
+    fn has_number(v: &Value) -> bool {
+        match v {
+            Value::Number(_) => true,
+            Value::Array(items) => items.iter().any(has_number),
+            Value::Object(members) => members.values().any(has_number),
+            _ => false,
+        }
+    }
+    ops.0
+        .iter()
+        .any(|op| matches!(op, json_patch::PatchOperation::Test(t) if has_number(&t.value)))
+}
+
+/// Applies `ops` one at a time on a copy, evaluating `test` with numbers compared by
+/// value; the document changes only if every operation succeeds.
+fn patch_comparing_numbers(doc: &mut Value, ops: &json_patch::Patch) -> Result<(), ()> {
+    let mut copy = doc.clone();
+    for op in &ops.0 {
+        match op {
+            json_patch::PatchOperation::Test(t) => {
+                let actual = copy.pointer(t.path.as_str()).ok_or(())?;
+                if !json_equal(actual, &t.value) {
+                    return Err(());
+                }
+            }
+            other => json_patch::patch(&mut copy, std::slice::from_ref(other)).map_err(|_| ())?,
+        }
+    }
+    *doc = copy;
+    Ok(())
+}
+
+/// JSON equality as RFC 6902 section 4.6 defines it: numbers equal by value.
+fn json_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+                (Some(i), Some(j), _, _) => i == j,
+                (_, _, Some(i), Some(j)) => i == j,
+                _ => x.as_f64() == y.as_f64(),
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equal(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Reads `{"to_version": k}`; no other member is allowed.
+fn revert_target(patch: Option<&str>) -> Result<u64, Reason> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Revert {
+        to_version: u64,
+    }
+    let text = patch.ok_or(Reason::RevertShape)?;
+    if !text.starts_with('{') {
+        return Err(Reason::RevertShape);
+    }
+    serde_json::from_str::<Revert>(text)
+        .map(|r| r.to_version)
+        .map_err(|_| Reason::RevertShape)
+}

@@ -1,0 +1,30 @@
+//! # studio-dataflow
+//!
+//! Wires sources -> operators -> sinks on timely workers. The model (what a delta
+//! means) is the `studio-model` crate beside this one, re-exported as [`model`]; the
+//! operators live in `studio-operators`; this crate only connects them and runs them.
+//!
+//! ```text
+//!  FileSource (each worker reads the log, keeps its share of the records)
+//!     | parse (S1)  ----------------------------------------------+ malformed
+//!     v                                                           |
+//!  DedupById (exchange by id, S4.2) ---> duplicates (counted)     |
+//!     v                                                           |
+//!  ApplyDeltas (exchange by blob_id, S3/S4)                       |
+//!     | blobs, processed_by (-old +new), applied, dead letters <--+
+//!     v
+//!  view sink (exchange to worker 0): one ViewBatch per completed timestamp
+//!     v  bounded channel (back-pressure)
+//!  writer thread: ViewSink (SQLite), one transaction per batch or group of batches
+//! ```
+//!
+//! - [`render`] builds the dataflow of one worker.
+//! - [`sink`] turns the view collections into [`model::ViewBatch`]es.
+//! - [`replay`] runs a bounded replay of files end to end and reports what happened.
+#![forbid(missing_docs)]
+
+pub mod render;
+pub mod replay;
+pub mod sink;
+
+pub use studio_model as model;

@@ -1,0 +1,308 @@
+//! A bounded replay: read delta logs as fast as the machine allows, maintain the views
+//! in a [`ViewSink`], and report what happened (`studio replay`).
+//!
+//! Each worker reads the files and takes its share of the records (chunks of
+//! [`SHARE_CHUNK`] records, round robin), parses them and feeds its inputs at timestamp
+//! `offset / batch_records`. After a batch it waits while more than
+//! `max_batches_in_flight` batches are incomplete, so the source never runs away from
+//! the dataflow. Completed batches go through a bounded channel to a writer thread that
+//! owns the sink: when the sink is slower than the dataflow, the writer merges the
+//! batches waiting for it into one transaction, and when the channel is full the
+//! dataflow waits (back-pressure). At the end the inputs advance to one last timestamp
+//! before they close, where the unfilled gaps are dead-lettered (S4.4).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use studio_config::ReplayConfig;
+use studio_connectors::file::FileSource;
+use studio_connectors::{RecordSource, SinkError, SourceError, ViewSink};
+use studio_model::{ViewBatch, parse_record};
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+
+use crate::render::{Time, ViewStreams, render};
+use crate::sink::sink_views;
+
+/// Records are dealt to workers in chunks of this many, round robin.
+pub const SHARE_CHUNK: u64 = 1024;
+
+/// Live counters, readable while the replay runs (for progress bars and metrics).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes of the log read by worker 0 (every worker reads all of it).
+    pub bytes_read: AtomicU64,
+    /// Batches committed by the sink.
+    pub batches_committed: AtomicU64,
+    /// Deltas accepted and committed.
+    pub accepted: AtomicU64,
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplayReport {
+    /// Records (lines) read.
+    pub records_read: u64,
+    /// Deltas accepted (rows of `deltas_applied`).
+    pub accepted: u64,
+    /// Repeated delta ids ignored (S4.2).
+    pub duplicates: u64,
+    /// Dead letters in all.
+    pub dead_letters: u64,
+    /// Dead letters by reason kind (`S4.3 version conflict`, ...).
+    pub dead_letters_by_reason: BTreeMap<String, u64>,
+    /// Timely workers.
+    pub workers: usize,
+    /// Timestamps (batches) committed.
+    pub batches: u64,
+    /// Sink transactions (a transaction may hold several batches).
+    pub transactions: u64,
+    /// Wall time, seconds.
+    pub wall_seconds: f64,
+    /// Records read per second of wall time.
+    pub records_per_second: f64,
+    /// Per batch: from the moment its first record was read to its commit.
+    pub batch_latency_ms: Latency,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl ReplayReport {
+    /// True when accepted + duplicates + dead letters = records read.
+    pub fn counts_add_up(&self) -> bool {
+        self.accepted + self.duplicates + self.dead_letters == self.records_read
+    }
+}
+
+/// A replay that could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The log could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The views could not be written.
+    #[error("writing the views failed: {0}")]
+    Sink(#[from] SinkError),
+    /// A worker failed.
+    #[error("dataflow worker failed: {0}")]
+    Worker(String),
+}
+
+/// What the writer thread counted.
+struct WriterTally {
+    accepted: u64,
+    dead_letters: BTreeMap<String, u64>,
+    batches: u64,
+    transactions: u64,
+    latency_us: Histogram<u64>,
+}
+
+struct Committable {
+    batch: ViewBatch,
+    fed_at: Instant,
+}
+
+/// Replays `files` into `sink`.
+pub fn replay(
+    files: &[PathBuf],
+    config: &ReplayConfig,
+    sink: Box<dyn ViewSink + Send>,
+    progress: Arc<Progress>,
+) -> Result<ReplayReport, ReplayError> {
+    FileSource::open(files)?; // fail before starting threads when a file is missing
+    let started = Instant::now();
+    let (to_writer, from_dataflow) =
+        crossbeam_channel::bounded::<Committable>(config.writer_queue_batches);
+    let writer = {
+        let progress = Arc::clone(&progress);
+        std::thread::Builder::new()
+            .name("studio-view-writer".into())
+            .spawn(move || write_views(sink, from_dataflow, &progress))
+            .expect("spawn the view writer")
+    };
+
+    let records_read = Arc::new(AtomicU64::new(0));
+    let duplicates = Arc::new(AtomicU64::new(0));
+    let aborted = Arc::new(AtomicBool::new(false));
+    let workers = config.workers;
+    let guards = {
+        let (files, config) = (files.to_vec(), config.clone());
+        let (records_read, duplicates, aborted) = (
+            Arc::clone(&records_read),
+            Arc::clone(&duplicates),
+            Arc::clone(&aborted),
+        );
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let index = worker.index();
+            let peers = worker.peers() as u64;
+            let fed_at: Rc<RefCell<BTreeMap<Time, Instant>>> = Rc::default();
+            let probe = ProbeHandle::new();
+            let mut inputs = worker.dataflow::<Time, _, _>(|scope| {
+                let (inputs, views) = render(scope, Arc::clone(&duplicates));
+                let views = ViewStreams {
+                    blobs: views.blobs.probe_with(&probe),
+                    processed: views.processed.probe_with(&probe),
+                    applied: views.applied.probe_with(&probe),
+                    dead_letters: views.dead_letters.probe_with(&probe),
+                };
+                let (fed_at, to_writer, aborted) =
+                    (Rc::clone(&fed_at), to_writer.clone(), Arc::clone(&aborted));
+                sink_views(views, move |time, batch| {
+                    let mut fed = fed_at.borrow_mut();
+                    let fed_at = fed
+                        .range(..=time)
+                        .next_back()
+                        .map_or_else(Instant::now, |(_, at)| *at);
+                    *fed = fed.split_off(&(time + 1));
+                    if to_writer.send(Committable { batch, fed_at }).is_err() {
+                        aborted.store(true, Ordering::Relaxed);
+                    }
+                });
+                inputs
+            });
+
+            let mut source = FileSource::open(&files).map_err(|e| e.to_string())?;
+            let mut current: Time = 0;
+            let mut handled = 0u64;
+            fed_at.borrow_mut().insert(0, Instant::now());
+            loop {
+                if index == 0 {
+                    progress
+                        .bytes_read
+                        .store(source.bytes_read(), Ordering::Relaxed);
+                }
+                let Some(record) = source.next_record().map_err(|e| e.to_string())? else {
+                    break;
+                };
+                let time = record.pos.offset / config.batch_records;
+                if time != current {
+                    current = time;
+                    inputs.deltas.advance_to(time);
+                    inputs.malformed.advance_to(time);
+                    if index == 0 {
+                        fed_at.borrow_mut().insert(time, Instant::now());
+                    }
+                    let oldest_allowed = time.saturating_sub(config.max_batches_in_flight);
+                    worker.step_while(|| probe.less_than(&oldest_allowed));
+                    if aborted.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                if (record.pos.offset / SHARE_CHUNK) % peers != index as u64 {
+                    continue;
+                }
+                handled += 1;
+                match parse_record(record.bytes, record.pos) {
+                    Ok(delta) => inputs.deltas.send(delta),
+                    Err(letter) => inputs.malformed.send((*letter, time, 1)),
+                }
+            }
+            records_read.fetch_add(handled, Ordering::Relaxed);
+            // One last timestamp, the same on every worker, for the S4.4 gap letters.
+            let end = current + 1;
+            inputs.deltas.advance_to(end);
+            inputs.malformed.advance_to(end);
+            worker.step_while(|| probe.less_than(&end));
+            Ok::<(), String>(())
+        })
+        .map_err(ReplayError::Worker)?
+    };
+    let mut failures = Vec::new();
+    for result in guards.join() {
+        if let Err(e) = result {
+            failures.push(e);
+        }
+    }
+    let tally = writer
+        .join()
+        .map_err(|_| ReplayError::Worker("the view writer panicked".into()))??;
+    if let Some(first) = failures.into_iter().next() {
+        return Err(ReplayError::Worker(first));
+    }
+    let wall = started.elapsed();
+    let records_read = records_read.load(Ordering::Relaxed);
+    let ms = |us: u64| us as f64 / 1000.0;
+    Ok(ReplayReport {
+        records_read,
+        accepted: tally.accepted,
+        duplicates: duplicates.load(Ordering::Relaxed),
+        dead_letters: tally.dead_letters.values().sum(),
+        dead_letters_by_reason: tally.dead_letters,
+        workers,
+        batches: tally.batches,
+        transactions: tally.transactions,
+        wall_seconds: wall.as_secs_f64(),
+        records_per_second: records_read as f64 / wall.as_secs_f64().max(1e-9),
+        batch_latency_ms: Latency {
+            p50: ms(tally.latency_us.value_at_quantile(0.5)),
+            p99: ms(tally.latency_us.value_at_quantile(0.99)),
+            max: ms(tally.latency_us.max()),
+        },
+    })
+}
+
+/// The writer thread: commits batches in order, merging those that queued up.
+fn write_views(
+    mut sink: Box<dyn ViewSink + Send>,
+    batches: crossbeam_channel::Receiver<Committable>,
+    progress: &Progress,
+) -> Result<WriterTally, SinkError> {
+    /// At most this many queued batches go into one transaction.
+    const MAX_GROUP: usize = 16;
+    let mut tally = WriterTally {
+        accepted: 0,
+        dead_letters: BTreeMap::new(),
+        batches: 0,
+        transactions: 0,
+        // Up to an hour in microseconds, 3 significant digits; longer saturates.
+        latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .expect("valid histogram bounds"),
+    };
+    while let Ok(first) = batches.recv() {
+        let mut fed = vec![first.fed_at];
+        let mut merged = first.batch;
+        while fed.len() < MAX_GROUP {
+            let Ok(next) = batches.try_recv() else { break };
+            fed.push(next.fed_at);
+            merged.absorb(next.batch);
+        }
+        sink.write(&merged)?;
+        let now = Instant::now();
+        for at in &fed {
+            let micros = now
+                .saturating_duration_since(*at)
+                .max(Duration::from_micros(1))
+                .as_micros();
+            tally.latency_us.saturating_record(micros as u64);
+        }
+        tally.accepted += merged.applied.len() as u64;
+        for letter in &merged.dead_letters {
+            *tally
+                .dead_letters
+                .entry(letter.reason.kind().to_owned())
+                .or_default() += 1;
+        }
+        tally.batches += fed.len() as u64;
+        tally.transactions += 1;
+        progress.accepted.store(tally.accepted, Ordering::Relaxed);
+        progress
+            .batches_committed
+            .store(tally.batches, Ordering::Relaxed);
+    }
+    Ok(tally)
+}

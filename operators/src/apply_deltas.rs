@@ -1,0 +1,165 @@
+//! [`ApplyDeltas`]: the keyed, ordered fold of deltas into blob state (SPEC S3, S4).
+//!
+//! ```text
+//!  deltas (deduplicated) --exchange by blob_id--> [ ApplyDeltas ] --> blobs         (collection, -old +new)
+//!                                                  ledger per blob --> processed_by  (collection, -old +new)
+//!                                                                  --> applied       (insert-only)
+//!                                                                  --> dead letters  (insert-only)
+//! ```
+//!
+//! Like Materialize's UPSERT, the state lives in the operator (a [`BlobLedger`] per
+//! blob: current document, what `revert` needs, deltas waiting for a gap) rather than
+//! being re-folded from history per change. When a timestamp completes, its deltas are
+//! offered in log order; then each touched blob emits one retraction and one insertion,
+//! so a batch costs one row per touched blob however many deltas it held.
+//!
+//! Deltas still waiting when the input ends are dead-lettered as `S4.4 version gap` at
+//! the last timestamp the input reached: a bounded replay advances its input to one
+//! final timestamp before closing it, so that time is the same on every worker count.
+
+use differential_dataflow::{AsCollection, VecCollection};
+use rustc_hash::{FxHashMap, FxHashSet};
+use studio_model::{
+    AppliedRow, BlobLedger, BlobRow, DeadLetter, Delta, Effects, ProcessedRow, Uuid,
+};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::order::TotalOrder;
+use timely::progress::Timestamp;
+
+use crate::stash::Stash;
+
+/// The outputs of [`ApplyDeltas`].
+pub struct AppliedStreams<'scope, T: Timestamp> {
+    /// The `blobs` view: one row per created blob.
+    pub blobs: VecCollection<'scope, T, BlobRow>,
+    /// The `processed_by` view.
+    pub processed: VecCollection<'scope, T, ProcessedRow>,
+    /// Accepted deltas (`deltas_applied`), each once.
+    pub applied: VecCollection<'scope, T, AppliedRow>,
+    /// Rejected deltas, each once.
+    pub dead_letters: VecCollection<'scope, T, DeadLetter>,
+}
+
+/// Applies deltas to blob state.
+pub trait ApplyDeltas<'scope, T: Timestamp> {
+    /// Folds the (deduplicated) deltas into per-blob state.
+    fn apply_deltas(self) -> AppliedStreams<'scope, T>;
+}
+
+const BLOBS: usize = 0;
+const PROCESSED: usize = 1;
+const APPLIED: usize = 2;
+const DEAD: usize = 3;
+
+type Out<D, T> = CapacityContainerBuilder<Vec<(D, T, isize)>>;
+
+impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'scope, T, Delta> {
+    fn apply_deltas(self) -> AppliedStreams<'scope, T> {
+        let mut builder = OperatorBuilder::new("ApplyDeltas".to_owned(), self.scope());
+        let mut input = builder.new_input(self, Exchange::new(|d: &Delta| d.blob_route()));
+        let (blobs_out, blobs) = builder.new_output();
+        let (processed_out, processed) = builder.new_output();
+        let (applied_out, applied) = builder.new_output();
+        let (dead_out, dead_letters) = builder.new_output();
+        let mut blobs_out = OutputBuilder::<_, Out<BlobRow, T>>::from(blobs_out);
+        let mut processed_out = OutputBuilder::<_, Out<ProcessedRow, T>>::from(processed_out);
+        let mut applied_out = OutputBuilder::<_, Out<AppliedRow, T>>::from(applied_out);
+        let mut dead_out = OutputBuilder::<_, Out<DeadLetter, T>>::from(dead_out);
+
+        builder.build(move |initial_caps| {
+            // Held at the input frontier, to dead-letter unfilled gaps when the input ends.
+            let mut end_caps = Some(initial_caps);
+            let mut stash = Stash::new(4);
+            let mut ledgers: FxHashMap<Uuid, BlobLedger> = FxHashMap::default();
+            let mut waiting: FxHashSet<Uuid> = FxHashSet::default();
+            let mut touched: Vec<Uuid> = Vec::new();
+            let mut blob_changes = Vec::new();
+            let mut processed_changes = Vec::new();
+
+            move |frontiers| {
+                stash.absorb(&mut input);
+                let mut blobs_session = blobs_out.activate();
+                let mut processed_session = processed_out.activate();
+                let mut applied_session = applied_out.activate();
+                let mut dead_session = dead_out.activate();
+
+                for (caps, mut deltas) in stash.take_complete(&frontiers[0]) {
+                    let time = caps[0].time().clone();
+                    deltas.sort_by_key(|d| d.pos);
+                    let mut fx = Effects::default();
+                    for delta in deltas {
+                        let blob = delta.blob_id;
+                        let ledger = ledgers.entry(blob).or_default();
+                        ledger.offer(delta, &mut fx);
+                        touched.push(blob);
+                        if ledger.pending_len() > 0 {
+                            waiting.insert(blob);
+                        }
+                    }
+                    for blob in touched.drain(..) {
+                        ledgers
+                            .get_mut(&blob)
+                            .expect("touched blobs have ledgers")
+                            .flush(&mut blob_changes, &mut processed_changes);
+                    }
+                    blobs_session.session(&caps[BLOBS]).give_iterator(
+                        blob_changes
+                            .drain(..)
+                            .map(|(row, diff)| (row, time.clone(), diff)),
+                    );
+                    processed_session.session(&caps[PROCESSED]).give_iterator(
+                        processed_changes
+                            .drain(..)
+                            .map(|(row, diff)| (row, time.clone(), diff)),
+                    );
+                    applied_session
+                        .session(&caps[APPLIED])
+                        .give_iterator(fx.applied.into_iter().map(|row| (row, time.clone(), 1)));
+                    dead_session
+                        .session(&caps[DEAD])
+                        .give_iterator(fx.dead_letters.into_iter().map(|dl| (dl, time.clone(), 1)));
+                }
+
+                let frontier = frontiers[0].frontier();
+                match frontier.first() {
+                    Some(now) => {
+                        if let Some(caps) = end_caps.as_mut() {
+                            for cap in caps.iter_mut() {
+                                cap.downgrade(now);
+                            }
+                        }
+                    }
+                    None if stash.is_empty() => {
+                        if let Some(caps) = end_caps.take() {
+                            let mut fx = Effects::default();
+                            let mut blobs: Vec<Uuid> = waiting.drain().collect();
+                            blobs.sort_unstable();
+                            for blob in blobs {
+                                if let Some(ledger) = ledgers.get_mut(&blob) {
+                                    ledger.expire_pending(&mut fx);
+                                }
+                            }
+                            let time = caps[DEAD].time().clone();
+                            fx.dead_letters.sort_by_key(|dl| dl.pos);
+                            dead_session.session(&caps[DEAD]).give_iterator(
+                                fx.dead_letters.into_iter().map(|dl| (dl, time.clone(), 1)),
+                            );
+                        }
+                    }
+                    None => {}
+                }
+            }
+        });
+
+        AppliedStreams {
+            blobs: blobs.as_collection(),
+            processed: processed.as_collection(),
+            applied: applied.as_collection(),
+            dead_letters: dead_letters.as_collection(),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! [`DedupById`]: the same delta id again is a duplicate (SPEC S4.2).
+//!
+//! Deltas are exchanged by id, so every copy of an id meets on one worker; within a
+//! timestamp the first copy in log order passes and later copies come out on the
+//! duplicates stream, to be counted, never dead-lettered. An id counts as seen from
+//! its first well-formed record on, whether that delta is later accepted or rejected:
+//! a re-sent delta never gets a second chance or a second dead letter.
+
+use rustc_hash::FxHashSet;
+use serde::{Deserialize, Serialize};
+use studio_model::{Delta, SourcePos, Uuid};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::order::TotalOrder;
+use timely::progress::Timestamp;
+
+use crate::stash::Stash;
+
+/// A record dropped as a duplicate.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Duplicate {
+    /// The repeated delta id.
+    pub id: Uuid,
+    /// Where the repeat was read.
+    pub pos: SourcePos,
+}
+
+/// Removes repeated delta ids.
+pub trait DedupById<'scope, T: Timestamp> {
+    /// Returns the first delta of each id, and the repeats.
+    fn dedup_by_id(self) -> (StreamVec<'scope, T, Delta>, StreamVec<'scope, T, Duplicate>);
+}
+
+impl<'scope, T: Timestamp + TotalOrder> DedupById<'scope, T> for StreamVec<'scope, T, Delta> {
+    fn dedup_by_id(self) -> (StreamVec<'scope, T, Delta>, StreamVec<'scope, T, Duplicate>) {
+        let mut builder = OperatorBuilder::new("DedupById".to_owned(), self.scope());
+        let mut input = builder.new_input(self, Exchange::new(|d: &Delta| d.id_route()));
+        let (unique_out, unique) = builder.new_output();
+        let (dups_out, dups) = builder.new_output();
+        let mut unique_out =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<Delta>>>::from(unique_out);
+        let mut dups_out =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<Duplicate>>>::from(dups_out);
+
+        builder.build(move |_initial_caps| {
+            let mut stash = Stash::new(2);
+            let mut seen: FxHashSet<Uuid> = FxHashSet::default();
+            move |frontiers| {
+                stash.absorb(&mut input);
+                let mut unique_session = unique_out.activate();
+                let mut dups_session = dups_out.activate();
+                for (caps, mut deltas) in stash.take_complete(&frontiers[0]) {
+                    deltas.sort_by_key(|d| d.pos);
+                    let mut pass = unique_session.session(&caps[0]);
+                    let mut drop = dups_session.session(&caps[1]);
+                    for delta in deltas {
+                        if seen.insert(delta.id) {
+                            pass.give(delta);
+                        } else {
+                            drop.give(Duplicate {
+                                id: delta.id,
+                                pos: delta.pos,
+                            });
+                        }
+                    }
+                }
+            }
+        });
+        (unique, dups)
+    }
+}

@@ -40,6 +40,44 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Write a synthetic, valid delta log to stdout (or --out).
     Gen(GenArgs),
+    /// Ask the views a question.
+    Query(QueryArgs),
+}
+
+/// `studio query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The view database written by `studio replay`.
+    #[arg(long, value_name = "PATH.sqlite")]
+    pub db: String,
+    /// Print JSON (one array of objects) instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The question.
+    #[command(subcommand)]
+    pub question: Question,
+}
+
+/// Questions `studio query` answers.
+#[derive(Debug, Subcommand)]
+pub enum Question {
+    /// Blobs, most recently updated first.
+    Blobs {
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One blob, with its document.
+    Blob {
+        /// The blob's id.
+        blob_id: String,
+    },
+    /// Dead letters in log order, with the rule each broke.
+    DeadLetters {
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
 }
 
 /// `studio replay`.

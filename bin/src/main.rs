@@ -7,6 +7,11 @@ mod telemetry;
 
 use clap::Parser;
 
+/// The dataflow allocates and frees many small objects per delta (parsed patches,
+/// documents, rows); mimalloc is markedly faster at that than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     telemetry::init(cli.log_format, cli.verbose);

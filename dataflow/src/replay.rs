@@ -31,7 +31,7 @@ use crate::render::{Time, ViewStreams, render};
 use crate::sink::sink_views;
 
 /// Records are dealt to workers in chunks of this many, round robin.
-pub const SHARE_CHUNK: u64 = 1024;
+pub const SHARE_CHUNK: u64 = 16;
 
 /// Live counters, readable while the replay runs (for progress bars and metrics).
 #[derive(Debug, Default)]

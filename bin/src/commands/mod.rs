@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod gen_log;
+mod query;
 mod replay;
 
 use crate::cli::{Cli, Command};
@@ -10,5 +11,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Replay(args) => replay::run(cli.config.as_deref(), args),
         Command::Gen(args) => gen_log::run(args),
+        Command::Query(args) => query::run(args),
     }
 }

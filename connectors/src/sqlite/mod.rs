@@ -6,6 +6,8 @@
 //! mode with `synchronous=NORMAL` and a large page cache: a process crash never corrupts
 //! the views, and a batch is either wholly visible to readers or not at all.
 
+mod reader;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -14,6 +16,8 @@ use sqlx::{Connection, QueryBuilder, Sqlite};
 use studio_model::{Timestamp, Uuid, ViewBatch};
 
 use crate::{SinkError, ViewSink};
+
+pub use reader::{Rows, SqliteReader};
 
 /// The view tables, created if missing.
 pub const SCHEMA: &str = include_str!("schema.sql");
@@ -156,7 +160,7 @@ impl ViewSink for SqliteViews {
                         .push_bind(text(r.user_id))
                         .push_bind(r.version as i64)
                         .push_bind(r.content_type.clone())
-                        .push_bind(r.doc.clone())
+                        .push_bind(r.doc.to_json())
                         .push_bind(opt_text(r.parent_id))
                         .push_bind(time(r.created_at))
                         .push_bind(time(r.updated_at))

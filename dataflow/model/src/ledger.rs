@@ -13,12 +13,14 @@
 //! snapshots of the document.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    AppliedRow, BlobRow, DeadLetter, Delta, Operation, PatchFormat, ProcessedRow, Reason, Timestamp,
+    AppliedRow, BlobRow, DeadLetter, Delta, Doc, Operation, PatchFormat, ProcessedRow, Reason,
+    Timestamp,
 };
 
 /// What offering deltas to ledgers produced, accumulated across ledgers.
@@ -45,7 +47,7 @@ impl Effects {
 /// One entry of a blob's history: enough to rebuild the document at that version.
 #[derive(Clone, Debug)]
 enum Step {
-    /// The create's document, as compact JSON.
+    /// The create's document, as JSON text.
     Create(Box<str>),
     /// A patch that applied.
     Patch(PatchFormat, Box<str>),
@@ -63,7 +65,8 @@ struct BlobState {
     blob_id: Uuid,
     user_id: Uuid,
     version: u64,
-    doc: Value,
+    /// Shared with the last emitted row until the next change copies it (CoW).
+    doc: Arc<Value>,
     content_type: String,
     parent_id: Option<Uuid>,
     child_ids: Vec<Uuid>,
@@ -158,13 +161,12 @@ impl BlobLedger {
             return;
         }
         let Some(state) = &self.state else { return };
+        // Every accepted delta raises the version, so a dirty blob's row always differs.
         let row = state.row();
-        if self.emitted_row.as_ref() != Some(&row) {
-            if let Some(old) = self.emitted_row.replace(row.clone()) {
-                blobs.push((old, -1));
-            }
-            blobs.push((row, 1));
+        if let Some(old) = self.emitted_row.replace(row.clone()) {
+            blobs.push((old, -1));
         }
+        blobs.push((row, 1));
         if self.emitted_processed != state.processed_by {
             let to_row =
                 |(provider_id, (version, delta_id)): (&String, &(u64, Uuid))| ProcessedRow {
@@ -253,12 +255,12 @@ impl BlobLedger {
                 None => Step::Unchanged,
                 Some(patch) => {
                     let format = format_of(delta.patch_format, patch);
-                    apply_patch(&mut state.doc, format, patch).map_err(|detail| {
-                        Reason::PatchFailed {
+                    apply_patch(Arc::make_mut(&mut state.doc), format, patch).map_err(
+                        |detail| Reason::PatchFailed {
                             operation: op,
                             detail,
-                        }
-                    })?;
+                        },
+                    )?;
                     Step::Patch(format, patch.into())
                 }
             },
@@ -275,7 +277,7 @@ impl BlobLedger {
                         current: state.version,
                     });
                 }
-                state.doc = state.doc_at(to_version);
+                state.doc = Arc::new(state.doc_at(to_version));
                 // S3.5: deleted_at is cleared when k predates the delete. A revert
                 // never deletes: going back to a version that was deleted only
                 // restores its document.
@@ -308,16 +310,14 @@ impl BlobLedger {
 
 impl BlobState {
     fn create(delta: &Delta) -> Self {
-        let doc: Value = match delta.patch_json() {
-            Some(text) => serde_json::from_str(text).expect("the record parsed as JSON"),
-            None => Value::Object(Default::default()),
-        };
+        let text = delta.patch_json().unwrap_or("{}");
+        let doc: Value = serde_json::from_str(text).expect("the record parsed as JSON");
         let mut state = BlobState {
             blob_id: delta.blob_id,
             user_id: delta.user_id,
             version: 1,
-            history: vec![Step::Create(doc.to_string().into())],
-            doc,
+            history: vec![Step::Create(text.into())],
+            doc: Arc::new(doc),
             content_type: delta
                 .content_type
                 .clone()
@@ -348,7 +348,7 @@ impl BlobState {
             user_id: self.user_id,
             version: self.version,
             content_type: self.content_type.clone(),
-            doc: self.doc.to_string(),
+            doc: Doc(Arc::clone(&self.doc)),
             parent_id: self.parent_id,
             created_at: self.created_at,
             updated_at: self.updated_at,

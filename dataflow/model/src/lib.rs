@@ -17,6 +17,7 @@
 
 pub mod dead_letter;
 pub mod delta;
+pub mod doc;
 pub mod generate;
 pub mod ledger;
 pub mod parse;
@@ -26,6 +27,7 @@ pub mod views;
 
 pub use dead_letter::{DeadLetter, Reason};
 pub use delta::{Delta, Operation, PatchFormat};
+pub use doc::Doc;
 pub use ledger::{BlobLedger, Effects};
 pub use parse::parse_record;
 pub use position::SourcePos;

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{DeadLetter, Operation, Timestamp};
+use crate::{DeadLetter, Doc, Operation, Timestamp};
 
 /// A row of `blobs`: the current state of one blob.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -17,8 +17,8 @@ pub struct BlobRow {
     pub version: u64,
     /// `metadata.content_type` of its create, else `application/json`.
     pub content_type: String,
-    /// The document as compact JSON (object keys sorted).
-    pub doc: String,
+    /// The document; written as compact JSON with object keys sorted.
+    pub doc: Doc,
     /// The blob it was derived from.
     pub parent_id: Option<Uuid>,
     /// `created_at` of its create.

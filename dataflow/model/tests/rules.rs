@@ -211,7 +211,7 @@ impl H {
     }
 
     fn doc(&mut self) -> String {
-        self.row().doc
+        self.row().doc.to_json()
     }
 
     /// Takes the dead letters so far.
@@ -283,7 +283,9 @@ fn s3_1_create_doc_is_patch_with_metadata_and_parent() {
             user_id: uid(3),
             version: 1,
             content_type: "text/markdown".into(),
-            doc: r#"{"a":{"c":[1,2],"d":2},"b":1}"#.into(),
+            doc: studio_model::Doc::new(
+                serde_json::from_str(r#"{"a":{"c":[1,2],"d":2},"b":1}"#).unwrap()
+            ),
             parent_id: Some(bid(PARENT)),
             created_at: ts(7),
             updated_at: ts(7),
@@ -298,7 +300,7 @@ fn s3_1_create_without_patch_is_empty_object_and_default_content_type() {
     let mut h = H::new();
     h.create(None);
     let row = h.row();
-    assert_eq!(row.doc, "{}");
+    assert_eq!(row.doc.to_json(), "{}");
     assert_eq!(row.content_type, "application/json");
     assert_eq!(row.parent_id, None);
     assert_eq!(row.version, 1);
@@ -582,7 +584,7 @@ fn check_patch(original: &str, patch: &str, format: Option<&str>, expected: Opti
     let mut h = H::new();
     h.create(Some(original));
     let before = h.row();
-    assert_eq!(before.doc, canon(original));
+    assert_eq!(before.doc.to_json(), canon(original));
     let meta = format.map(fmt_meta);
     let id = h.offer("update", 2, Some(patch), meta.as_deref(), None);
     match expected {
@@ -592,9 +594,9 @@ fn check_patch(original: &str, patch: &str, format: Option<&str>, expected: Opti
             let row = h.row();
             assert_eq!(row.version, 2);
             assert_eq!(row.updated_at, ts(id));
-            assert_eq!(row.doc, expected, "{original} + {patch}");
+            assert_eq!(row.doc.to_json(), expected, "{original} + {patch}");
             h.revert(3, 1);
-            assert_eq!(h.doc(), before.doc, "revert to 1");
+            assert_eq!(h.doc(), before.doc.to_json(), "revert to 1");
             h.revert(4, 2);
             assert_eq!(h.doc(), expected, "revert to 2");
             assert!(h.reasons().is_empty());
@@ -920,7 +922,7 @@ fn s3_3_transform_without_patch_keeps_doc_and_raises_version() {
     let t = h.transform(2, "p", None);
     assert!(h.reasons().is_empty());
     let row = h.row();
-    assert_eq!(row.doc, before.doc);
+    assert_eq!(row.doc.to_json(), before.doc.to_json());
     assert_eq!(row.version, 2);
     assert_eq!(row.updated_at, ts(t));
     // A revert across the unchanged step still finds the doc.
@@ -1021,7 +1023,7 @@ fn s3_4_delete_is_soft() {
     assert_eq!(row.deleted_at, Some(ts(d)));
     assert_eq!(row.updated_at, ts(d));
     assert_eq!(row.created_at, ts(1));
-    assert_eq!(row.doc, r#"{"a":1}"#);
+    assert_eq!(row.doc.to_json(), r#"{"a":1}"#);
     assert_eq!(row.version, 2);
 }
 
@@ -1068,7 +1070,7 @@ fn s3_4_deleted_blob_accepts_only_revert() {
     assert_eq!(row.version, 3);
     assert_eq!(row.deleted_at, None);
     assert_eq!(row.updated_at, ts(r));
-    assert_eq!(row.doc, r#"{"a":1}"#);
+    assert_eq!(row.doc.to_json(), r#"{"a":1}"#);
     // Live again: updates apply.
     h.update(4, r#"{"a":2}"#);
     assert!(h.reasons().is_empty());
@@ -1142,7 +1144,7 @@ fn s3_5_revert_clears_deleted_at_when_target_predates_delete() {
     assert!(h.reasons().is_empty());
     let row = h.row();
     assert_eq!(row.deleted_at, None);
-    assert_eq!(row.doc, r#"{"a":2}"#);
+    assert_eq!(row.doc.to_json(), r#"{"a":2}"#);
     assert_eq!(row.version, 4);
 
     // Deleted again, then back to the first version.
@@ -1151,7 +1153,7 @@ fn s3_5_revert_clears_deleted_at_when_target_predates_delete() {
     h.revert(6, 1);
     let row = h.row();
     assert_eq!(row.deleted_at, None);
-    assert_eq!(row.doc, r#"{"a":1}"#);
+    assert_eq!(row.doc.to_json(), r#"{"a":1}"#);
 }
 
 /// A revert to a version at which the blob was deleted gives the state of that version:
@@ -1170,10 +1172,10 @@ fn s3_5_revert_to_a_deleted_version_restores_only_its_doc() {
     assert!(h.reasons().is_empty());
     let row = h.row();
     assert_eq!(row.deleted_at, None);
-    assert_eq!(row.doc, r#"{"a":1}"#);
+    assert_eq!(row.doc.to_json(), r#"{"a":1}"#);
     h.update(5, r#"{"a":2}"#);
     assert!(h.reasons().is_empty());
-    assert_eq!(h.row().doc, r#"{"a":2}"#);
+    assert_eq!(h.row().doc.to_json(), r#"{"a":2}"#);
 }
 
 #[test]
@@ -1195,7 +1197,7 @@ fn s3_5_reverting_a_deleted_blob_to_the_delete_is_out_of_range() {
     h.revert(4, 2);
     assert!(h.reasons().is_empty());
     assert_eq!(h.row().deleted_at, None);
-    assert_eq!(h.row().doc, r#"{"a":2}"#);
+    assert_eq!(h.row().doc.to_json(), r#"{"a":2}"#);
 }
 
 #[test]
@@ -1351,7 +1353,7 @@ fn s4_1_delta_ahead_waits_until_the_gap_fills() {
     assert_eq!(h.ledger.pending_len(), 0);
     let row = h.row();
     assert_eq!(row.version, 3);
-    assert_eq!(row.doc, r#"{"n":2}"#);
+    assert_eq!(row.doc.to_json(), r#"{"n":2}"#);
     assert_eq!(row.updated_at, ts(v3));
 }
 
@@ -1473,7 +1475,9 @@ fn s4_1_final_state_is_independent_of_arrival_order() {
         user_id: uid(USER),
         version: 7,
         content_type: "text/plain".into(),
-        doc: r#"{"n":2,"tags":["a","b"],"title":"t"}"#.into(),
+        doc: studio_model::Doc::new(
+            serde_json::from_str(r#"{"n":2,"tags":["a","b"],"title":"t"}"#).unwrap(),
+        ),
         parent_id: Some(bid(PARENT)),
         created_at: ts(1),
         updated_at: ts(7),
@@ -1749,7 +1753,7 @@ fn s4_5_failing_deltas_leave_blob_unchanged_and_later_deltas_apply() {
     assert_eq!(reasons[3], Reason::RevertShape);
     let row = h.row();
     assert_eq!(row.version, 3);
-    assert_eq!(row.doc, r#"{"a":1,"op":"x","p":1}"#);
+    assert_eq!(row.doc.to_json(), r#"{"a":1,"op":"x","p":1}"#);
     assert_ne!(row, before);
     assert_ne!(h.processed, processed_before);
 

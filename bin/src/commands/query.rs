@@ -1,0 +1,93 @@
+//! `studio query`: named questions over the views, as a table or JSON.
+
+use anyhow::{Context, bail};
+use studio_connectors::sqlite::{Rows, SqliteReader, SqliteViews};
+
+use crate::cli::{QueryArgs, Question};
+
+pub fn run(args: QueryArgs) -> anyhow::Result<()> {
+    let Some(path) = SqliteViews::path_of(&args.db) else {
+        bail!(
+            "--db {}: only SQLite files are supported so far (a path or sqlite://PATH)",
+            args.db
+        );
+    };
+    if !path.is_file() {
+        bail!(
+            "no view database at {} (run `studio replay LOG --db {}` first)",
+            path.display(),
+            path.display()
+        );
+    }
+    let mut reader = SqliteReader::open(path)?;
+    let rows = match &args.question {
+        Question::Blobs { limit } => reader.blobs(*limit),
+        Question::Blob { blob_id } => reader.blob(blob_id),
+        Question::DeadLetters { limit } => reader.dead_letters(*limit),
+    }
+    .with_context(|| format!("querying {}", path.display()))?;
+    if let Question::Blob { blob_id } = &args.question
+        && rows.is_empty()
+    {
+        bail!("no blob {blob_id} in {}", path.display());
+    }
+    if args.json {
+        let objects: Vec<serde_json::Map<String, serde_json::Value>> = rows
+            .into_iter()
+            .map(|row| row.into_iter().collect())
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&objects)?);
+    } else {
+        print_table(&rows);
+    }
+    Ok(())
+}
+
+/// Columns padded to their widest cell; long cells cut at 60 characters.
+fn print_table(rows: &Rows) {
+    let Some(first) = rows.first() else {
+        println!("(no rows)");
+        return;
+    };
+    let cell = |v: &serde_json::Value| -> String {
+        let text = match v {
+            serde_json::Value::String(s) => s.replace('\n', " "),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        match text.char_indices().nth(60) {
+            Some((cut, _)) => format!("{}...", &text[..cut]),
+            None => text,
+        }
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|(_, v)| cell(v)).collect())
+        .collect();
+    let widths: Vec<usize> = first
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([name.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |items: Vec<&str>| {
+        items
+            .iter()
+            .zip(&widths)
+            .map(|(s, w)| format!("{s:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!("{}", line(first.iter().map(|(n, _)| n.as_str()).collect()));
+    for row in &cells {
+        println!("{}", line(row.iter().map(String::as_str).collect()));
+    }
+}

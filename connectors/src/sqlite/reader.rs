@@ -1,0 +1,119 @@
+//! Reading the views back (`studio query`): named questions over the view tables,
+//! answered as rows of JSON values, opened read-only.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
+use sqlx::{Column, Connection, Row, TypeInfo, ValueRef};
+
+use crate::SinkError;
+
+/// Rows as (column, value) pairs in column order.
+pub type Rows = Vec<Vec<(String, serde_json::Value)>>;
+
+/// A read-only connection to a view database.
+pub struct SqliteReader {
+    runtime: tokio::runtime::Runtime,
+    conn: SqliteConnection,
+}
+
+fn read_error(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> SinkError {
+    let context = context.into();
+    move |e| SinkError::Database {
+        context,
+        source: Box::new(e),
+    }
+}
+
+impl SqliteReader {
+    /// Opens an existing database; fails when it does not exist.
+    pub fn open(path: &Path) -> Result<Self, SinkError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| SinkError::Database {
+                context: "starting the SQLite runtime".into(),
+                source: Box::new(e),
+            })?;
+        let display = path.display().to_string();
+        let conn = runtime.block_on(async {
+            let options = SqliteConnectOptions::from_str("sqlite:")
+                .map_err(read_error("bad SQLite options"))?
+                .filename(path)
+                .read_only(true)
+                .create_if_missing(false);
+            SqliteConnection::connect_with(&options)
+                .await
+                .map_err(read_error(format!(
+                    "cannot open view database {display} (run `studio replay` first)"
+                )))
+        })?;
+        Ok(SqliteReader { runtime, conn })
+    }
+
+    /// Blobs, most recently updated first.
+    pub fn blobs(&mut self, limit: u32) -> Result<Rows, SinkError> {
+        self.rows(
+            "SELECT blob_id, user_id, version, content_type, deleted_at IS NOT NULL AS deleted, \
+             updated_at, length(doc) AS doc_bytes FROM blobs ORDER BY updated_at DESC, blob_id LIMIT ?",
+            &[limit.to_string()],
+        )
+    }
+
+    /// One blob with its document.
+    pub fn blob(&mut self, blob_id: &str) -> Result<Rows, SinkError> {
+        self.rows(
+            "SELECT blob_id, user_id, version, content_type, parent_id, created_at, updated_at, \
+             deleted_at, doc FROM blobs WHERE blob_id = ?",
+            &[blob_id.to_owned()],
+        )
+    }
+
+    /// Dead letters in log order.
+    pub fn dead_letters(&mut self, limit: u32) -> Result<Rows, SinkError> {
+        self.rows(
+            "SELECT seq, delta_id, blob_id, reason, substr(raw, 1, 80) AS raw FROM dead_letters ORDER BY seq LIMIT ?",
+            &[limit.to_string()],
+        )
+    }
+
+    fn rows(&mut self, sql: &'static str, params: &[String]) -> Result<Rows, SinkError> {
+        let conn = &mut self.conn;
+        self.runtime.block_on(async {
+            let mut query = sqlx::query(sql);
+            for p in params {
+                query = query.bind(p.clone());
+            }
+            let rows = query
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(read_error("querying the views"))?;
+            Ok(rows.iter().map(to_json).collect())
+        })
+    }
+}
+
+fn to_json(row: &SqliteRow) -> Vec<(String, serde_json::Value)> {
+    row.columns()
+        .iter()
+        .map(|c| {
+            let i = c.ordinal();
+            let raw = row.try_get_raw(i).expect("column exists");
+            let value = if raw.is_null() {
+                serde_json::Value::Null
+            } else {
+                match raw.type_info().name() {
+                    "INTEGER" | "BOOLEAN" => {
+                        row.try_get::<i64, _>(i).map(Into::into).unwrap_or_default()
+                    }
+                    "REAL" => row.try_get::<f64, _>(i).map(Into::into).unwrap_or_default(),
+                    _ => row
+                        .try_get::<String, _>(i)
+                        .map(Into::into)
+                        .unwrap_or_default(),
+                }
+            };
+            (c.name().to_owned(), value)
+        })
+        .collect()
+}

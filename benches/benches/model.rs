@@ -11,10 +11,18 @@ use studio_model::generate::{Faults, GenSpec, generate};
 use studio_model::{BlobLedger, Effects, SourcePos, parse_record};
 
 fn sample_log() -> Vec<Vec<u8>> {
-    let spec = GenSpec { blobs: 200, deltas: 20_000, seed: 11, faults: Faults::default() };
+    let spec = GenSpec {
+        blobs: 200,
+        deltas: 20_000,
+        seed: 11,
+        faults: Faults::default(),
+    };
     let mut out = Vec::new();
     generate(&spec, &mut out).expect("in-memory write");
-    out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect()
+    out.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 fn parsing(c: &mut Criterion) {
@@ -48,29 +56,32 @@ fn folding(c: &mut Criterion) {
         .collect();
     let mut group = c.benchmark_group("fold");
     group.throughput(Throughput::Elements(deltas.len() as u64));
-    group.bench_function("BlobLedger::offer, 20k deltas on 200 blobs, flush every 1000", |b| {
-        b.iter_batched(
-            || deltas.clone(),
-            |deltas| {
-                let mut ledgers: std::collections::HashMap<_, BlobLedger> = Default::default();
-                let (mut blobs, mut processed) = (Vec::new(), Vec::new());
-                let mut fx = Effects::default();
-                for (i, d) in deltas.into_iter().enumerate() {
-                    let blob = d.blob_id;
-                    let ledger = ledgers.entry(blob).or_default();
-                    ledger.offer(d, &mut fx);
-                    if i % 1000 == 999 {
-                        for l in ledgers.values_mut() {
-                            l.flush(&mut blobs, &mut processed);
+    group.bench_function(
+        "BlobLedger::offer, 20k deltas on 200 blobs, flush every 1000",
+        |b| {
+            b.iter_batched(
+                || deltas.clone(),
+                |deltas| {
+                    let mut ledgers: std::collections::HashMap<_, BlobLedger> = Default::default();
+                    let (mut blobs, mut processed) = (Vec::new(), Vec::new());
+                    let mut fx = Effects::default();
+                    for (i, d) in deltas.into_iter().enumerate() {
+                        let blob = d.blob_id;
+                        let ledger = ledgers.entry(blob).or_default();
+                        ledger.offer(d, &mut fx);
+                        if i % 1000 == 999 {
+                            for l in ledgers.values_mut() {
+                                l.flush(&mut blobs, &mut processed);
+                            }
+                            blobs.clear();
                         }
-                        blobs.clear();
                     }
-                }
-                black_box(fx.applied.len())
-            },
-            BatchSize::LargeInput,
-        )
-    });
+                    black_box(fx.applied.len())
+                },
+                BatchSize::LargeInput,
+            )
+        },
+    );
     group.finish();
 }
 

@@ -53,11 +53,19 @@ pub enum SourceError {
 pub trait ViewSink {
     /// Writes one batch of view changes atomically: all of it or none of it.
     fn write(&mut self, batch: &ViewBatch) -> Result<(), SinkError>;
+
+    /// Called once after the last batch of a bounded run.
+    fn finish(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// A sink failed to make a batch durable.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// The sink will not do what was asked, and says why.
+    #[error("{0}")]
+    Refused(String),
     /// The database refused or failed.
     #[error("{context}: {source}")]
     Database {

@@ -63,6 +63,8 @@ pub struct ReplayReport {
     pub batches: u64,
     /// Sink transactions (a transaction may hold several batches).
     pub transactions: u64,
+    /// Seconds the sink spent writing (on its own thread, beside the dataflow).
+    pub sink_seconds: f64,
     /// Wall time, seconds.
     pub wall_seconds: f64,
     /// Records read per second of wall time.
@@ -109,6 +111,7 @@ struct WriterTally {
     dead_letters: BTreeMap<String, u64>,
     batches: u64,
     transactions: u64,
+    busy: Duration,
     latency_us: Histogram<u64>,
 }
 
@@ -246,6 +249,7 @@ pub fn replay(
         workers,
         batches: tally.batches,
         transactions: tally.transactions,
+        sink_seconds: tally.busy.as_secs_f64(),
         wall_seconds: wall.as_secs_f64(),
         records_per_second: records_read as f64 / wall.as_secs_f64().max(1e-9),
         batch_latency_ms: Latency {
@@ -269,6 +273,7 @@ fn write_views(
         dead_letters: BTreeMap::new(),
         batches: 0,
         transactions: 0,
+        busy: Duration::ZERO,
         // Up to an hour in microseconds, 3 significant digits; longer saturates.
         latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
             .expect("valid histogram bounds"),
@@ -281,8 +286,17 @@ fn write_views(
             fed.push(next.fed_at);
             merged.absorb(next.batch);
         }
+        let writing = Instant::now();
         sink.write(&merged)?;
         let now = Instant::now();
+        tally.busy += now - writing;
+        tracing::debug!(
+            batches = fed.len(),
+            upserts = merged.blob_upserts.len(),
+            applied = merged.applied.len(),
+            seconds = (now - writing).as_secs_f64(),
+            "view transaction committed"
+        );
         for at in &fed {
             let micros = now
                 .saturating_duration_since(*at)
@@ -304,5 +318,6 @@ fn write_views(
             .batches_committed
             .store(tally.batches, Ordering::Relaxed);
     }
+    sink.finish()?;
     Ok(tally)
 }

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use studio_config::ReplayConfig;
-use studio_connectors::sqlite::{SqliteOptions, SqliteViews};
+use studio_connectors::sqlite::{OpenMode, SqliteOptions, SqliteViews};
 use studio_dataflow::replay::{Progress, ReplayReport, replay};
 use studio_model::generate::{Faults, GenSpec, generate};
 use studio_tests::model::{self, Counts, Expected, join_lines, split_lines};
@@ -37,7 +37,7 @@ fn replay_files(files: &[PathBuf], db: &Path, config: &ReplayConfig) -> ReplayRe
     let sink = SqliteViews::open(&SqliteOptions {
         path: db.to_path_buf(),
         cache_size_kib: 2048,
-        recreate: true,
+        mode: OpenMode::Rebuild,
     })
     .expect("open the view database");
     replay(files, config, Box::new(sink), Arc::new(Progress::default())).expect("replay")

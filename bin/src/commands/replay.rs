@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use studio_config::Config;
 use studio_connectors::file::FileSource;
-use studio_connectors::sqlite::{SqliteOptions, SqliteViews};
+use studio_connectors::sqlite::{OpenMode, SqliteOptions, SqliteViews};
 use studio_dataflow::replay::{Progress, ReplayReport, replay};
 
 use crate::cli::ReplayArgs;
@@ -39,7 +39,7 @@ pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
     let sink = SqliteViews::open(&SqliteOptions {
         path: path.to_path_buf(),
         cache_size_kib: config.sqlite.cache_size_kib,
-        recreate: true,
+        mode: OpenMode::Rebuild,
     })
     .with_context(|| format!("cannot use {} as the view database", path.display()))?;
 
@@ -118,9 +118,10 @@ fn print_summary(r: &ReplayReport, db: &Path) {
         println!("    {reason:<34} {count:>8}");
     }
     println!(
-        "  batches       {:>10} in {} transactions; batch latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "  batches       {:>10} in {} transactions ({:.2} s writing); batch latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         r.batches,
         r.transactions,
+        r.sink_seconds,
         r.batch_latency_ms.p50,
         r.batch_latency_ms.p99,
         r.batch_latency_ms.max

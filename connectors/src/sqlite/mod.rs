@@ -2,9 +2,17 @@
 //!
 //! Each [`ViewBatch`] is one transaction of multi-row statements: upserts for `blobs` and
 //! `processed_by`, inserts for `deltas_applied` and `dead_letters` (whose `seq` follows
-//! log order). The schema is `schema.sql` beside this file. The connection runs in WAL
-//! mode with `synchronous=NORMAL` and a large page cache: a process crash never corrupts
-//! the views, and a batch is either wholly visible to readers or not at all.
+//! the order in which letters were decided), rows sorted by key so that B-tree inserts
+//! walk the index instead of jumping across it. The schema is `schema.sql` beside this
+//! file.
+//!
+//! Two modes ([`OpenMode`]):
+//! - **Rebuild** (`studio replay`): the views are rebuilt from the log, so the file is
+//!   created anew and loaded like a bulk load: no journal, no syncs, 16 KiB pages.
+//!   When the load completes, [`ViewSink::finish`] switches the file to WAL mode. A
+//!   replay that dies leaves a half-built file that the next replay replaces.
+//! - **Maintain** (the long-running service): WAL with `synchronous=NORMAL`; a crash
+//!   never loses a committed batch and a batch is wholly visible or not at all.
 
 mod reader;
 
@@ -12,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{Connection, QueryBuilder, Sqlite};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use studio_model::{Timestamp, Uuid, ViewBatch};
 
 use crate::{SinkError, ViewSink};
@@ -22,12 +30,20 @@ pub use reader::{Rows, SqliteReader};
 /// The view tables, created if missing.
 pub const SCHEMA: &str = include_str!("schema.sql");
 
-/// Drops the tables a replay owns and recreates.
-const DROP_VIEWS: &str = "DROP TABLE IF EXISTS blobs; DROP TABLE IF EXISTS deltas_applied; \
-     DROP TABLE IF EXISTS processed_by; DROP TABLE IF EXISTS dead_letters;";
+/// The tables Studio owns in a view database.
+pub const VIEW_TABLES: &[&str] = &["blobs", "deltas_applied", "processed_by", "dead_letters"];
 
 /// SQLite allows 32766 bound values per statement.
 const MAX_BINDS: usize = 32_000;
+
+/// How the views are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Replace the file and bulk-load it (a bounded replay).
+    Rebuild,
+    /// Keep the file and maintain it durably (WAL).
+    Maintain,
+}
 
 /// How the database file is opened.
 #[derive(Clone, Debug)]
@@ -36,18 +52,26 @@ pub struct SqliteOptions {
     pub path: PathBuf,
     /// Page cache size in KiB.
     pub cache_size_kib: u64,
-    /// Drop and recreate the view tables first (a replay starts from nothing).
-    pub recreate: bool,
+    /// Rebuild or maintain.
+    pub mode: OpenMode,
 }
 
 /// The SQLite view sink.
 pub struct SqliteViews {
     runtime: tokio::runtime::Runtime,
     conn: SqliteConnection,
+    mode: OpenMode,
 }
 
 fn db_error(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> SinkError {
     let context = context.into();
+    move |e| SinkError::Database {
+        context,
+        source: Box::new(e),
+    }
+}
+
+fn io_error(context: String) -> impl FnOnce(std::io::Error) -> SinkError {
     move |e| SinkError::Database {
         context,
         source: Box::new(e),
@@ -59,42 +83,43 @@ impl SqliteViews {
     pub fn open(options: &SqliteOptions) -> Result<Self, SinkError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
-            .map_err(|e| SinkError::Database {
-                context: "starting the SQLite runtime".into(),
-                source: Box::new(e),
-            })?;
+            .map_err(io_error("starting the SQLite runtime".into()))?;
         let path = options.path.display().to_string();
+        if options.mode == OpenMode::Rebuild {
+            remove_view_database(&runtime, &options.path)?;
+        }
         let conn = runtime.block_on(async {
             let connect = SqliteConnectOptions::from_str("sqlite:")
                 .map_err(db_error("bad SQLite options"))?
                 .filename(&options.path)
                 .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
                 .pragma("cache_size", format!("-{}", options.cache_size_kib))
-                .pragma("temp_store", "memory");
+                .pragma("temp_store", "memory")
+                // Large transactions are the point here, not a symptom.
+                .disable_statement_logging();
+            let connect = match options.mode {
+                OpenMode::Rebuild => connect
+                    .page_size(16_384)
+                    .journal_mode(SqliteJournalMode::Off)
+                    .synchronous(SqliteSynchronous::Off),
+                OpenMode::Maintain => connect
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal),
+            };
             let mut conn = SqliteConnection::connect_with(&connect)
                 .await
-                .map_err(db_error(format!(
-                    "cannot open SQLite database {path} (is its directory writable?)"
-                )))?;
-            let mut tx = conn.begin().await.map_err(db_error("BEGIN"))?;
-            if options.recreate {
-                sqlx::raw_sql(DROP_VIEWS)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error(format!("cannot write to {path}")))?;
-            }
+                .map_err(db_error(format!("cannot open SQLite database {path}")))?;
             sqlx::raw_sql(SCHEMA)
-                .execute(&mut *tx)
+                .execute(&mut conn)
                 .await
                 .map_err(db_error(format!("cannot create the view tables in {path}")))?;
-            tx.commit()
-                .await
-                .map_err(db_error(format!("cannot write to {path}")))?;
             Ok::<_, SinkError>(conn)
         })?;
-        Ok(SqliteViews { runtime, conn })
+        Ok(SqliteViews {
+            runtime,
+            conn,
+            mode: options.mode,
+        })
     }
 
     /// The path a `--db` value names, when it names a SQLite file.
@@ -105,6 +130,60 @@ impl SqliteViews {
             .unwrap_or(db);
         (!db.contains("://") || db.starts_with("sqlite://")).then(|| Path::new(path))
     }
+}
+
+/// Rows in key order: B-tree inserts in key order touch neighbouring pages, where
+/// random UUID order would jump across the whole index.
+fn sorted_by<R>(rows: &[R], key: impl Fn(&R) -> Uuid) -> Vec<&R> {
+    let mut refs: Vec<&R> = rows.iter().collect();
+    refs.sort_unstable_by_key(|r| key(r));
+    refs
+}
+
+/// Deletes a view database a previous replay left, with its WAL and journal files.
+/// Refuses a file that holds tables Studio did not create: `--db` pointing at someone
+/// else's database must not destroy it.
+fn remove_view_database(runtime: &tokio::runtime::Runtime, path: &Path) -> Result<(), SinkError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let display = path.display().to_string();
+    let tables: Vec<String> = runtime.block_on(async {
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(db_error("bad SQLite options"))?
+            .filename(path)
+            .read_only(true);
+        let mut conn = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(db_error(format!(
+                "{display} exists and is not a SQLite database; choose another --db"
+            )))?;
+        let names = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(db_error(format!(
+                "{display} exists and cannot be read as a SQLite database; choose another --db"
+            )));
+        conn.close().await.ok();
+        names
+    })?;
+    let foreign: Vec<&String> = tables
+        .iter()
+        .filter(|t| !VIEW_TABLES.contains(&t.as_str()) && !t.starts_with("sqlite_"))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(SinkError::Refused(format!(
+            "{display} holds tables Studio did not create ({foreign:?}); a replay replaces the whole file, so choose another --db"
+        )));
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        if file.exists() {
+            std::fs::remove_file(&file)
+                .map_err(io_error(format!("cannot replace {}", file.display())))?;
+        }
+    }
+    Ok(())
 }
 
 fn text(id: Uuid) -> String {
@@ -126,9 +205,10 @@ async fn insert_rows<R>(
     head: &str,
     columns: usize,
     tail: &str,
-    rows: &[R],
+    rows: &[&R],
     mut bind: impl FnMut(&mut sqlx::query_builder::Separated<'_, Sqlite, &'static str>, &R),
 ) -> Result<(), SinkError> {
+    let started = std::time::Instant::now();
     for chunk in rows.chunks(MAX_BINDS / columns) {
         let mut query = QueryBuilder::<Sqlite>::new(head);
         query.push_values(chunk, |mut b, row| bind(&mut b, row));
@@ -139,10 +219,28 @@ async fn insert_rows<R>(
             .await
             .map_err(db_error(format!("writing {head}")))?;
     }
+    tracing::debug!(
+        rows = rows.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "{head}"
+    );
     Ok(())
 }
 
 impl ViewSink for SqliteViews {
+    fn finish(&mut self) -> Result<(), SinkError> {
+        if self.mode == OpenMode::Rebuild {
+            let conn = &mut self.conn;
+            self.runtime.block_on(async {
+                sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA optimize;")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_error("switching the rebuilt views to WAL mode"))
+            })?;
+        }
+        Ok(())
+    }
+
     fn write(&mut self, batch: &ViewBatch) -> Result<(), SinkError> {
         let conn = &mut self.conn;
         self.runtime.block_on(async {
@@ -154,7 +252,7 @@ impl ViewSink for SqliteViews {
                 " ON CONFLICT (blob_id) DO UPDATE SET user_id = excluded.user_id, version = excluded.version, \
                  content_type = excluded.content_type, doc = excluded.doc, parent_id = excluded.parent_id, \
                  created_at = excluded.created_at, updated_at = excluded.updated_at, deleted_at = excluded.deleted_at",
-                &batch.blob_upserts,
+                &sorted_by(&batch.blob_upserts, |r| r.blob_id),
                 |b, r| {
                     b.push_bind(text(r.blob_id))
                         .push_bind(text(r.user_id))
@@ -180,7 +278,7 @@ impl ViewSink for SqliteViews {
                 "INSERT INTO deltas_applied (delta_id, blob_id, version, operation, user_id, provider_id, caused_by, created_at) ",
                 8,
                 "",
-                &batch.applied,
+                &sorted_by(&batch.applied, |r| r.delta_id),
                 |b, r| {
                     b.push_bind(text(r.delta_id))
                         .push_bind(text(r.blob_id))
@@ -198,7 +296,7 @@ impl ViewSink for SqliteViews {
                 "INSERT INTO processed_by (blob_id, provider_id, version, delta_id) ",
                 4,
                 " ON CONFLICT (blob_id, provider_id) DO UPDATE SET version = excluded.version, delta_id = excluded.delta_id",
-                &batch.processed_upserts,
+                &sorted_by(&batch.processed_upserts, |r| r.blob_id),
                 |b, r| {
                     b.push_bind(text(r.blob_id))
                         .push_bind(r.provider_id.clone())
@@ -220,7 +318,7 @@ impl ViewSink for SqliteViews {
                 "INSERT INTO dead_letters (delta_id, blob_id, reason, raw) ",
                 4,
                 "",
-                &batch.dead_letters,
+                &batch.dead_letters.iter().collect::<Vec<_>>(),
                 |b, r| {
                     b.push_bind(opt_text(r.delta_id))
                         .push_bind(opt_text(r.blob_id))

@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS deltas_applied (
     provider_id TEXT,
     caused_by   TEXT,
     created_at  TEXT NOT NULL
-);
+) WITHOUT ROWID; -- one B-tree keyed by delta_id: small rows, insert-only
 CREATE TABLE IF NOT EXISTS processed_by (
     blob_id     TEXT,
     provider_id TEXT,

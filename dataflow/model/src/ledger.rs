@@ -83,7 +83,8 @@ struct BlobState {
 /// One blob's state, its waiting deltas, and what was last emitted for it.
 #[derive(Debug, Default)]
 pub struct BlobLedger {
-    state: Option<BlobState>,
+    /// Boxed: ledgers live in a hash map, which moves them when it grows.
+    state: Option<Box<BlobState>>,
     /// Deltas ahead of the current version, by version, each list in log order.
     pending: BTreeMap<u64, Vec<Delta>>,
     /// The `blobs` row last emitted, to retract it when the blob changes.
@@ -240,7 +241,7 @@ impl BlobLedger {
         let Some(state) = self.state.as_mut() else {
             // Version 1 of a blob that does not exist: `offer` only lets a create here.
             debug_assert_eq!(op, Operation::Create);
-            self.state = Some(BlobState::create(delta));
+            self.state = Some(Box::new(BlobState::create(delta)));
             return Ok(());
         };
         if state.deleted_at.is_some() && op != Operation::Revert {

@@ -8,6 +8,9 @@
 //! - `fold`: parse, then the sequential fold: one `BlobLedger` per blob in a hash map,
 //!   in log order, flushing view rows every `--batch-records` records. No dataflow, no
 //!   sink: the hand-written single-threaded baseline.
+//! - `verify LOG --db DB`: not a baseline but the check that goes with the load test:
+//!   the reference model of the tests (`studio-tests`) run over the log must give
+//!   exactly the view tables a `studio replay` left in DB.
 
 use clap::{Parser, ValueEnum};
 use rustc_hash::FxHashMap;
@@ -27,8 +30,11 @@ struct Args {
     /// The delta log.
     log: std::path::PathBuf,
     /// Records per flush of view rows (fold only).
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 250_000)]
     batch_records: u64,
+    /// The view database to verify (verify only).
+    #[arg(long)]
+    db: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -36,10 +42,14 @@ enum Mode {
     SerdeParse,
     Parse,
     Fold,
+    Verify,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Mode::Verify = args.mode {
+        return verify(&args);
+    }
     let mut source = FileSource::open(std::slice::from_ref(&args.log))?;
     let started = std::time::Instant::now();
     let (mut records, mut ok) = (0u64, 0u64);
@@ -54,6 +64,7 @@ fn main() -> anyhow::Result<()> {
                 ok += serde_json::from_slice::<serde_json::Value>(record.bytes).is_ok() as u64
             }
             Mode::Parse => ok += parse_record(record.bytes, record.pos).is_ok() as u64,
+            Mode::Verify => unreachable!("handled above"),
             Mode::Fold => {
                 let pos: SourcePos = record.pos;
                 if let Ok(delta) = parse_record(record.bytes, pos) {
@@ -89,5 +100,57 @@ fn main() -> anyhow::Result<()> {
         ledgers.len(),
         records as f64 / seconds
     );
+    Ok(())
+}
+
+/// Compares the views in `--db` with the reference model run over the log.
+fn verify(args: &Args) -> anyhow::Result<()> {
+    use studio_tests::{model, views};
+    let db = args
+        .db
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("verify needs --db"))?;
+    let started = std::time::Instant::now();
+    let lines = model::split_lines(&std::fs::read(&args.log)?);
+    let expected = model::run(&lines);
+    let got = views::read_tables(db).map_err(anyhow::Error::msg)?;
+    let (expected, got) = (expected.tables.unordered(), got.unordered());
+    let same = |name: &str, a: usize, b: usize, equal: bool| {
+        println!(
+            "{name:<15} model {a:>9} rows, views {b:>9} rows: {}",
+            if equal { "equal" } else { "DIFFERENT" }
+        );
+        equal
+    };
+    let ok = [
+        same(
+            "blobs",
+            expected.blobs.len(),
+            got.blobs.len(),
+            expected.blobs == got.blobs,
+        ),
+        same(
+            "deltas_applied",
+            expected.applied.len(),
+            got.applied.len(),
+            expected.applied == got.applied,
+        ),
+        same(
+            "processed_by",
+            expected.processed.len(),
+            got.processed.len(),
+            expected.processed == got.processed,
+        ),
+        same(
+            "dead_letters",
+            expected.dead_letters.len(),
+            got.dead_letters.len(),
+            expected.dead_letters == got.dead_letters,
+        ),
+    ]
+    .iter()
+    .all(|ok| *ok);
+    println!("verified in {:.1} s", started.elapsed().as_secs_f64());
+    anyhow::ensure!(ok, "the views differ from the reference model");
     Ok(())
 }

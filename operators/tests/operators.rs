@@ -325,13 +325,15 @@ fn drive(workers: usize, end: Time) -> Drive {
     }
 }
 
-/// `(time, blob, version, doc, diff)` of `blobs` updates.
+/// `(time, blob, version, doc, diff)` of `blobs` updates, in that order.
 fn blob_changes(views: &Views) -> Vec<(Time, Uuid, u64, Value, isize)> {
-    views
+    let mut changes: Vec<_> = views
         .blobs
         .iter()
         .map(|(row, t, r)| (*t, row.blob_id, row.version, row.doc.value().clone(), *r))
-        .collect()
+        .collect();
+    changes.sort_by_key(|c| (c.0, c.1, c.2, c.4));
+    changes
 }
 
 /// `(time, delta, version)` of `applied`, checking every diff is +1.
@@ -542,7 +544,7 @@ fn apply_retracts_the_previous_row_when_a_blob_changes_again() {
         let a3 = json!({"content": "a2", "tags": ["x"]});
         let a4 = json!({"content": "a2", "tags": ["y"]});
         let b1 = json!({"content": "b"});
-        let mut expected = vec![
+        let expected = vec![
             (0, a, 1, a1.clone(), 1),
             (0, b, 1, b1.clone(), 1),
             // Two deltas of A in t=1: one retraction, one insertion. B's failed
@@ -552,10 +554,7 @@ fn apply_retracts_the_previous_row_when_a_blob_changes_again() {
             (2, a, 3, a3, -1),
             (2, a, 4, a4.clone(), 1),
         ];
-        expected.sort_by(|x, y| (x.0, x.1, x.2, x.4).cmp(&(y.0, y.1, y.2, y.4)));
-        let mut got = blob_changes(&views);
-        got.sort_by(|x, y| (x.0, x.1, x.2, x.4).cmp(&(y.0, y.1, y.2, y.4)));
-        assert_eq!(got, expected, "workers={workers}");
+        assert_eq!(blob_changes(&views), expected, "workers={workers}");
 
         // Across all times the collection is exactly the final rows.
         let rows = final_rows(&views.blobs);
@@ -746,6 +745,59 @@ fn apply_dead_letters_an_unfilled_gap_at_the_final_time() {
     }
     for run in &runs[1..] {
         assert_eq!(run, &runs[0]);
+    }
+}
+
+#[test]
+fn apply_resolves_conflicts_in_one_timestamp_by_log_order() {
+    // S4.3 within one timestamp, every copy fed in reverse log order: the first in
+    // log order wins, whether it applies at once or waits for a gap.
+    let a = blob_id(1);
+    let log = [
+        delta(0, 1, 1, "create", 1, json!({})),
+        delta(1, 2, 1, "update", 2, json!({"v2": "early"})),
+        delta(2, 3, 1, "update", 2, json!({"v2": "late"})),
+        delta(3, 4, 1, "update", 4, json!({"v4": "early"})),
+        delta(4, 5, 1, "update", 4, json!({"v4": "late"})),
+        delta(5, 6, 1, "update", 3, json!({"v3": true})),
+    ];
+    let feed: Vec<Fed> = log
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(k, d)| fed(0, k, d.clone()))
+        .collect();
+    for workers in [1, 2] {
+        let views = run_apply(&feed, drive(workers, 1), false);
+        assert_eq!(
+            applied_at(&views),
+            vec![
+                (0, delta_id(1), 1),
+                (0, delta_id(2), 2),
+                (0, delta_id(4), 4),
+                (0, delta_id(6), 3),
+            ],
+            "workers={workers}"
+        );
+        assert_eq!(
+            dead_at(&views),
+            vec![
+                (0, Some(delta_id(3)), Reason::VersionConflict { version: 2 }),
+                (0, Some(delta_id(5)), Reason::VersionConflict { version: 4 }),
+            ],
+            "workers={workers}"
+        );
+        assert_eq!(
+            blob_changes(&views),
+            vec![(
+                0,
+                a,
+                4,
+                json!({"v2": "early", "v3": true, "v4": "early"}),
+                1
+            )],
+            "workers={workers}"
+        );
     }
 }
 
@@ -1024,13 +1076,24 @@ proptest! {
         step_each_batch in any::<bool>(),
         seed in any::<u64>(),
         extra in 1..3u64,
+        dedup in any::<bool>(),
     ) {
         let lines = build_log(&gens);
-        let log: Vec<Delta> = lines
+        let mut log: Vec<Delta> = lines
             .iter()
             .enumerate()
             .map(|(pos, (_, _, text))| parse(text, pos as u64))
             .collect();
+        let mut lines = lines;
+        if !dedup {
+            // ApplyDeltas alone, fed the first of each id (it expects deduplicated input).
+            let mut seen = HashSet::new();
+            let keep: Vec<bool> = log.iter().map(|d| seen.insert(d.id)).collect();
+            let mut k = keep.iter();
+            log.retain(|_| *k.next().expect("same length"));
+            let mut k = keep.iter();
+            lines.retain(|_| *k.next().expect("same length"));
+        }
         // Feed each timestamp's records in a random order.
         let mut feed: Vec<Fed> = lines
             .iter()
@@ -1042,7 +1105,7 @@ proptest! {
             batch.shuffle(&mut rng);
         }
         let end = feed.last().map_or(0, |f| f.time) + extra;
-        let views = run_apply(&feed, Drive { workers, end, step_each_batch }, true);
+        let views = run_apply(&feed, Drive { workers, end, step_each_batch }, dedup);
         let expected = fold(&log);
 
         prop_assert_eq!(final_rows(&views.blobs), expected.blobs);

@@ -7,10 +7,11 @@
 //! dead letter and leaves the blob as it was (S4.5).
 //!
 //! `revert` needs old documents, so the ledger keeps one [`Step`] per version: the
-//! initial document, each patch, each delete and each revert. The document at version
-//! `k` is rebuilt by walking back from `k` to the create (following reverts) and
-//! replaying the patches on the way: memory grows with the patches, not with
-//! snapshots of the document.
+//! initial document, each patch, each delete and each revert, plus a snapshot of the
+//! document every [`SNAPSHOT_EVERY`] versions. The document at version `k` is rebuilt
+//! by walking back from `k` (following reverts) to the create or to a snapshot, and
+//! replaying the patches on the way: memory grows with the patches, and a revert costs
+//! at most `SNAPSHOT_EVERY` patch applications however long the history.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -78,6 +79,8 @@ struct BlobState {
     deleted_version: Option<u64>,
     /// `history[v - 1]` made version `v`.
     history: Vec<Step>,
+    /// `snapshots[i]` is the document at version `(i + 1) * SNAPSHOT_EVERY`.
+    snapshots: Vec<Arc<Value>>,
 }
 
 /// One blob's state, its waiting deltas, and what was last emitted for it.
@@ -94,6 +97,9 @@ pub struct BlobLedger {
     /// Changed since the last [`BlobLedger::flush`].
     dirty: bool,
 }
+
+/// A snapshot of the document is kept every this many versions, for `revert`.
+pub const SNAPSHOT_EVERY: u64 = 32;
 
 /// Content type of a create without `metadata.content_type` (S3.1).
 pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
@@ -302,6 +308,9 @@ impl BlobLedger {
                 .insert(provider, (delta.version, delta.id));
         }
         state.history.push(step);
+        if delta.version % SNAPSHOT_EVERY == 0 {
+            state.snapshots.push(Arc::clone(&state.doc));
+        }
         state.version = delta.version;
         state.updated_at = delta.created_at;
         state.add_children(&delta.child_ids);
@@ -318,6 +327,7 @@ impl BlobState {
             user_id: delta.user_id,
             version: 1,
             history: vec![Step::Create(text.into())],
+            snapshots: Vec::new(),
             doc: Arc::new(doc),
             content_type: delta
                 .content_type
@@ -362,6 +372,9 @@ impl BlobState {
         let mut patches = Vec::new();
         let mut v = version;
         let mut doc = loop {
+            if v % SNAPSHOT_EVERY == 0 {
+                break Value::clone(&self.snapshots[(v / SNAPSHOT_EVERY - 1) as usize]);
+            }
             match &self.history[(v - 1) as usize] {
                 Step::Create(doc) => break serde_json::from_str(doc).expect("stored as JSON"),
                 Step::Patch(format, patch) => {
@@ -484,4 +497,66 @@ fn revert_target(patch: Option<&str>) -> Result<u64, Reason> {
     serde_json::from_str::<Revert>(text)
         .map(|r| r.to_version)
         .map_err(|_| Reason::RevertShape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SourcePos, parse_record};
+
+    fn delta(n: u64, version: u64, op: &str, patch: &str) -> Delta {
+        let line = format!(
+            r#"{{"id":"00000000-0000-4000-8000-{n:012}","blob_id":"00000000-0000-4000-8000-0000000000b1","user_id":"00000000-0000-4000-8000-0000000000a1","operation":"{op}","version":{version},"created_at":"2026-01-01T00:00:00Z"{patch}}}"#
+        );
+        parse_record(line.as_bytes(), SourcePos::at(n)).unwrap()
+    }
+
+    /// Reverts across snapshot boundaries, to snapshots, to versions made by reverts,
+    /// must give exactly the document each version had when it was made.
+    #[test]
+    fn long_histories_revert_through_snapshots() {
+        let mut ledger = BlobLedger::default();
+        let mut fx = Effects::default();
+        let (mut rows, mut processed) = (Vec::new(), Vec::new());
+        let mut seen: Vec<String> = vec![String::new()]; // seen[v] = doc text at version v
+        ledger.offer(
+            delta(1, 1, "create", r#","patch":{"n":0,"log":[]}"#),
+            &mut fx,
+        );
+        let mut record = |ledger: &mut BlobLedger, seen: &mut Vec<String>| {
+            ledger.flush(&mut rows, &mut processed);
+            let row = &rows.last().unwrap().0;
+            assert_eq!(row.version as usize, seen.len());
+            seen.push(row.doc.to_json());
+        };
+        record(&mut ledger, &mut seen);
+        for v in 2..=150u64 {
+            let (op, patch) = match v % 7 {
+                0 => (
+                    "revert",
+                    format!(r#","patch":{{"to_version":{}}}"#, (v * 31) % (v - 1) + 1),
+                ),
+                1 | 4 => (
+                    "update",
+                    format!(r#","patch":[{{"op":"add","path":"/log/-","value":{v}}}]"#),
+                ),
+                _ => ("update", format!(r#","patch":{{"n":{v}}}"#)),
+            };
+            ledger.offer(delta(v, v, op, &patch), &mut fx);
+            assert!(fx.dead_letters.is_empty(), "{:?}", fx.dead_letters);
+            record(&mut ledger, &mut seen);
+            if op == "revert" {
+                let to = (v * 31) % (v - 1) + 1;
+                assert_eq!(
+                    seen[v as usize], seen[to as usize],
+                    "v{v} reverted to v{to}"
+                );
+            }
+        }
+        let state = ledger.state.as_ref().unwrap();
+        assert_eq!(state.snapshots.len(), 150 / SNAPSHOT_EVERY as usize);
+        for k in 1..=150u64 {
+            assert_eq!(state.doc_at(k).to_string(), seen[k as usize], "doc_at({k})");
+        }
+    }
 }

@@ -25,7 +25,7 @@ LOG="$DATA/log-$BLOBS-$DELTAS.jsonl"
 DB=$(mktemp -d)/bench.sqlite
 trap 'rm -rf "$(dirname "$DB")"' EXIT
 
-echo "log: $LOG ($(du -h "$LOG" | cut -f1), $DELTAS deltas, $BLOBS blobs); machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; runs: $RUNS"
+echo "log: $LOG ($(du -hL "$LOG" | cut -f1), $DELTAS deltas, $BLOBS blobs); machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; runs: $RUNS"
 printf '%-44s %9s %12s %10s %9s\n' command "wall s" "records/s" "peak MiB" "vs parse"
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -5,8 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use differential_dataflow::{AsCollection, VecCollection};
-use studio_model::{AppliedRow, BlobRow, DeadLetter, Delta, ProcessedRow};
-use studio_operators::{ApplyDeltas, DedupById};
+use studio_model::{
+    AppliedRow, BlobRow, DeadLetter, Delta, DepthRow, EdgeRow, ProcessedRow, ReachRow,
+    RejectedEdgeRow, UserDepthRow,
+};
+use studio_operators::{ApplyDeltas, CycleGuard, DedupById, Depth, Reachability};
 use timely::dataflow::Scope;
 use timely::dataflow::operators::Inspect;
 use timely::dataflow::operators::vec::input::Handle;
@@ -33,6 +36,16 @@ pub struct ViewStreams<'scope> {
     pub applied: VecCollection<'scope, Time, AppliedRow>,
     /// `dead_letters`: malformed records and rejected deltas.
     pub dead_letters: VecCollection<'scope, Time, DeadLetter>,
+    /// `blob_edges`: accepted edges whose two ends exist.
+    pub edges: VecCollection<'scope, Time, EdgeRow>,
+    /// `rejected_edges`: edges that would have closed a cycle.
+    pub rejected_edges: VecCollection<'scope, Time, RejectedEdgeRow>,
+    /// `blob_reach`.
+    pub reach: VecCollection<'scope, Time, ReachRow>,
+    /// `blob_depth`.
+    pub depth: VecCollection<'scope, Time, DepthRow>,
+    /// `user_depth`.
+    pub user_depth: VecCollection<'scope, Time, UserDepthRow>,
 }
 
 /// Builds the delta-to-views dataflow in `scope`; `duplicates` counts S4.2 repeats.
@@ -52,6 +65,33 @@ pub fn render<'scope>(
     let applied = unique.apply_deltas();
     let malformed = malformed.as_collection();
 
+    // The DAG (S5.1, S5.2). An edge counts in the views once both its ends exist.
+    let (accepted_edges, rejected_edges) = applied.edges.cycle_guard();
+    let existing = applied.blobs.clone().map(|row| row.blob_id);
+    let edges = accepted_edges
+        .map(|e| (e.parent_id, e))
+        .semijoin(existing.clone())
+        .map(|(_, e)| (e.child_id, e))
+        .semijoin(existing.clone())
+        .map(|(_, e)| e);
+    let pairs = edges.clone().map(|e| (e.parent_id, e.child_id));
+    let reach = pairs
+        .clone()
+        .reachability()
+        .map(|((ancestor_id, descendant_id), distance)| ReachRow {
+            ancestor_id,
+            descendant_id,
+            distance,
+        });
+    let depth = existing.depth(pairs);
+    let owners = applied.blobs.clone().map(|row| (row.blob_id, row.user_id));
+    let user_depth = depth
+        .clone()
+        .join_map(owners, |_blob, &depth, &user| (user, depth))
+        .reduce(|_user, depths, deepest| deepest.push((*depths[depths.len() - 1].0, 1)))
+        .map(|(user_id, max_depth)| UserDepthRow { user_id, max_depth });
+    let depth = depth.map(|(blob_id, depth)| DepthRow { blob_id, depth });
+
     (
         Inputs {
             deltas: deltas_in,
@@ -62,6 +102,28 @@ pub fn render<'scope>(
             processed: applied.processed,
             applied: applied.applied,
             dead_letters: applied.dead_letters.concat(malformed),
+            edges,
+            rejected_edges,
+            reach,
+            depth,
+            user_depth,
         },
     )
+}
+
+impl<'scope> ViewStreams<'scope> {
+    /// Attaches `probe` to every view, so it tells when a timestamp is complete in all.
+    pub fn probe_with(self, probe: &timely::dataflow::operators::probe::Handle<Time>) -> Self {
+        ViewStreams {
+            blobs: self.blobs.probe_with(probe),
+            processed: self.processed.probe_with(probe),
+            applied: self.applied.probe_with(probe),
+            dead_letters: self.dead_letters.probe_with(probe),
+            edges: self.edges.probe_with(probe),
+            rejected_edges: self.rejected_edges.probe_with(probe),
+            reach: self.reach.probe_with(probe),
+            depth: self.depth.probe_with(probe),
+            user_depth: self.user_depth.probe_with(probe),
+        }
+    }
 }

@@ -27,7 +27,7 @@ use studio_connectors::{RecordSource, SinkError, SourceError, ViewSink};
 use studio_model::{ViewBatch, parse_record};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
-use crate::render::{Time, ViewStreams, render};
+use crate::render::{Time, render};
 use crate::sink::sink_views;
 
 /// Records are dealt to workers in chunks of this many, round robin.
@@ -157,12 +157,7 @@ pub fn replay(
             let probe = ProbeHandle::new();
             let mut inputs = worker.dataflow::<Time, _, _>(|scope| {
                 let (inputs, views) = render(scope, Arc::clone(&duplicates));
-                let views = ViewStreams {
-                    blobs: views.blobs.probe_with(&probe),
-                    processed: views.processed.probe_with(&probe),
-                    applied: views.applied.probe_with(&probe),
-                    dead_letters: views.dead_letters.probe_with(&probe),
-                };
+                let views = views.probe_with(&probe);
                 let (fed_at, to_writer, aborted) =
                     (Rc::clone(&fed_at), to_writer.clone(), Arc::clone(&aborted));
                 sink_views(views, move |time, batch| {
@@ -292,7 +287,7 @@ fn write_views(
         tally.busy += now - writing;
         tracing::debug!(
             batches = fed.len(),
-            upserts = merged.blob_upserts.len(),
+            upserts = merged.blobs.upserts.len(),
             applied = merged.applied.len(),
             seconds = (now - writing).as_secs_f64(),
             "view transaction committed"

@@ -20,7 +20,8 @@
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::{FxHashMap, FxHashSet};
 use studio_model::{
-    AppliedRow, BlobLedger, BlobRow, DeadLetter, Delta, Effects, ProcessedRow, Uuid,
+    AppliedRow, BlobLedger, BlobRow, DeadLetter, Delta, EdgeProposal, Effects, ProcessedRow,
+    SourcePos, Uuid,
 };
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
@@ -42,7 +43,15 @@ pub struct AppliedStreams<'scope, T: Timestamp> {
     pub applied: VecCollection<'scope, T, AppliedRow>,
     /// Rejected deltas, each once.
     pub dead_letters: VecCollection<'scope, T, DeadLetter>,
+    /// Edges proposed by accepted deltas, for the cycle guard, each with its place in
+    /// the acceptance order (the same on every worker count).
+    pub edges: StreamVec<'scope, T, OrderedEdge>,
 }
+
+/// An edge proposal and its place in acceptance order: the log position of the delta
+/// whose arrival made it apply (a delta that waited for a gap applies when the delta
+/// filling the gap arrives), then its rank among the edges that arrival accepted.
+pub type OrderedEdge = ((SourcePos, u32), EdgeProposal);
 
 /// Applies deltas to blob state.
 pub trait ApplyDeltas<'scope, T: Timestamp> {
@@ -54,6 +63,7 @@ const BLOBS: usize = 0;
 const PROCESSED: usize = 1;
 const APPLIED: usize = 2;
 const DEAD: usize = 3;
+const EDGES: usize = 4;
 
 type Out<D, T> = CapacityContainerBuilder<Vec<(D, T, isize)>>;
 
@@ -65,15 +75,18 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
         let (processed_out, processed) = builder.new_output();
         let (applied_out, applied) = builder.new_output();
         let (dead_out, dead_letters) = builder.new_output();
+        let (edges_out, edges) = builder.new_output();
         let mut blobs_out = OutputBuilder::<_, Out<BlobRow, T>>::from(blobs_out);
         let mut processed_out = OutputBuilder::<_, Out<ProcessedRow, T>>::from(processed_out);
         let mut applied_out = OutputBuilder::<_, Out<AppliedRow, T>>::from(applied_out);
         let mut dead_out = OutputBuilder::<_, Out<DeadLetter, T>>::from(dead_out);
+        let mut edges_out =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<OrderedEdge>>>::from(edges_out);
 
         builder.build(move |initial_caps| {
             // Held at the input frontier, to dead-letter unfilled gaps when the input ends.
             let mut end_caps = Some(initial_caps);
-            let mut stash = Stash::new(4);
+            let mut stash = Stash::new(5);
             let mut ledgers: FxHashMap<Uuid, BlobLedger> = FxHashMap::default();
             let mut waiting: FxHashSet<Uuid> = FxHashSet::default();
             let mut touched: Vec<Uuid> = Vec::new();
@@ -86,15 +99,23 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
                 let mut processed_session = processed_out.activate();
                 let mut applied_session = applied_out.activate();
                 let mut dead_session = dead_out.activate();
+                let mut edges_session = edges_out.activate();
 
                 for (caps, mut deltas) in stash.take_complete(&frontiers[0]) {
                     let time = caps[0].time().clone();
                     deltas.sort_by_key(|d| d.pos);
                     let mut fx = Effects::default();
+                    let mut edges: Vec<OrderedEdge> = Vec::new();
                     for delta in deltas {
-                        let blob = delta.blob_id;
+                        let (blob, pos) = (delta.blob_id, delta.pos);
                         let ledger = ledgers.entry(blob).or_default();
                         ledger.offer(delta, &mut fx);
+                        edges.extend(
+                            fx.edges
+                                .drain(..)
+                                .enumerate()
+                                .map(|(rank, e)| ((pos, rank as u32), e)),
+                        );
                         touched.push(blob);
                         if ledger.pending_len() > 0 {
                             waiting.insert(blob);
@@ -122,6 +143,9 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
                     dead_session
                         .session(&caps[DEAD])
                         .give_iterator(fx.dead_letters.into_iter().map(|dl| (dl, time.clone(), 1)));
+                    edges_session
+                        .session(&caps[EDGES])
+                        .give_iterator(edges.into_iter());
                 }
 
                 let frontier = frontiers[0].frontier();
@@ -160,6 +184,7 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
             processed: processed.as_collection(),
             applied: applied.as_collection(),
             dead_letters: dead_letters.as_collection(),
+            edges,
         }
     }
 }

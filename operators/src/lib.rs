@@ -8,6 +8,9 @@
 //! |---|---|---|
 //! | [`DedupById`] | S4.2 | drops a delta whose id was seen before, in log order |
 //! | [`ApplyDeltas`] | S3, S4 | folds each blob's deltas in version order into its state |
+//! | [`CycleGuard`] | S5.1 | adds proposed edges to the DAG in acceptance order, refusing cycles |
+//! | [`Reachability`] | S5.2 | every (ancestor, descendant, shortest distance) |
+//! | [`Depth`] | S5.2 | every blob's longest path from a root |
 //!
 //! All of them take a totally ordered timestamp (the batch of the source the records
 //! came from) and, within one timestamp, process records in log order ([`SourcePos`]),
@@ -17,8 +20,14 @@
 #![forbid(missing_docs)]
 
 pub mod apply_deltas;
+pub mod cycle_guard;
 pub mod dedup;
+pub mod depth;
+pub mod reachability;
 pub mod stash;
 
-pub use apply_deltas::{AppliedStreams, ApplyDeltas};
+pub use apply_deltas::{AppliedStreams, ApplyDeltas, OrderedEdge};
+pub use cycle_guard::CycleGuard;
 pub use dedup::{DedupById, Duplicate};
+pub use depth::Depth;
+pub use reachability::Reachability;

@@ -21,7 +21,10 @@ use std::str::FromStr;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
-use studio_model::{Timestamp, Uuid, ViewBatch};
+use studio_model::{
+    AppliedRow, BlobRow, DeadLetter, DepthRow, EdgeRow, Keyed, KeyedChanges, ProcessedRow,
+    ReachRow, RejectedEdgeRow, Timestamp, UserDepthRow, Uuid, ViewBatch,
+};
 
 use crate::{SinkError, ViewSink};
 
@@ -31,7 +34,17 @@ pub use reader::{Rows, SqliteReader};
 pub const SCHEMA: &str = include_str!("schema.sql");
 
 /// The tables Studio owns in a view database.
-pub const VIEW_TABLES: &[&str] = &["blobs", "deltas_applied", "processed_by", "dead_letters"];
+pub const VIEW_TABLES: &[&str] = &[
+    "blobs",
+    "deltas_applied",
+    "processed_by",
+    "dead_letters",
+    "blob_edges",
+    "blob_reach",
+    "blob_depth",
+    "user_depth",
+    "rejected_edges",
+];
 
 /// SQLite allows 32766 bound values per statement.
 const MAX_BINDS: usize = 32_000;
@@ -132,12 +145,245 @@ impl SqliteViews {
     }
 }
 
-/// Rows in key order: B-tree inserts in key order touch neighbouring pages, where
-/// random UUID order would jump across the whole index.
-fn sorted_by<R>(rows: &[R], key: impl Fn(&R) -> Uuid) -> Vec<&R> {
-    let mut refs: Vec<&R> = rows.iter().collect();
-    refs.sort_unstable_by_key(|r| key(r));
-    refs
+fn text(id: Uuid) -> String {
+    id.hyphenated().to_string()
+}
+
+fn time(t: Timestamp) -> String {
+    t.to_rfc3339()
+}
+
+/// Runs `INSERT ... VALUES (..), (..)` over `rows` in statements of at most
+/// [`MAX_BINDS`] values, with `tail` after the values (an `ON CONFLICT` clause).
+async fn insert_rows<R>(
+    conn: &mut SqliteConnection,
+    head: &str,
+    columns: usize,
+    tail: &str,
+    rows: &[&R],
+    bind: &impl Fn(&mut sqlx::query_builder::Separated<'_, Sqlite, &'static str>, &R),
+) -> Result<(), SinkError> {
+    for chunk in rows.chunks(MAX_BINDS / columns) {
+        let mut query = QueryBuilder::<Sqlite>::new(head);
+        query.push_values(chunk, |mut b, row| bind(&mut b, row));
+        query.push(tail);
+        query
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error(format!("writing {head}")))?;
+    }
+    Ok(())
+}
+
+/// A statement with its bound values.
+type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// How one keyed view is written: an upsert of its rows, a delete by key.
+struct KeyedTable<R: Keyed> {
+    /// `INSERT INTO t (columns) `.
+    insert: &'static str,
+    /// Number of columns bound per row.
+    columns: usize,
+    /// `ON CONFLICT (key) DO UPDATE SET ...`.
+    on_conflict: &'static str,
+    /// Binds one row's columns.
+    bind_row: fn(&mut sqlx::query_builder::Separated<'_, Sqlite, &'static str>, &R),
+    /// `DELETE FROM t WHERE key = ?`.
+    delete: &'static str,
+    /// Binds a key to `delete`.
+    bind_key: for<'q> fn(Query<'q>, &R::Key) -> Query<'q>,
+}
+
+impl<R: Keyed> KeyedTable<R> {
+    async fn write(
+        &self,
+        conn: &mut SqliteConnection,
+        changes: &KeyedChanges<R>,
+    ) -> Result<(), SinkError> {
+        let mut rows: Vec<&R> = changes.upserts.iter().collect();
+        // B-tree inserts in key order touch neighbouring pages, where random UUID order
+        // would jump across the whole index.
+        rows.sort_unstable_by_key(|r| r.key());
+        insert_rows(
+            conn,
+            self.insert,
+            self.columns,
+            self.on_conflict,
+            &rows,
+            &self.bind_row,
+        )
+        .await?;
+        for key in &changes.deletes {
+            (self.bind_key)(sqlx::query(self.delete), key)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error(self.delete))?;
+        }
+        Ok(())
+    }
+}
+
+type Binder<'a> = sqlx::query_builder::Separated<'a, Sqlite, &'static str>;
+
+const BLOBS: KeyedTable<BlobRow> = KeyedTable {
+    insert: "INSERT INTO blobs (blob_id, user_id, version, content_type, doc, parent_id, created_at, updated_at, deleted_at) ",
+    columns: 9,
+    on_conflict: " ON CONFLICT (blob_id) DO UPDATE SET user_id = excluded.user_id, version = excluded.version, \
+        content_type = excluded.content_type, doc = excluded.doc, parent_id = excluded.parent_id, \
+        created_at = excluded.created_at, updated_at = excluded.updated_at, deleted_at = excluded.deleted_at",
+    bind_row: |b: &mut Binder<'_>, r: &BlobRow| {
+        b.push_bind(text(r.blob_id))
+            .push_bind(text(r.user_id))
+            .push_bind(r.version as i64)
+            .push_bind(r.content_type.clone())
+            .push_bind(r.doc.to_json())
+            .push_bind(r.parent_id.map(text))
+            .push_bind(time(r.created_at))
+            .push_bind(time(r.updated_at))
+            .push_bind(r.deleted_at.map(time));
+    },
+    delete: "DELETE FROM blobs WHERE blob_id = ?",
+    bind_key: |q, k| q.bind(text(*k)),
+};
+
+const PROCESSED: KeyedTable<ProcessedRow> = KeyedTable {
+    insert: "INSERT INTO processed_by (blob_id, provider_id, version, delta_id) ",
+    columns: 4,
+    on_conflict: " ON CONFLICT (blob_id, provider_id) DO UPDATE SET version = excluded.version, delta_id = excluded.delta_id",
+    bind_row: |b: &mut Binder<'_>, r: &ProcessedRow| {
+        b.push_bind(text(r.blob_id))
+            .push_bind(r.provider_id.clone())
+            .push_bind(r.version as i64)
+            .push_bind(text(r.delta_id));
+    },
+    delete: "DELETE FROM processed_by WHERE blob_id = ? AND provider_id = ?",
+    bind_key: |q, (blob, provider)| q.bind(text(*blob)).bind(provider.clone()),
+};
+
+const EDGES: KeyedTable<EdgeRow> = KeyedTable {
+    insert: "INSERT INTO blob_edges (parent_id, child_id, delta_id) ",
+    columns: 3,
+    on_conflict: " ON CONFLICT (parent_id, child_id) DO UPDATE SET delta_id = excluded.delta_id",
+    bind_row: |b: &mut Binder<'_>, r: &EdgeRow| {
+        b.push_bind(text(r.parent_id))
+            .push_bind(text(r.child_id))
+            .push_bind(text(r.delta_id));
+    },
+    delete: "DELETE FROM blob_edges WHERE parent_id = ? AND child_id = ?",
+    bind_key: |q, (p, c)| q.bind(text(*p)).bind(text(*c)),
+};
+
+const REACH: KeyedTable<ReachRow> = KeyedTable {
+    insert: "INSERT INTO blob_reach (ancestor_id, descendant_id, distance) ",
+    columns: 3,
+    on_conflict: " ON CONFLICT (ancestor_id, descendant_id) DO UPDATE SET distance = excluded.distance",
+    bind_row: |b: &mut Binder<'_>, r: &ReachRow| {
+        b.push_bind(text(r.ancestor_id))
+            .push_bind(text(r.descendant_id))
+            .push_bind(r.distance as i64);
+    },
+    delete: "DELETE FROM blob_reach WHERE ancestor_id = ? AND descendant_id = ?",
+    bind_key: |q, (a, d)| q.bind(text(*a)).bind(text(*d)),
+};
+
+const DEPTH: KeyedTable<DepthRow> = KeyedTable {
+    insert: "INSERT INTO blob_depth (blob_id, depth) ",
+    columns: 2,
+    on_conflict: " ON CONFLICT (blob_id) DO UPDATE SET depth = excluded.depth",
+    bind_row: |b: &mut Binder<'_>, r: &DepthRow| {
+        b.push_bind(text(r.blob_id)).push_bind(r.depth as i64);
+    },
+    delete: "DELETE FROM blob_depth WHERE blob_id = ?",
+    bind_key: |q, k| q.bind(text(*k)),
+};
+
+const USER_DEPTH: KeyedTable<UserDepthRow> = KeyedTable {
+    insert: "INSERT INTO user_depth (user_id, max_depth) ",
+    columns: 2,
+    on_conflict: " ON CONFLICT (user_id) DO UPDATE SET max_depth = excluded.max_depth",
+    bind_row: |b: &mut Binder<'_>, r: &UserDepthRow| {
+        b.push_bind(text(r.user_id)).push_bind(r.max_depth as i64);
+    },
+    delete: "DELETE FROM user_depth WHERE user_id = ?",
+    bind_key: |q, k| q.bind(text(*k)),
+};
+
+impl ViewSink for SqliteViews {
+    fn finish(&mut self) -> Result<(), SinkError> {
+        if self.mode == OpenMode::Rebuild {
+            let conn = &mut self.conn;
+            self.runtime.block_on(async {
+                sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA optimize;")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_error("switching the rebuilt views to WAL mode"))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, batch: &ViewBatch) -> Result<(), SinkError> {
+        let conn = &mut self.conn;
+        self.runtime.block_on(async {
+            let mut tx = conn.begin().await.map_err(db_error("BEGIN"))?;
+            BLOBS.write(&mut tx, &batch.blobs).await?;
+            PROCESSED.write(&mut tx, &batch.processed).await?;
+            EDGES.write(&mut tx, &batch.edges).await?;
+            REACH.write(&mut tx, &batch.reach).await?;
+            DEPTH.write(&mut tx, &batch.depth).await?;
+            USER_DEPTH.write(&mut tx, &batch.user_depth).await?;
+            let mut applied: Vec<&AppliedRow> = batch.applied.iter().collect();
+            applied.sort_unstable_by_key(|r| r.delta_id);
+            insert_rows(
+                &mut tx,
+                "INSERT INTO deltas_applied (delta_id, blob_id, version, operation, user_id, provider_id, caused_by, created_at) ",
+                8,
+                "",
+                &applied,
+                &|b: &mut Binder<'_>, r: &AppliedRow| {
+                    b.push_bind(text(r.delta_id))
+                        .push_bind(text(r.blob_id))
+                        .push_bind(r.version as i64)
+                        .push_bind(r.operation.as_str())
+                        .push_bind(text(r.user_id))
+                        .push_bind(r.provider_id.clone())
+                        .push_bind(r.caused_by.map(text))
+                        .push_bind(time(r.created_at));
+                },
+            )
+            .await?;
+            insert_rows(
+                &mut tx,
+                "INSERT INTO rejected_edges (delta_id, parent_id, child_id, reason) ",
+                4,
+                "",
+                &batch.rejected_edges.iter().collect::<Vec<_>>(),
+                &|b: &mut Binder<'_>, r: &RejectedEdgeRow| {
+                    b.push_bind(text(r.delta_id))
+                        .push_bind(text(r.parent_id))
+                        .push_bind(text(r.child_id))
+                        .push_bind(r.reason.clone());
+                },
+            )
+            .await?;
+            insert_rows(
+                &mut tx,
+                "INSERT INTO dead_letters (delta_id, blob_id, reason, raw) ",
+                4,
+                "",
+                &batch.dead_letters.iter().collect::<Vec<_>>(),
+                &|b: &mut Binder<'_>, r: &DeadLetter| {
+                    b.push_bind(r.delta_id.map(text))
+                        .push_bind(r.blob_id.map(text))
+                        .push_bind(r.reason.to_string())
+                        .push_bind(r.raw_text().into_owned());
+                },
+            )
+            .await?;
+            tx.commit().await.map_err(db_error("COMMIT"))
+        })
+    }
 }
 
 /// Deletes a view database a previous replay left, with its WAL and journal files.
@@ -184,150 +430,4 @@ fn remove_view_database(runtime: &tokio::runtime::Runtime, path: &Path) -> Resul
         }
     }
     Ok(())
-}
-
-fn text(id: Uuid) -> String {
-    id.hyphenated().to_string()
-}
-
-fn opt_text(id: Option<Uuid>) -> Option<String> {
-    id.map(text)
-}
-
-fn time(t: Timestamp) -> String {
-    t.to_rfc3339()
-}
-
-/// Runs `INSERT ... VALUES (..), (..)` over `rows` in statements of at most
-/// [`MAX_BINDS`] values, with `tail` after the values (an `ON CONFLICT` clause).
-async fn insert_rows<R>(
-    conn: &mut SqliteConnection,
-    head: &str,
-    columns: usize,
-    tail: &str,
-    rows: &[&R],
-    mut bind: impl FnMut(&mut sqlx::query_builder::Separated<'_, Sqlite, &'static str>, &R),
-) -> Result<(), SinkError> {
-    let started = std::time::Instant::now();
-    for chunk in rows.chunks(MAX_BINDS / columns) {
-        let mut query = QueryBuilder::<Sqlite>::new(head);
-        query.push_values(chunk, |mut b, row| bind(&mut b, row));
-        query.push(tail);
-        query
-            .build()
-            .execute(&mut *conn)
-            .await
-            .map_err(db_error(format!("writing {head}")))?;
-    }
-    tracing::debug!(
-        rows = rows.len(),
-        seconds = started.elapsed().as_secs_f64(),
-        "{head}"
-    );
-    Ok(())
-}
-
-impl ViewSink for SqliteViews {
-    fn finish(&mut self) -> Result<(), SinkError> {
-        if self.mode == OpenMode::Rebuild {
-            let conn = &mut self.conn;
-            self.runtime.block_on(async {
-                sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA optimize;")
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db_error("switching the rebuilt views to WAL mode"))
-            })?;
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, batch: &ViewBatch) -> Result<(), SinkError> {
-        let conn = &mut self.conn;
-        self.runtime.block_on(async {
-            let mut tx = conn.begin().await.map_err(db_error("BEGIN"))?;
-            insert_rows(
-                &mut tx,
-                "INSERT INTO blobs (blob_id, user_id, version, content_type, doc, parent_id, created_at, updated_at, deleted_at) ",
-                9,
-                " ON CONFLICT (blob_id) DO UPDATE SET user_id = excluded.user_id, version = excluded.version, \
-                 content_type = excluded.content_type, doc = excluded.doc, parent_id = excluded.parent_id, \
-                 created_at = excluded.created_at, updated_at = excluded.updated_at, deleted_at = excluded.deleted_at",
-                &sorted_by(&batch.blob_upserts, |r| r.blob_id),
-                |b, r| {
-                    b.push_bind(text(r.blob_id))
-                        .push_bind(text(r.user_id))
-                        .push_bind(r.version as i64)
-                        .push_bind(r.content_type.clone())
-                        .push_bind(r.doc.to_json())
-                        .push_bind(opt_text(r.parent_id))
-                        .push_bind(time(r.created_at))
-                        .push_bind(time(r.updated_at))
-                        .push_bind(r.deleted_at.map(time));
-                },
-            )
-            .await?;
-            for id in &batch.blob_deletes {
-                sqlx::query("DELETE FROM blobs WHERE blob_id = ?")
-                    .bind(text(*id))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error("deleting from blobs"))?;
-            }
-            insert_rows(
-                &mut tx,
-                "INSERT INTO deltas_applied (delta_id, blob_id, version, operation, user_id, provider_id, caused_by, created_at) ",
-                8,
-                "",
-                &sorted_by(&batch.applied, |r| r.delta_id),
-                |b, r| {
-                    b.push_bind(text(r.delta_id))
-                        .push_bind(text(r.blob_id))
-                        .push_bind(r.version as i64)
-                        .push_bind(r.operation.as_str())
-                        .push_bind(text(r.user_id))
-                        .push_bind(r.provider_id.clone())
-                        .push_bind(opt_text(r.caused_by))
-                        .push_bind(time(r.created_at));
-                },
-            )
-            .await?;
-            insert_rows(
-                &mut tx,
-                "INSERT INTO processed_by (blob_id, provider_id, version, delta_id) ",
-                4,
-                " ON CONFLICT (blob_id, provider_id) DO UPDATE SET version = excluded.version, delta_id = excluded.delta_id",
-                &sorted_by(&batch.processed_upserts, |r| r.blob_id),
-                |b, r| {
-                    b.push_bind(text(r.blob_id))
-                        .push_bind(r.provider_id.clone())
-                        .push_bind(r.version as i64)
-                        .push_bind(text(r.delta_id));
-                },
-            )
-            .await?;
-            for (blob, provider) in &batch.processed_deletes {
-                sqlx::query("DELETE FROM processed_by WHERE blob_id = ? AND provider_id = ?")
-                    .bind(text(*blob))
-                    .bind(provider.clone())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error("deleting from processed_by"))?;
-            }
-            insert_rows(
-                &mut tx,
-                "INSERT INTO dead_letters (delta_id, blob_id, reason, raw) ",
-                4,
-                "",
-                &batch.dead_letters.iter().collect::<Vec<_>>(),
-                |b, r| {
-                    b.push_bind(opt_text(r.delta_id))
-                        .push_bind(opt_text(r.blob_id))
-                        .push_bind(r.reason.to_string())
-                        .push_bind(r.raw_text().into_owned());
-                },
-            )
-            .await?;
-            tx.commit().await.map_err(db_error("COMMIT"))
-        })
-    }
 }

@@ -34,3 +34,33 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason   TEXT NOT NULL,
     raw      TEXT NOT NULL
 );
+-- The blob DAG (S5.1, S5.2): edges whose two ends exist, the closure with shortest
+-- distances, each blob's longest path from a root, each user's deepest blob.
+CREATE TABLE IF NOT EXISTS blob_edges (
+    parent_id TEXT,
+    child_id  TEXT,
+    delta_id  TEXT,
+    PRIMARY KEY (parent_id, child_id)
+);
+CREATE INDEX IF NOT EXISTS blob_edges_by_child ON blob_edges (child_id);
+CREATE TABLE IF NOT EXISTS blob_reach (
+    ancestor_id   TEXT,
+    descendant_id TEXT,
+    distance      INTEGER,
+    PRIMARY KEY (ancestor_id, descendant_id)
+);
+CREATE INDEX IF NOT EXISTS blob_reach_by_descendant ON blob_reach (descendant_id);
+CREATE TABLE IF NOT EXISTS blob_depth (
+    blob_id TEXT PRIMARY KEY,
+    depth   INTEGER
+);
+CREATE TABLE IF NOT EXISTS user_depth (
+    user_id   TEXT PRIMARY KEY,
+    max_depth INTEGER
+);
+CREATE TABLE IF NOT EXISTS rejected_edges (
+    delta_id  TEXT,
+    parent_id TEXT,
+    child_id  TEXT,
+    reason    TEXT
+);

@@ -27,10 +27,26 @@ use crate::{
 /// What offering deltas to ledgers produced, accumulated across ledgers.
 #[derive(Debug, Default)]
 pub struct Effects {
-    /// Accepted deltas.
+    /// Accepted deltas, in the order they were accepted.
     pub applied: Vec<AppliedRow>,
     /// Rejected deltas.
     pub dead_letters: Vec<DeadLetter>,
+    /// Edges the accepted deltas propose (S3.1 `parent_id`, S3.6 `child_ids`), in the
+    /// order they were accepted; the DAG's cycle guard decides on them (S5.1).
+    pub edges: Vec<EdgeProposal>,
+}
+
+/// An edge an accepted delta adds to the blob DAG, before the cycle guard sees it.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct EdgeProposal {
+    /// The blob derived from.
+    pub parent: Uuid,
+    /// The derived blob.
+    pub child: Uuid,
+    /// The delta that proposes it.
+    pub delta_id: Uuid,
 }
 
 impl Effects {
@@ -70,7 +86,6 @@ struct BlobState {
     doc: Arc<Value>,
     content_type: String,
     parent_id: Option<Uuid>,
-    child_ids: Vec<Uuid>,
     processed_by: BTreeMap<String, (u64, Uuid)>,
     created_at: Timestamp,
     updated_at: Timestamp,
@@ -113,11 +128,6 @@ impl BlobLedger {
     /// Number of deltas waiting for a gap to fill.
     pub fn pending_len(&self) -> usize {
         self.pending.values().map(Vec::len).sum()
-    }
-
-    /// The blob's child edges so far (from `child_ids` of accepted deltas).
-    pub fn child_ids(&self) -> &[Uuid] {
-        self.state.as_ref().map_or(&[], |s| &s.child_ids)
     }
 
     /// Takes one delta of this blob. Deltas must be offered in log order; duplicates
@@ -223,6 +233,20 @@ impl BlobLedger {
         match self.apply(&delta) {
             Ok(()) => {
                 self.dirty = true;
+                let parent = delta
+                    .parent_id
+                    .filter(|_| delta.operation == Operation::Create);
+                fx.edges.extend(
+                    parent
+                        .map(|p| (p, delta.blob_id))
+                        .into_iter()
+                        .chain(delta.child_ids.iter().map(|&c| (delta.blob_id, c)))
+                        .map(|(parent, child)| EdgeProposal {
+                            parent,
+                            child,
+                            delta_id: delta.id,
+                        }),
+                );
                 fx.applied.push(AppliedRow {
                     delta_id: delta.id,
                     blob_id: delta.blob_id,
@@ -308,12 +332,11 @@ impl BlobLedger {
                 .insert(provider, (delta.version, delta.id));
         }
         state.history.push(step);
-        if delta.version % SNAPSHOT_EVERY == 0 {
+        if delta.version.is_multiple_of(SNAPSHOT_EVERY) {
             state.snapshots.push(Arc::clone(&state.doc));
         }
         state.version = delta.version;
         state.updated_at = delta.created_at;
-        state.add_children(&delta.child_ids);
         Ok(())
     }
 }
@@ -322,7 +345,7 @@ impl BlobState {
     fn create(delta: &Delta) -> Self {
         let text = delta.patch_json().unwrap_or("{}");
         let doc: Value = serde_json::from_str(text).expect("the record parsed as JSON");
-        let mut state = BlobState {
+        BlobState {
             blob_id: delta.blob_id,
             user_id: delta.user_id,
             version: 1,
@@ -334,22 +357,11 @@ impl BlobState {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned()),
             parent_id: delta.parent_id,
-            child_ids: Vec::new(),
             processed_by: BTreeMap::new(),
             created_at: delta.created_at,
             updated_at: delta.created_at,
             deleted_at: None,
             deleted_version: None,
-        };
-        state.add_children(&delta.child_ids);
-        state
-    }
-
-    fn add_children(&mut self, children: &[Uuid]) {
-        for child in children {
-            if !self.child_ids.contains(child) {
-                self.child_ids.push(*child);
-            }
         }
     }
 
@@ -372,7 +384,7 @@ impl BlobState {
         let mut patches = Vec::new();
         let mut v = version;
         let mut doc = loop {
-            if v % SNAPSHOT_EVERY == 0 {
+            if v.is_multiple_of(SNAPSHOT_EVERY) {
                 break Value::clone(&self.snapshots[(v / SNAPSHOT_EVERY - 1) as usize]);
             }
             match &self.history[(v - 1) as usize] {

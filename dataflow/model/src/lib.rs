@@ -15,6 +15,7 @@
 //! sinks write the [`views`] rows. [`generate`] writes synthetic logs that obey the rules.
 #![forbid(missing_docs)]
 
+pub mod dag;
 pub mod dead_letter;
 pub mod delta;
 pub mod doc;
@@ -28,11 +29,14 @@ pub mod views;
 pub use dead_letter::{DeadLetter, Reason};
 pub use delta::{Delta, Operation, PatchFormat};
 pub use doc::Doc;
-pub use ledger::{BlobLedger, Effects};
+pub use ledger::{BlobLedger, EdgeProposal, Effects};
 pub use parse::parse_record;
 pub use position::SourcePos;
 pub use time::Timestamp;
-pub use views::{AppliedRow, BlobRow, ProcessedRow, ViewBatch};
+pub use views::{
+    AppliedRow, BlobRow, DepthRow, EdgeRow, Keyed, KeyedChanges, ProcessedRow, ReachRow,
+    RejectedEdgeRow, UserDepthRow, ViewBatch,
+};
 
 /// Identifiers of deltas, blobs and users (SPEC S1: UUIDs).
 pub use uuid::Uuid;

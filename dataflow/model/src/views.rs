@@ -63,32 +63,192 @@ pub struct ProcessedRow {
     pub delta_id: Uuid,
 }
 
+/// A row of `blob_edges`: an accepted edge of the blob DAG (S5.1) whose two ends exist.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EdgeRow {
+    /// The blob derived from.
+    pub parent_id: Uuid,
+    /// The derived blob.
+    pub child_id: Uuid,
+    /// The delta that added the edge first.
+    pub delta_id: Uuid,
+}
+
+/// A row of `rejected_edges`: an edge that would have closed a cycle (S5.1).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RejectedEdgeRow {
+    /// The delta that proposed it.
+    pub delta_id: Uuid,
+    /// Its parent end.
+    pub parent_id: Uuid,
+    /// Its child end.
+    pub child_id: Uuid,
+    /// Why (`S5.1 cycle`).
+    pub reason: String,
+}
+
+/// A row of `blob_reach`: `descendant` is reachable from `ancestor` (S5.2).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ReachRow {
+    /// The ancestor.
+    pub ancestor_id: Uuid,
+    /// The descendant.
+    pub descendant_id: Uuid,
+    /// Length of the shortest path.
+    pub distance: u32,
+}
+
+/// A row of `blob_depth`: the longest path from a root to the blob (roots at 0).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DepthRow {
+    /// The blob.
+    pub blob_id: Uuid,
+    /// Its depth.
+    pub depth: u32,
+}
+
+/// A row of `user_depth`: the deepest of a user's blobs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UserDepthRow {
+    /// The owner.
+    pub user_id: Uuid,
+    /// The maximum depth of the blobs they own.
+    pub max_depth: u32,
+}
+
+/// A view row with a primary key: the sinks upsert by it.
+pub trait Keyed {
+    /// The primary key.
+    type Key: Clone + Eq + std::hash::Hash + Ord + std::fmt::Debug;
+    /// This row's key.
+    fn key(&self) -> Self::Key;
+}
+
+macro_rules! keyed {
+    ($row:ty, $key:ty, |$r:ident| $k:expr) => {
+        impl Keyed for $row {
+            type Key = $key;
+            fn key(&self) -> $key {
+                let $r = self;
+                $k
+            }
+        }
+    };
+}
+keyed!(BlobRow, Uuid, |r| r.blob_id);
+keyed!(ProcessedRow, (Uuid, String), |r| (
+    r.blob_id,
+    r.provider_id.clone()
+));
+keyed!(EdgeRow, (Uuid, Uuid), |r| (r.parent_id, r.child_id));
+keyed!(ReachRow, (Uuid, Uuid), |r| (r.ancestor_id, r.descendant_id));
+keyed!(DepthRow, Uuid, |r| r.blob_id);
+keyed!(UserDepthRow, Uuid, |r| r.user_id);
+
+/// Net changes of a keyed view: rows to insert or replace, keys to remove.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyedChanges<R: Keyed> {
+    /// Rows to insert or replace.
+    pub upserts: Vec<R>,
+    /// Keys whose row is gone (a retraction without a replacement).
+    pub deletes: Vec<R::Key>,
+}
+
+impl<R: Keyed> Default for KeyedChanges<R> {
+    fn default() -> Self {
+        KeyedChanges {
+            upserts: Vec::new(),
+            deletes: Vec::new(),
+        }
+    }
+}
+
+impl<R: Keyed> KeyedChanges<R> {
+    /// Net changes from consolidated `(row, diff)` updates: each positive row is an
+    /// upsert, and a key retracted without a positive row is a delete.
+    pub fn from_updates(updates: impl IntoIterator<Item = (R, isize)>) -> Self {
+        let mut changes = KeyedChanges::default();
+        let mut retracted = Vec::new();
+        for (row, diff) in updates {
+            if diff > 0 {
+                changes.upserts.push(row);
+            } else if diff < 0 {
+                retracted.push(row.key());
+            }
+        }
+        if !retracted.is_empty() {
+            let kept: std::collections::HashSet<R::Key> =
+                changes.upserts.iter().map(Keyed::key).collect();
+            changes.deletes = retracted
+                .into_iter()
+                .filter(|k| !kept.contains(k))
+                .collect();
+        }
+        changes
+    }
+
+    /// True when nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.deletes.is_empty()
+    }
+
+    /// Appends later changes: for a key both touch, the later change wins.
+    pub fn absorb(&mut self, later: KeyedChanges<R>) {
+        if self.is_empty() {
+            *self = later;
+            return;
+        }
+        if later.is_empty() {
+            return;
+        }
+        let touched: std::collections::HashSet<R::Key> = later
+            .upserts
+            .iter()
+            .map(Keyed::key)
+            .chain(later.deletes.iter().cloned())
+            .collect();
+        self.upserts.retain(|r| !touched.contains(&r.key()));
+        self.deletes.retain(|k| !touched.contains(k));
+        self.upserts.extend(later.upserts);
+        self.deletes.extend(later.deletes);
+    }
+}
+
 /// Everything that changed in the views at one completed timestamp, already net
 /// (one upsert or delete per key). A sink writes it in one transaction.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ViewBatch {
-    /// Blobs to insert or replace.
-    pub blob_upserts: Vec<BlobRow>,
-    /// Blobs to remove (a retraction without a replacement).
-    pub blob_deletes: Vec<Uuid>,
-    /// Accepted deltas, in no particular order.
+    /// `blobs`.
+    pub blobs: KeyedChanges<BlobRow>,
+    /// `processed_by`.
+    pub processed: KeyedChanges<ProcessedRow>,
+    /// `blob_edges`.
+    pub edges: KeyedChanges<EdgeRow>,
+    /// `blob_reach`.
+    pub reach: KeyedChanges<ReachRow>,
+    /// `blob_depth`.
+    pub depth: KeyedChanges<DepthRow>,
+    /// `user_depth`.
+    pub user_depth: KeyedChanges<UserDepthRow>,
+    /// Accepted deltas (`deltas_applied`), insert-only, in no particular order.
     pub applied: Vec<AppliedRow>,
-    /// `processed_by` rows to insert or replace.
-    pub processed_upserts: Vec<ProcessedRow>,
-    /// `processed_by` keys to remove.
-    pub processed_deletes: Vec<(Uuid, String)>,
-    /// Dead letters in log order.
+    /// Rejected edges, insert-only.
+    pub rejected_edges: Vec<RejectedEdgeRow>,
+    /// Dead letters in the order they were decided.
     pub dead_letters: Vec<DeadLetter>,
 }
 
 impl ViewBatch {
     /// True when the batch changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.blob_upserts.is_empty()
-            && self.blob_deletes.is_empty()
+        self.blobs.is_empty()
+            && self.processed.is_empty()
+            && self.edges.is_empty()
+            && self.reach.is_empty()
+            && self.depth.is_empty()
+            && self.user_depth.is_empty()
             && self.applied.is_empty()
-            && self.processed_upserts.is_empty()
-            && self.processed_deletes.is_empty()
+            && self.rejected_edges.is_empty()
             && self.dead_letters.is_empty()
     }
 
@@ -98,38 +258,14 @@ impl ViewBatch {
             *self = later;
             return;
         }
-        if !later.blob_upserts.is_empty() || !later.blob_deletes.is_empty() {
-            let touched: std::collections::HashSet<Uuid> = later
-                .blob_upserts
-                .iter()
-                .map(|r| r.blob_id)
-                .chain(later.blob_deletes.iter().copied())
-                .collect();
-            self.blob_upserts.retain(|r| !touched.contains(&r.blob_id));
-            self.blob_deletes.retain(|id| !touched.contains(id));
-        }
-        if !later.processed_upserts.is_empty() || !later.processed_deletes.is_empty() {
-            let touched: std::collections::HashSet<(Uuid, &str)> = later
-                .processed_upserts
-                .iter()
-                .map(|r| (r.blob_id, r.provider_id.as_str()))
-                .chain(
-                    later
-                        .processed_deletes
-                        .iter()
-                        .map(|(b, p)| (*b, p.as_str())),
-                )
-                .collect();
-            self.processed_upserts
-                .retain(|r| !touched.contains(&(r.blob_id, r.provider_id.as_str())));
-            self.processed_deletes
-                .retain(|(b, p)| !touched.contains(&(*b, p.as_str())));
-        }
-        self.blob_upserts.extend(later.blob_upserts);
-        self.blob_deletes.extend(later.blob_deletes);
+        self.blobs.absorb(later.blobs);
+        self.processed.absorb(later.processed);
+        self.edges.absorb(later.edges);
+        self.reach.absorb(later.reach);
+        self.depth.absorb(later.depth);
+        self.user_depth.absorb(later.user_depth);
         self.applied.extend(later.applied);
-        self.processed_upserts.extend(later.processed_upserts);
-        self.processed_deletes.extend(later.processed_deletes);
+        self.rejected_edges.extend(later.rejected_edges);
         self.dead_letters.extend(later.dead_letters);
     }
 }

@@ -72,6 +72,25 @@ pub enum Question {
         /// The blob's id.
         blob_id: String,
     },
+    /// Every blob derived from BLOB_ID, at any depth, with its distance.
+    Descendants {
+        /// The ancestor.
+        blob_id: String,
+    },
+    /// Every blob BLOB_ID is derived from, at any depth, with its distance.
+    Ancestors {
+        /// The descendant.
+        blob_id: String,
+    },
+    /// The DAG depth of a user's tree (--user) or of one blob (--blob).
+    Depth {
+        /// The user whose maximum depth to show.
+        #[arg(long, conflicts_with = "blob", required_unless_present = "blob")]
+        user: Option<String>,
+        /// The blob whose depth to show.
+        #[arg(long)]
+        blob: Option<String>,
+    },
     /// Dead letters in log order, with the rule each broke.
     DeadLetters {
         /// At most this many.

@@ -57,6 +57,10 @@ pub struct ReplayReport {
     pub dead_letters: u64,
     /// Dead letters by reason kind (`S4.3 version conflict`, ...).
     pub dead_letters_by_reason: BTreeMap<String, u64>,
+    /// Edges in `blob_edges` (accepted, both ends created) at the end.
+    pub edges_accepted: u64,
+    /// Edges refused because they would close a cycle (S5.1).
+    pub edges_rejected: u64,
     /// Timely workers.
     pub workers: usize,
     /// Timestamps (batches) committed.
@@ -108,6 +112,8 @@ pub enum ReplayError {
 /// What the writer thread counted.
 struct WriterTally {
     accepted: u64,
+    edges_accepted: u64,
+    edges_rejected: u64,
     dead_letters: BTreeMap<String, u64>,
     batches: u64,
     transactions: u64,
@@ -241,6 +247,8 @@ pub fn replay(
         duplicates: duplicates.load(Ordering::Relaxed),
         dead_letters: tally.dead_letters.values().sum(),
         dead_letters_by_reason: tally.dead_letters,
+        edges_accepted: tally.edges_accepted,
+        edges_rejected: tally.edges_rejected,
         workers,
         batches: tally.batches,
         transactions: tally.transactions,
@@ -265,6 +273,8 @@ fn write_views(
     const MAX_GROUP: usize = 16;
     let mut tally = WriterTally {
         accepted: 0,
+        edges_accepted: 0,
+        edges_rejected: 0,
         dead_letters: BTreeMap::new(),
         batches: 0,
         transactions: 0,
@@ -300,6 +310,9 @@ fn write_views(
             tally.latency_us.saturating_record(micros as u64);
         }
         tally.accepted += merged.applied.len() as u64;
+        tally.edges_accepted += merged.edges.upserts.len() as u64;
+        tally.edges_accepted -= merged.edges.deletes.len() as u64;
+        tally.edges_rejected += merged.rejected_edges.len() as u64;
         for letter in &merged.dead_letters {
             *tally
                 .dead_letters

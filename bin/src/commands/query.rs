@@ -22,14 +22,32 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
     let mut reader = SqliteReader::open(path)?;
     let rows = match &args.question {
         Question::Blobs { limit } => reader.blobs(*limit),
-        Question::Blob { blob_id } => reader.blob(blob_id),
+        Question::Blob { blob_id } => reader.blob(&canonical(blob_id)?),
+        Question::Descendants { blob_id } => reader.descendants(&canonical(blob_id)?),
+        Question::Ancestors { blob_id } => reader.ancestors(&canonical(blob_id)?),
+        Question::Depth {
+            user: Some(user), ..
+        } => reader.user_depth(&canonical(user)?),
+        Question::Depth {
+            blob: Some(blob), ..
+        } => reader.blob_depth(&canonical(blob)?),
+        Question::Depth { .. } => bail!("depth needs --user USER_ID or --blob BLOB_ID"),
         Question::DeadLetters { limit } => reader.dead_letters(*limit),
     }
     .with_context(|| format!("querying {}", path.display()))?;
-    if let Question::Blob { blob_id } = &args.question
-        && rows.is_empty()
-    {
-        bail!("no blob {blob_id} in {}", path.display());
+    match &args.question {
+        Question::Blob { blob_id } if rows.is_empty() => {
+            bail!("no blob {blob_id} in {}", path.display())
+        }
+        Question::Depth {
+            user: Some(user), ..
+        } if rows.is_empty() => {
+            bail!("user {user} owns no blob in {}", path.display())
+        }
+        Question::Depth {
+            blob: Some(blob), ..
+        } if rows.is_empty() => bail!("no blob {blob} in {}", path.display()),
+        _ => {}
     }
     if args.json {
         let objects: Vec<serde_json::Map<String, serde_json::Value>> = rows
@@ -41,6 +59,12 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
         print_table(&rows);
     }
     Ok(())
+}
+
+/// Ids are stored hyphenated and lowercase; accept any form a user may paste.
+fn canonical(id: &str) -> anyhow::Result<String> {
+    let id = uuid::Uuid::try_parse(id.trim()).with_context(|| format!("{id:?} is not a UUID"))?;
+    Ok(id.hyphenated().to_string())
 }
 
 /// Columns padded to their widest cell; long cells cut at 60 characters.

@@ -118,6 +118,10 @@ fn print_summary(r: &ReplayReport, db: &Path) {
         println!("    {reason:<34} {count:>8}");
     }
     println!(
+        "  DAG edges     {:>10} accepted, {} rejected (S5.1 cycle)",
+        r.edges_accepted, r.edges_rejected
+    );
+    println!(
         "  batches       {:>10} in {} transactions ({:.2} s writing); batch latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         r.batches,
         r.transactions,

@@ -69,6 +69,43 @@ impl SqliteReader {
         )
     }
 
+    /// Every blob derived from `blob_id`, at any depth, nearest first (S5.2).
+    pub fn descendants(&mut self, blob_id: &str) -> Result<Rows, SinkError> {
+        self.rows(
+            "SELECT r.descendant_id AS blob_id, r.distance, b.deleted_at IS NOT NULL AS deleted \
+             FROM blob_reach r JOIN blobs b ON b.blob_id = r.descendant_id \
+             WHERE r.ancestor_id = ? ORDER BY r.distance, r.descendant_id",
+            &[blob_id.to_owned()],
+        )
+    }
+
+    /// Every blob `blob_id` is derived from, at any depth, nearest first (S5.2).
+    pub fn ancestors(&mut self, blob_id: &str) -> Result<Rows, SinkError> {
+        self.rows(
+            "SELECT r.ancestor_id AS blob_id, r.distance, b.deleted_at IS NOT NULL AS deleted \
+             FROM blob_reach r JOIN blobs b ON b.blob_id = r.ancestor_id \
+             WHERE r.descendant_id = ? ORDER BY r.distance, r.ancestor_id",
+            &[blob_id.to_owned()],
+        )
+    }
+
+    /// A user's maximum DAG depth and how many blobs they own (S5.2).
+    pub fn user_depth(&mut self, user_id: &str) -> Result<Rows, SinkError> {
+        self.rows(
+            "SELECT u.user_id, u.max_depth, (SELECT count(*) FROM blobs b WHERE b.user_id = u.user_id) AS blobs \
+             FROM user_depth u WHERE u.user_id = ?",
+            &[user_id.to_owned()],
+        )
+    }
+
+    /// One blob's depth: its longest path from a root (S5.2).
+    pub fn blob_depth(&mut self, blob_id: &str) -> Result<Rows, SinkError> {
+        self.rows(
+            "SELECT blob_id, depth FROM blob_depth WHERE blob_id = ?",
+            &[blob_id.to_owned()],
+        )
+    }
+
     /// Dead letters in log order.
     pub fn dead_letters(&mut self, limit: u32) -> Result<Rows, SinkError> {
         self.rows(

@@ -97,9 +97,12 @@ pub fn generate(spec: &GenSpec, out: &mut impl Write) -> io::Result<GenStats> {
     let mut stats = GenStats::default();
     let mut window: Vec<String> = Vec::new();
     let mut delayed: Vec<(usize, String)> = Vec::new();
+    let mut created: Vec<usize> = Vec::new();
     for (i, &b) in schedule.iter().enumerate() {
         let at = Timestamp::from_unix_millis(start_ms + i as i64 * 250).expect("in range");
-        let line = next_delta(&mut rng, &mut blobs[b as usize], at).to_string();
+        let mut delta = next_delta(&mut rng, &mut blobs[b as usize], at);
+        link(&mut rng, &mut delta, &blobs, b as usize, &mut created);
+        let line = delta.to_string();
         stats.valid += 1;
         if rng.random_bool(spec.faults.duplicate_rate) {
             delayed.push((i + rng.random_range(0..64), line.clone()));
@@ -235,6 +238,28 @@ fn next_delta(rng: &mut StdRng, blob: &mut Blob, at: Timestamp) -> Value {
         d["metadata"] = metadata;
     }
     d
+}
+
+/// Adds DAG edges (S5.1): a third of the creates derive from an earlier blob
+/// (`parent_id`), and one update in fifty links to another blob (`child_ids`), which
+/// may not exist yet or may close a cycle (then the edge is refused, the delta applies).
+fn link(
+    rng: &mut StdRng,
+    delta: &mut Value,
+    blobs: &[Blob],
+    this: usize,
+    created: &mut Vec<usize>,
+) {
+    if delta["operation"] == "create" {
+        if !created.is_empty() && rng.random_ratio(1, 3) {
+            let parent = created[rng.random_range(0..created.len())];
+            delta["parent_id"] = json!(blobs[parent].id);
+        }
+        created.push(this);
+    } else if delta["operation"] == "update" && rng.random_ratio(1, 50) {
+        let child = rng.random_range(0..blobs.len());
+        delta["child_ids"] = json!([blobs[child].id]);
+    }
 }
 
 /// A JSON Patch that applies to every document of the generated shape.

@@ -76,7 +76,7 @@ pub struct SqliteViews {
     mode: OpenMode,
 }
 
-fn db_error(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> SinkError {
+pub(crate) fn db_error(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> SinkError {
     let context = context.into();
     move |e| SinkError::Database {
         context,
@@ -91,25 +91,36 @@ fn io_error(context: String) -> impl FnOnce(std::io::Error) -> SinkError {
     }
 }
 
+/// sqlx is async; Studio's sinks and readers are called from plain threads, so each
+/// owns a small current-thread runtime to drive its connection.
+pub(crate) fn sqlx_runtime() -> Result<tokio::runtime::Runtime, SinkError> {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(io_error("starting the SQLite runtime".into()))
+}
+
+/// Options for a file, with the settings every Studio connection shares.
+pub(crate) fn connect_options(path: &Path) -> Result<SqliteConnectOptions, SinkError> {
+    Ok(SqliteConnectOptions::from_str("sqlite:")
+        .map_err(db_error("bad SQLite options"))?
+        .filename(path)
+        // Large transactions are the point here, not a symptom.
+        .disable_statement_logging())
+}
+
 impl SqliteViews {
     /// Opens (or creates) the database and its tables.
     pub fn open(options: &SqliteOptions) -> Result<Self, SinkError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .map_err(io_error("starting the SQLite runtime".into()))?;
+        let runtime = sqlx_runtime()?;
         let path = options.path.display().to_string();
         if options.mode == OpenMode::Rebuild {
             remove_view_database(&runtime, &options.path)?;
         }
         let conn = runtime.block_on(async {
-            let connect = SqliteConnectOptions::from_str("sqlite:")
-                .map_err(db_error("bad SQLite options"))?
-                .filename(&options.path)
+            let connect = connect_options(&options.path)?
                 .create_if_missing(true)
                 .pragma("cache_size", format!("-{}", options.cache_size_kib))
-                .pragma("temp_store", "memory")
-                // Large transactions are the point here, not a symptom.
-                .disable_statement_logging();
+                .pragma("temp_store", "memory");
             let connect = match options.mode {
                 OpenMode::Rebuild => connect
                     .page_size(16_384)
@@ -395,10 +406,7 @@ fn remove_view_database(runtime: &tokio::runtime::Runtime, path: &Path) -> Resul
     }
     let display = path.display().to_string();
     let tables: Vec<String> = runtime.block_on(async {
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .map_err(db_error("bad SQLite options"))?
-            .filename(path)
-            .read_only(true);
+        let options = connect_options(path)?.read_only(true);
         let mut conn = SqliteConnection::connect_with(&options)
             .await
             .map_err(db_error(format!(

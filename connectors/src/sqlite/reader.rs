@@ -2,11 +2,11 @@
 //! answered as rows of JSON values, opened read-only.
 
 use std::path::Path;
-use std::str::FromStr;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{Column, Connection, Row, TypeInfo, ValueRef};
 
+use super::{connect_options, db_error, sqlx_runtime};
 use crate::SinkError;
 
 /// Rows as (column, value) pairs in column order.
@@ -18,33 +18,18 @@ pub struct SqliteReader {
     conn: SqliteConnection,
 }
 
-fn read_error(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> SinkError {
-    let context = context.into();
-    move |e| SinkError::Database {
-        context,
-        source: Box::new(e),
-    }
-}
-
 impl SqliteReader {
     /// Opens an existing database; fails when it does not exist.
     pub fn open(path: &Path) -> Result<Self, SinkError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .map_err(|e| SinkError::Database {
-                context: "starting the SQLite runtime".into(),
-                source: Box::new(e),
-            })?;
+        let runtime = sqlx_runtime()?;
         let display = path.display().to_string();
         let conn = runtime.block_on(async {
-            let options = SqliteConnectOptions::from_str("sqlite:")
-                .map_err(read_error("bad SQLite options"))?
-                .filename(path)
+            let options = connect_options(path)?
                 .read_only(true)
                 .create_if_missing(false);
             SqliteConnection::connect_with(&options)
                 .await
-                .map_err(read_error(format!(
+                .map_err(db_error(format!(
                     "cannot open view database {display} (run `studio replay` first)"
                 )))
         })?;
@@ -124,7 +109,7 @@ impl SqliteReader {
             let rows = query
                 .fetch_all(&mut *conn)
                 .await
-                .map_err(read_error("querying the views"))?;
+                .map_err(db_error("querying the views"))?;
             Ok(rows.iter().map(to_json).collect())
         })
     }

@@ -1,50 +1,69 @@
 //! The view sink operator: gathers the view collections on worker 0 and, when all of
 //! them have completed a timestamp, hands that timestamp's net changes to a callback
 //! as one [`ViewBatch`] (which the replay sends to its writer thread).
+//!
+//! Updates are grouped by their own timestamps, not by the timestamp of the message
+//! that carried them: differential operators (`join`, `reduce`, `iterate`) may send
+//! updates for later times under an earlier capability. A time is handed on only when
+//! every input's frontier has passed it, so a batch is always one complete timestamp.
 
 use std::collections::BTreeMap;
 
-use differential_dataflow::consolidation::consolidate_updates;
+use differential_dataflow::consolidation::consolidate;
 use studio_model::{Keyed, KeyedChanges, ViewBatch};
-use studio_operators::stash::Stash;
+use timely::communication::Pull;
+use timely::dataflow::channels::Message;
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::InputHandleCore;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::progress::frontier::MutableAntichain;
 
 use crate::render::{Time, ViewStreams};
 
-type Updates<R> = Stash<Time, (R, Time, isize)>;
-type Pending = BTreeMap<Time, ViewBatch>;
-
-/// Moves the completed times of a keyed view into `pending`, as net upserts and deletes.
-fn take_keyed<R: Keyed + Ord>(
-    stash: &mut Updates<R>,
-    frontier: &MutableAntichain<Time>,
-    pending: &mut Pending,
-    field: fn(&mut ViewBatch) -> &mut KeyedChanges<R>,
-) {
-    for (_, mut updates) in stash.take_complete(frontier) {
-        consolidate_updates(&mut updates);
-        let Some(time) = updates.first().map(|u| u.1) else {
-            continue;
-        };
-        *field(pending.entry(time).or_default()) =
-            KeyedChanges::from_updates(updates.into_iter().map(|(row, _, diff)| (row, diff)));
-    }
+/// One view's updates, by their timestamps, until those are complete.
+struct ByTime<R> {
+    updates: BTreeMap<Time, Vec<(R, isize)>>,
 }
 
-/// Moves the completed times of an insert-only view into `pending`.
-fn take_inserts<R>(
-    stash: &mut Updates<R>,
-    frontier: &MutableAntichain<Time>,
-    pending: &mut Pending,
-    field: fn(&mut ViewBatch) -> &mut Vec<R>,
-) {
-    for (_, updates) in stash.take_complete(frontier) {
-        for (row, time, diff) in updates {
-            debug_assert_eq!(diff, 1, "insert-only views only grow");
-            field(pending.entry(time).or_default()).push(row);
+impl<R: Ord> ByTime<R> {
+    fn new() -> Self {
+        ByTime {
+            updates: BTreeMap::new(),
         }
+    }
+
+    fn absorb<P: Pull<Message<Time, Vec<(R, Time, isize)>>>>(
+        &mut self,
+        input: &mut InputHandleCore<Time, Vec<(R, Time, isize)>, P>,
+    ) {
+        input.for_each(|_, data| {
+            for (row, time, diff) in data.drain(..) {
+                self.updates.entry(time).or_default().push((row, diff));
+            }
+        });
+    }
+
+    fn first_time(&self) -> Option<Time> {
+        self.updates.keys().next().copied()
+    }
+
+    /// The net changes of a keyed view at `time`.
+    fn keyed(&mut self, time: Time) -> KeyedChanges<R>
+    where
+        R: Keyed,
+    {
+        let mut updates = self.updates.remove(&time).unwrap_or_default();
+        consolidate(&mut updates);
+        KeyedChanges::from_updates(updates)
+    }
+
+    /// The rows an insert-only view gained at `time`.
+    fn inserts(&mut self, time: Time) -> Vec<R> {
+        let updates = self.updates.remove(&time).unwrap_or_default();
+        debug_assert!(
+            updates.iter().all(|(_, d)| *d == 1),
+            "insert-only views only grow"
+        );
+        updates.into_iter().map(|(row, _)| row).collect()
     }
 }
 
@@ -66,15 +85,14 @@ pub fn sink_views(views: ViewStreams<'_>, mut on_batch: impl FnMut(Time, ViewBat
 
     builder.build(move |_| {
         let (mut blobs, mut processed, mut applied, mut dead) =
-            (Stash::new(0), Stash::new(0), Stash::new(0), Stash::new(0));
+            (ByTime::new(), ByTime::new(), ByTime::new(), ByTime::new());
         let (mut edges, mut rejected, mut reach, mut depth, mut user_depth) = (
-            Stash::new(0),
-            Stash::new(0),
-            Stash::new(0),
-            Stash::new(0),
-            Stash::new(0),
+            ByTime::new(),
+            ByTime::new(),
+            ByTime::new(),
+            ByTime::new(),
+            ByTime::new(),
         );
-        let mut pending = Pending::new();
         move |frontiers| {
             blobs.absorb(&mut blobs_in);
             processed.absorb(&mut processed_in);
@@ -86,35 +104,41 @@ pub fn sink_views(views: ViewStreams<'_>, mut on_batch: impl FnMut(Time, ViewBat
             depth.absorb(&mut depth_in);
             user_depth.absorb(&mut user_depth_in);
 
-            take_keyed(&mut blobs, &frontiers[0], &mut pending, |b| &mut b.blobs);
-            take_keyed(&mut processed, &frontiers[1], &mut pending, |b| {
-                &mut b.processed
-            });
-            take_inserts(&mut applied, &frontiers[2], &mut pending, |b| {
-                &mut b.applied
-            });
-            take_inserts(&mut dead, &frontiers[3], &mut pending, |b| {
-                &mut b.dead_letters
-            });
-            take_keyed(&mut edges, &frontiers[4], &mut pending, |b| &mut b.edges);
-            take_inserts(&mut rejected, &frontiers[5], &mut pending, |b| {
-                &mut b.rejected_edges
-            });
-            take_keyed(&mut reach, &frontiers[6], &mut pending, |b| &mut b.reach);
-            take_keyed(&mut depth, &frontiers[7], &mut pending, |b| &mut b.depth);
-            take_keyed(&mut user_depth, &frontiers[8], &mut pending, |b| {
-                &mut b.user_depth
-            });
-
-            while let Some(entry) = pending.first_entry() {
-                let time = *entry.key();
+            loop {
+                let next = [
+                    blobs.first_time(),
+                    processed.first_time(),
+                    applied.first_time(),
+                    dead.first_time(),
+                    edges.first_time(),
+                    rejected.first_time(),
+                    reach.first_time(),
+                    depth.first_time(),
+                    user_depth.first_time(),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                let Some(time) = next else { break };
                 if frontiers.iter().any(|f| f.less_equal(&time)) {
                     break;
                 }
-                let mut batch = entry.remove();
+                let mut batch = ViewBatch {
+                    blobs: blobs.keyed(time),
+                    processed: processed.keyed(time),
+                    edges: edges.keyed(time),
+                    reach: reach.keyed(time),
+                    depth: depth.keyed(time),
+                    user_depth: user_depth.keyed(time),
+                    applied: applied.inserts(time),
+                    rejected_edges: rejected.inserts(time),
+                    dead_letters: dead.inserts(time),
+                };
                 batch.dead_letters.sort_by_key(|dl| dl.pos);
                 batch.rejected_edges.sort();
-                on_batch(time, batch);
+                if !batch.is_empty() {
+                    on_batch(time, batch);
+                }
             }
         }
     });

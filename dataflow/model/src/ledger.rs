@@ -34,6 +34,9 @@ pub struct Effects {
     /// Edges the accepted deltas propose (S3.1 `parent_id`, S3.6 `child_ids`), in the
     /// order they were accepted; the DAG's cycle guard decides on them (S5.1).
     pub edges: Vec<EdgeProposal>,
+    /// Blobs created, with their owners: a blob exists from its create on (a soft
+    /// delete keeps it), so this only grows.
+    pub created: Vec<(Uuid, Uuid)>,
 }
 
 /// An edge an accepted delta adds to the blob DAG, before the cycle guard sees it.
@@ -233,6 +236,9 @@ impl BlobLedger {
         match self.apply(&delta) {
             Ok(()) => {
                 self.dirty = true;
+                if delta.operation == Operation::Create {
+                    fx.created.push((delta.blob_id, delta.user_id));
+                }
                 let parent = delta
                     .parent_id
                     .filter(|_| delta.operation == Operation::Create);

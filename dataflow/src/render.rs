@@ -67,7 +67,7 @@ pub fn render<'scope>(
 
     // The DAG (S5.1, S5.2). An edge counts in the views once both its ends exist.
     let (accepted_edges, rejected_edges) = applied.edges.cycle_guard();
-    let existing = applied.blobs.clone().map(|row| row.blob_id);
+    let existing = applied.created.clone().map(|(blob, _owner)| blob);
     let edges = accepted_edges
         .map(|e| (e.parent_id, e))
         .semijoin(existing.clone())
@@ -84,7 +84,7 @@ pub fn render<'scope>(
             distance,
         });
     let depth = existing.depth(pairs);
-    let owners = applied.blobs.clone().map(|row| (row.blob_id, row.user_id));
+    let owners = applied.created;
     let user_depth = depth
         .clone()
         .join_map(owners, |_blob, &depth, &user| (user, depth))

@@ -1,0 +1,790 @@
+//! `studio-dag-bench`: what the blob DAG's maintained views (SPEC S5.2) cost, against
+//! the ways of answering the same questions without them.
+//!
+//! On a generated graph (a forest of depth `--depth` plus `--chains` chains of
+//! `--chain-len` blobs hanging off it, `--blobs` blobs in all):
+//!
+//! 1. **incremental**: `studio_operators::Reachability` and `Depth` on a timely worker;
+//!    the base graph is loaded at time 0, then batches of `--batches` new edges (random,
+//!    acyclic: from a blob to one later in a topological order) are added at later
+//!    times, each timed with the probe until both views are complete;
+//! 2. **from scratch** per batch: a breadth-first search from every blob (the closure
+//!    with shortest distances) plus a longest-path pass (Kahn), on the full edge set;
+//!    and once, a fresh dataflow over the full edge set;
+//! 3. **SQLite**: `blob_edges` in a temp database, a `WITH RECURSIVE` query for the
+//!    descendants (with shortest distances) of `--queries` random blobs, against the
+//!    same questions answered from a `blob_reach` table by its primary key;
+//! 4. **cycle guard**: `TopoOrder::insert` (Pearce-Kelly) per proposed edge against a
+//!    naive check (a depth-first search from the child for the parent), on the base
+//!    graph in log order, on random edges, and on edges that all close a cycle.
+//!
+//! `cargo run --release -p studio-benches --bin studio-dag-bench -- --blobs 100000`
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use differential_dataflow::input::Input;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rustc_hash::{FxHashMap, FxHashSet};
+use sqlx::Connection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use studio_model::Uuid;
+use studio_model::dag::{EdgeOutcome, TopoOrder};
+use studio_operators::{Depth, Reachability};
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The blob DAG views against recomputation, SQLite recursive queries and a naive
+/// cycle check.
+#[derive(Parser, Clone)]
+struct Args {
+    /// Blobs in all.
+    #[arg(long, default_value_t = 100_000)]
+    blobs: u32,
+    /// Depth of the forest (its levels are 0..=depth).
+    #[arg(long, default_value_t = 10)]
+    depth: u32,
+    /// Long chains, each hanging off a forest blob.
+    #[arg(long, default_value_t = 4)]
+    chains: u32,
+    /// Blobs per chain.
+    #[arg(long, default_value_t = 250)]
+    chain_len: u32,
+    /// Sizes of the edge batches added to the loaded graph, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+    batches: Vec<usize>,
+    /// Batches of each size (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Random blobs whose descendants SQLite is asked for.
+    #[arg(long, default_value_t = 1000)]
+    queries: usize,
+    /// Proposed edges per cycle-guard workload.
+    #[arg(long, default_value_t = 10_000)]
+    guard_edges: usize,
+    /// Timely workers for the incremental dataflow.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn id(n: u32) -> Uuid {
+    Uuid::from_u128(0x0000_000b_0000_4000_8000_0000_0000_0000 | u128::from(n))
+}
+
+/// The generated graph. Blob numbers are a topological order: every edge goes from a
+/// lower number to a higher one.
+struct Graph {
+    n: u32,
+    /// Base edges in log order (each blob's create adds the edge from its parent).
+    base: Vec<(u32, u32)>,
+    /// The create's parent of each blob.
+    parent: Vec<Option<u32>>,
+    /// Edge batches to add, in order: `batches[size index][repeat]`.
+    batches: Vec<Vec<Vec<(u32, u32)>>>,
+}
+
+fn generate(args: &Args, rng: &mut StdRng) -> Graph {
+    let n = args.blobs;
+    let chained = args.chains * args.chain_len;
+    assert!(chained < n, "the chains need fewer blobs than --blobs");
+    let forest = n - chained;
+    // Level sizes grow towards the middle levels, shrink towards the leaves.
+    let d = args.depth;
+    let weights: Vec<u64> = (0..=d).map(|k| u64::from((k + 1) * (d + 1 - k))).collect();
+    let total: u64 = weights.iter().sum();
+    let mut sizes: Vec<u32> = weights
+        .iter()
+        .map(|w| (u64::from(forest) * w / total).max(1) as u32)
+        .collect();
+    let assigned: u32 = sizes.iter().sum();
+    sizes[0] += forest - assigned;
+    let mut parent: Vec<Option<u32>> = Vec::with_capacity(n as usize);
+    let mut level_start = 0u32;
+    let mut prev: Option<(u32, u32)> = None;
+    for &size in &sizes {
+        for _ in 0..size {
+            parent.push(prev.map(|(start, len)| start + rng.random_range(0..len)));
+        }
+        prev = Some((level_start, size));
+        level_start += size;
+    }
+    for _ in 0..args.chains {
+        let head = parent.len() as u32;
+        parent.push(Some(rng.random_range(0..forest / 10)));
+        for i in 1..args.chain_len {
+            parent.push(Some(head + i - 1));
+        }
+    }
+    let base: Vec<(u32, u32)> = parent
+        .iter()
+        .enumerate()
+        .filter_map(|(c, p)| p.map(|p| (p, c as u32)))
+        .collect();
+    let mut seen: FxHashSet<(u32, u32)> = base.iter().copied().collect();
+    let batches = args
+        .batches
+        .iter()
+        .map(|&size| {
+            (0..args.repeats)
+                .map(|_| {
+                    let mut batch = Vec::with_capacity(size);
+                    while batch.len() < size {
+                        let (a, b) = (rng.random_range(0..n), rng.random_range(0..n));
+                        let edge = (a.min(b), a.max(b));
+                        if a != b && seen.insert(edge) {
+                            batch.push(edge);
+                        }
+                    }
+                    batch
+                })
+                .collect()
+        })
+        .collect();
+    Graph {
+        n,
+        base,
+        parent,
+        batches,
+    }
+}
+
+/// The closure with shortest distances (a BFS from every blob, every pair written out
+/// as a view row would be) and the longest-path depths (Kahn), from scratch. Returns
+/// (pairs, sum of distances, max depth).
+fn recompute(n: u32, edges: &[(u32, u32)]) -> (u64, u64, u32) {
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); n as usize];
+    let mut indegree = vec![0u32; n as usize];
+    for &(p, c) in edges {
+        out[p as usize].push(c);
+        indegree[c as usize] += 1;
+    }
+    let mut rows: Vec<(u32, u32, u32)> = Vec::new();
+    let mut dist = vec![u32::MAX; n as usize];
+    let mut queue = VecDeque::new();
+    let mut touched = Vec::new();
+    for start in 0..n {
+        dist[start as usize] = 0;
+        touched.push(start);
+        queue.push_back(start);
+        while let Some(x) = queue.pop_front() {
+            for &y in &out[x as usize] {
+                if dist[y as usize] == u32::MAX {
+                    dist[y as usize] = dist[x as usize] + 1;
+                    rows.push((start, y, dist[y as usize]));
+                    touched.push(y);
+                    queue.push_back(y);
+                }
+            }
+        }
+        for t in touched.drain(..) {
+            dist[t as usize] = u32::MAX;
+        }
+    }
+    let mut depth = vec![0u32; n as usize];
+    let mut ready: Vec<u32> = (0..n).filter(|&x| indegree[x as usize] == 0).collect();
+    while let Some(x) = ready.pop() {
+        for &y in &out[x as usize] {
+            depth[y as usize] = depth[y as usize].max(depth[x as usize] + 1);
+            indegree[y as usize] -= 1;
+            if indegree[y as usize] == 0 {
+                ready.push(y);
+            }
+        }
+    }
+    let distances = rows.iter().map(|r| u64::from(r.2)).sum();
+    (
+        rows.len() as u64,
+        distances,
+        depth.into_iter().max().unwrap_or(0),
+    )
+}
+
+/// What the incremental dataflow measured.
+struct Incremental {
+    load: Duration,
+    /// Per batch size: (times per batch, reach rows changed per batch).
+    steps: Vec<(Vec<Duration>, Vec<u64>)>,
+    /// Rows of the reach view at the end.
+    reach_rows: i64,
+    /// Reach rows after loading the base graph.
+    base_reach_rows: i64,
+    max_depth: u32,
+    /// A fresh dataflow over the full edge set.
+    fresh: Duration,
+}
+
+fn incremental(args: &Args, graph: &Graph) -> Incremental {
+    let graph_base = graph.base.clone();
+    let batches = graph.batches.clone();
+    let n = graph.n;
+    let workers = args.workers;
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index();
+        let probe = ProbeHandle::new();
+        let reach_size = Rc::new(Cell::new(0i64));
+        let reach_changes = Rc::new(Cell::new(0u64));
+        let max_depth = Rc::new(Cell::new(0u32));
+        let (mut nodes_in, mut edges_in) = worker.dataflow::<u64, _, _>(|scope| {
+            let (nodes_in, nodes) = scope.new_collection::<Uuid, isize>();
+            let (edges_in, edges) = scope.new_collection::<(Uuid, Uuid), isize>();
+            let (size, changes) = (Rc::clone(&reach_size), Rc::clone(&reach_changes));
+            edges
+                .clone()
+                .reachability()
+                .inspect(move |(_, _, diff)| {
+                    size.set(size.get() + *diff as i64);
+                    changes.set(changes.get() + 1);
+                })
+                .probe_with(&probe);
+            let deepest = Rc::clone(&max_depth);
+            nodes
+                .depth(edges)
+                .inspect(move |((_, d), _, diff)| {
+                    if *diff > 0 {
+                        deepest.set(deepest.get().max(*d));
+                    }
+                })
+                .probe_with(&probe);
+            (nodes_in, edges_in)
+        });
+
+        let started = Instant::now();
+        if index == 0 {
+            for x in 0..n {
+                nodes_in.insert(id(x));
+            }
+            for &(p, c) in &graph_base {
+                edges_in.insert((id(p), id(c)));
+            }
+        }
+        let mut time = 1u64;
+        nodes_in.advance_to(time);
+        edges_in.advance_to(time);
+        nodes_in.flush();
+        edges_in.flush();
+        worker.step_while(|| probe.less_than(&time));
+        let load = started.elapsed();
+        let base_reach_rows = reach_size.get();
+
+        let mut steps = Vec::new();
+        for size_batches in &batches {
+            let (mut times, mut changes) = (Vec::new(), Vec::new());
+            for batch in size_batches {
+                let before = reach_changes.get();
+                let started = Instant::now();
+                if index == 0 {
+                    for &(p, c) in batch {
+                        edges_in.insert((id(p), id(c)));
+                    }
+                }
+                time += 1;
+                nodes_in.advance_to(time);
+                edges_in.advance_to(time);
+                nodes_in.flush();
+                edges_in.flush();
+                worker.step_while(|| probe.less_than(&time));
+                times.push(started.elapsed());
+                changes.push(reach_changes.get() - before);
+            }
+            steps.push((times, changes));
+        }
+        let (reach_rows, depth) = (reach_size.get(), max_depth.get());
+        drop((nodes_in, edges_in));
+        worker.step_while(|| !probe.done());
+
+        // A fresh dataflow over the full edge set.
+        let fresh_probe = ProbeHandle::new();
+        let (mut nodes_in, mut edges_in) = worker.dataflow::<u64, _, _>(|scope| {
+            let (nodes_in, nodes) = scope.new_collection::<Uuid, isize>();
+            let (edges_in, edges) = scope.new_collection::<(Uuid, Uuid), isize>();
+            edges.clone().reachability().probe_with(&fresh_probe);
+            nodes.depth(edges).probe_with(&fresh_probe);
+            (nodes_in, edges_in)
+        });
+        let started = Instant::now();
+        if index == 0 {
+            for x in 0..n {
+                nodes_in.insert(id(x));
+            }
+            for &(p, c) in graph_base.iter().chain(batches.iter().flatten().flatten()) {
+                edges_in.insert((id(p), id(c)));
+            }
+        }
+        nodes_in.advance_to(1);
+        edges_in.advance_to(1);
+        nodes_in.flush();
+        edges_in.flush();
+        worker.step_while(|| fresh_probe.less_than(&1));
+        let fresh = started.elapsed();
+        Incremental {
+            load,
+            steps,
+            reach_rows,
+            base_reach_rows,
+            max_depth: depth,
+            fresh,
+        }
+    })
+    .expect("timely runs");
+    let mut results: Vec<Incremental> = guards
+        .join()
+        .into_iter()
+        .map(|r| r.expect("a worker finished"))
+        .collect();
+    // Reach rows are counted per worker (each holds its share): sum them.
+    let reach_rows = results.iter().map(|r| r.reach_rows).sum();
+    let base_reach_rows = results.iter().map(|r| r.base_reach_rows).sum();
+    let max_depth = results.iter().map(|r| r.max_depth).max().unwrap_or(0);
+    let changes: Vec<Vec<u64>> = (0..results[0].steps.len())
+        .map(|s| {
+            (0..results[0].steps[s].1.len())
+                .map(|r| results.iter().map(|w| w.steps[s].1[r]).sum())
+                .collect()
+        })
+        .collect();
+    let mut first = results.swap_remove(0);
+    for (s, c) in changes.into_iter().enumerate() {
+        first.steps[s].1 = c;
+    }
+    first.reach_rows = reach_rows;
+    first.base_reach_rows = base_reach_rows;
+    first.max_depth = max_depth;
+    first
+}
+
+/// One set of SQLite descendant queries: the CTE and the lookup, timed, with the rows
+/// each returned (they must be the same rows).
+struct QuerySet {
+    name: String,
+    queries: usize,
+    cte: Duration,
+    lookup: Duration,
+    rows: u64,
+}
+
+/// SQLite: the recursive CTE over `blob_edges` against a lookup in a materialized
+/// `blob_reach`, for `--queries` random blobs and for the 100 blobs with the most
+/// descendants.
+fn sqlite(args: &Args, graph: &Graph, rng: &mut StdRng) -> anyhow::Result<Vec<QuerySet>> {
+    let edges: Vec<(u32, u32)> = graph
+        .base
+        .iter()
+        .chain(graph.batches.iter().flatten().flatten())
+        .copied()
+        .collect();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); graph.n as usize];
+    for &(p, c) in &edges {
+        out[p as usize].push(c);
+    }
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("dag.sqlite");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let random: Vec<u32> = (0..args.queries)
+        .map(|_| rng.random_range(0..graph.n))
+        .collect();
+    runtime.block_on(async {
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Off)
+            .synchronous(SqliteSynchronous::Off);
+        let mut conn = SqliteConnection::connect_with(&options).await?;
+        // The schema of connectors/src/sqlite/schema.sql for these two tables.
+        sqlx::query(
+            "CREATE TABLE blob_edges (parent_id TEXT, child_id TEXT, delta_id TEXT, \
+             PRIMARY KEY (parent_id, child_id))",
+        )
+        .execute(&mut conn)
+        .await?;
+        sqlx::query("CREATE INDEX blob_edges_by_child ON blob_edges (child_id)")
+            .execute(&mut conn)
+            .await?;
+        sqlx::query(
+            "CREATE TABLE blob_reach (ancestor_id TEXT, descendant_id TEXT, distance INTEGER, \
+             PRIMARY KEY (ancestor_id, descendant_id))",
+        )
+        .execute(&mut conn)
+        .await?;
+        let mut tx = conn.begin().await?;
+        for &(p, c) in &edges {
+            sqlx::query("INSERT INTO blob_edges VALUES (?, ?, ?)")
+                .bind(id(p).to_string())
+                .bind(id(c).to_string())
+                .bind(id(c).to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        // blob_reach, from a BFS from every blob; and who has the most descendants.
+        let mut dist = vec![u32::MAX; graph.n as usize];
+        let mut touched = Vec::new();
+        let mut queue = VecDeque::new();
+        let mut descendants: Vec<(usize, u32)> = Vec::with_capacity(graph.n as usize);
+        for start in 0..graph.n {
+            dist[start as usize] = 0;
+            touched.push(start);
+            queue.push_back(start);
+            let ancestor = id(start).to_string();
+            while let Some(x) = queue.pop_front() {
+                for &y in &out[x as usize] {
+                    if dist[y as usize] == u32::MAX {
+                        dist[y as usize] = dist[x as usize] + 1;
+                        touched.push(y);
+                        queue.push_back(y);
+                        sqlx::query("INSERT INTO blob_reach VALUES (?, ?, ?)")
+                            .bind(&ancestor)
+                            .bind(id(y).to_string())
+                            .bind(i64::from(dist[y as usize]))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+            descendants.push((touched.len() - 1, start));
+            for t in touched.drain(..) {
+                dist[t as usize] = u32::MAX;
+            }
+        }
+        tx.commit().await?;
+        sqlx::query("ANALYZE").execute(&mut conn).await?;
+        descendants.sort_unstable_by(|a, b| b.cmp(a));
+        let widest: Vec<u32> = descendants.iter().take(100).map(|d| d.1).collect();
+
+        let cte = "WITH RECURSIVE d(id, distance) AS ( \
+                       SELECT child_id, 1 FROM blob_edges WHERE parent_id = ?1 \
+                       UNION \
+                       SELECT e.child_id, d.distance + 1 FROM blob_edges e JOIN d ON e.parent_id = d.id) \
+                   SELECT id, MIN(distance) FROM d GROUP BY id";
+        let lookup = "SELECT descendant_id, distance FROM blob_reach WHERE ancestor_id = ?1";
+        let mut sets = Vec::new();
+        for (name, sample) in [
+            (format!("{} random blobs", random.len()), &random),
+            ("the 100 blobs with most descendants".to_owned(), &widest),
+        ] {
+            let mut answers: [Vec<Vec<(String, i64)>>; 2] = [Vec::new(), Vec::new()];
+            let mut times = [Duration::ZERO; 2];
+            for (k, sql) in [cte, lookup].into_iter().enumerate() {
+                let started = Instant::now();
+                for &x in sample {
+                    let mut rows: Vec<(String, i64)> = sqlx::query_as(sql)
+                        .bind(id(x).to_string())
+                        .fetch_all(&mut conn)
+                        .await?;
+                    rows.sort();
+                    answers[k].push(rows);
+                }
+                times[k] = started.elapsed();
+            }
+            anyhow::ensure!(
+                answers[0] == answers[1],
+                "{name}: the recursive CTE and blob_reach disagree"
+            );
+            sets.push(QuerySet {
+                name,
+                queries: sample.len(),
+                cte: times[0],
+                lookup: times[1],
+                rows: answers[0].iter().map(|r| r.len() as u64).sum(),
+            });
+        }
+        conn.close().await?;
+        Ok(sets)
+    })
+}
+
+/// The naive cycle guard: refuse `p -> c` when `p == c` or a DFS from `c` meets `p`.
+/// Like `TopoOrder`, it maps blob ids to dense node numbers with an `FxHashMap`, so
+/// that the two differ only in their search.
+#[derive(Default)]
+struct Naive {
+    index: FxHashMap<Uuid, u32>,
+    out: Vec<Vec<u32>>,
+    stamp: Vec<u32>,
+    round: u32,
+    stack: Vec<u32>,
+}
+
+impl Naive {
+    fn node(&mut self, id: Uuid) -> u32 {
+        let next = self.out.len() as u32;
+        let n = *self.index.entry(id).or_insert(next);
+        if n == next {
+            self.out.push(Vec::new());
+            self.stamp.push(0);
+        }
+        n
+    }
+
+    fn insert(&mut self, parent: Uuid, child: Uuid) -> EdgeOutcome {
+        use studio_model::dag::EdgeRefusal;
+        if parent == child {
+            return EdgeOutcome::Refused(EdgeRefusal::SelfLoop);
+        }
+        let (p, c) = (self.node(parent), self.node(child));
+        if self.out[p as usize].contains(&c) {
+            return EdgeOutcome::Present;
+        }
+        self.round += 1;
+        self.stack.clear();
+        self.stack.push(c);
+        self.stamp[c as usize] = self.round;
+        while let Some(x) = self.stack.pop() {
+            for &y in &self.out[x as usize] {
+                if y == p {
+                    return EdgeOutcome::Refused(EdgeRefusal::Cycle);
+                }
+                if self.stamp[y as usize] != self.round {
+                    self.stamp[y as usize] = self.round;
+                    self.stack.push(y);
+                }
+            }
+        }
+        self.out[p as usize].push(c);
+        EdgeOutcome::Added
+    }
+}
+
+/// One cycle-guard workload: (TopoOrder ns/edge, naive ns/edge, added, refused).
+struct GuardRow {
+    name: &'static str,
+    edges: usize,
+    topo_ns: f64,
+    naive_ns: f64,
+    added: usize,
+    refused: usize,
+}
+
+fn guard(args: &Args, graph: &Graph, rng: &mut StdRng) -> Vec<GuardRow> {
+    let ids: Vec<Uuid> = (0..graph.n).map(id).collect();
+    let mut topo = TopoOrder::default();
+    let mut naive = Naive::default();
+    let mut rows = Vec::new();
+    let mut run =
+        |name: &'static str, edges: &[(u32, u32)], topo: &mut TopoOrder, naive: &mut Naive| {
+            let started = Instant::now();
+            let a: Vec<EdgeOutcome> = edges
+                .iter()
+                .map(|&(p, c)| topo.insert(ids[p as usize], ids[c as usize]))
+                .collect();
+            let topo_time = started.elapsed();
+            let started = Instant::now();
+            let b: Vec<EdgeOutcome> = edges
+                .iter()
+                .map(|&(p, c)| naive.insert(ids[p as usize], ids[c as usize]))
+                .collect();
+            let naive_time = started.elapsed();
+            assert_eq!(a, b, "{name}: the two guards disagree");
+            let per = |d: Duration| d.as_nanos() as f64 / edges.len().max(1) as f64;
+            rows.push(GuardRow {
+                name,
+                edges: edges.len(),
+                topo_ns: per(topo_time),
+                naive_ns: per(naive_time),
+                added: a.iter().filter(|o| **o == EdgeOutcome::Added).count(),
+                refused: a
+                    .iter()
+                    .filter(|o| matches!(o, EdgeOutcome::Refused(_)))
+                    .count(),
+            });
+        };
+    run("base graph, log order", &graph.base, &mut topo, &mut naive);
+    // Each from a forest blob into the first tenth of a chain (hundreds of descendants,
+    // none of which reaches the forest): accepted, after a naive search of them all.
+    let forest = graph.n - args.chains * args.chain_len;
+    let into_chains: Vec<(u32, u32)> = (0..args.guard_edges)
+        .map(|_| {
+            let chain = rng.random_range(0..args.chains);
+            let at = rng.random_range(0..(args.chain_len / 10).max(1));
+            (
+                rng.random_range(0..forest),
+                forest + chain * args.chain_len + at,
+            )
+        })
+        .collect();
+    run("into a long chain", &into_chains, &mut topo, &mut naive);
+    // Each closes a cycle: from a blob to one of its ancestors.
+    let closing: Vec<(u32, u32)> = (0..args.guard_edges)
+        .map(|_| {
+            loop {
+                let x = rng.random_range(0..graph.n);
+                let mut a = x;
+                for _ in 0..rng.random_range(1..40) {
+                    match graph.parent[a as usize] {
+                        Some(p) => a = p,
+                        None => break,
+                    }
+                }
+                if a != x {
+                    break (x, a);
+                }
+            }
+        })
+        .collect();
+    run(
+        "closing a cycle (to an ancestor)",
+        &closing,
+        &mut topo,
+        &mut naive,
+    );
+    let random: Vec<(u32, u32)> = (0..args.guard_edges)
+        .map(|_| (rng.random_range(0..graph.n), rng.random_range(0..graph.n)))
+        .collect();
+    run("random pairs", &random, &mut topo, &mut naive);
+    rows
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let graph = generate(&args, &mut rng);
+    println!(
+        "graph: {} blobs, {} edges (forest of depth {} + {} chains of {}); batches {:?} x {}; {} worker(s)",
+        graph.n,
+        graph.base.len(),
+        args.depth,
+        args.chains,
+        args.chain_len,
+        args.batches,
+        args.repeats,
+        args.workers
+    );
+
+    let inc = incremental(&args, &graph);
+    let (base_pairs, _, base_depth) = recompute(graph.n, &graph.base);
+    anyhow::ensure!(
+        inc.base_reach_rows as u64 == base_pairs,
+        "reach rows {} != BFS pairs {base_pairs}",
+        inc.base_reach_rows
+    );
+    println!(
+        "base graph: reach view {} pairs, max depth {base_depth}; load into the dataflow {:.2} s",
+        inc.base_reach_rows,
+        inc.load.as_secs_f64()
+    );
+
+    // From scratch, after each batch (the edge set as it is then).
+    let mut edges = graph.base.clone();
+    let mut scratch: Vec<Vec<Duration>> = Vec::new();
+    let mut scratch_rows: Vec<u64> = Vec::new();
+    let mut final_pairs = 0;
+    let mut final_depth = 0;
+    for size_batches in &graph.batches {
+        let mut times = Vec::new();
+        for batch in size_batches {
+            edges.extend(batch);
+            let started = Instant::now();
+            let (pairs, _, depth) = recompute(graph.n, &edges);
+            times.push(started.elapsed());
+            (final_pairs, final_depth) = (pairs, depth);
+        }
+        scratch.push(times);
+        scratch_rows.push(final_pairs);
+    }
+    anyhow::ensure!(
+        inc.reach_rows as u64 == final_pairs && inc.max_depth == final_depth,
+        "incremental ({} pairs, depth {}) != recomputed ({final_pairs}, {final_depth})",
+        inc.reach_rows,
+        inc.max_depth
+    );
+
+    println!();
+    println!(
+        "{:>6} | {:>14} | {:>16} | {:>14} | {:>22} | {:>9} | {:>18} | {:>9}",
+        "edges",
+        "incremental ms",
+        "reach rows moved",
+        "reach rows",
+        "BFS from every blob ms",
+        "BFS/incr",
+        "fresh dataflow ms",
+        "fresh/incr"
+    );
+    for (i, &size) in args.batches.iter().enumerate() {
+        let incr = median(inc.steps[i].0.clone());
+        let moved = {
+            let mut c = inc.steps[i].1.clone();
+            c.sort();
+            c[c.len() / 2]
+        };
+        let bfs = median(scratch[i].clone());
+        println!(
+            "{size:>6} | {:>14.2} | {moved:>16} | {:>14} | {:>22.1} | {:>8.2}x | {:>18.0} | {:>8.0}x",
+            ms(incr),
+            scratch_rows[i],
+            ms(bfs),
+            ms(bfs) / ms(incr),
+            ms(inc.fresh),
+            ms(inc.fresh) / ms(incr)
+        );
+    }
+    println!(
+        "(medians of {}; reach view at the end: {} pairs, max depth {})",
+        args.repeats, inc.reach_rows, inc.max_depth
+    );
+
+    println!();
+    println!(
+        "{:<36} | {:>8} | {:>23} | {:>22} | {:>10}",
+        "SQLite: descendants of",
+        "rows",
+        "WITH RECURSIVE µs/query",
+        "blob_reach µs/query",
+        "CTE/lookup"
+    );
+    for set in sqlite(&args, &graph, &mut rng)? {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / set.queries as f64;
+        println!(
+            "{:<36} | {:>8} | {:>23.1} | {:>22.1} | {:>9.1}x",
+            set.name,
+            set.rows,
+            per(set.cte),
+            per(set.lookup),
+            set.cte.as_secs_f64() / set.lookup.as_secs_f64()
+        );
+    }
+
+    println!();
+    println!(
+        "{:<34} | {:>6} | {:>6} | {:>7} | {:>17} | {:>15} | {:>11}",
+        "cycle guard",
+        "edges",
+        "added",
+        "refused",
+        "TopoOrder ns/edge",
+        "naive DFS ns/edge",
+        "naive/topo"
+    );
+    for row in guard(&args, &graph, &mut rng) {
+        println!(
+            "{:<34} | {:>6} | {:>6} | {:>7} | {:>17.0} | {:>15.0} | {:>10.1}x",
+            row.name,
+            row.edges,
+            row.added,
+            row.refused,
+            row.topo_ns,
+            row.naive_ns,
+            row.naive_ns / row.topo_ns
+        );
+    }
+    Ok(())
+}

@@ -551,3 +551,89 @@ fn tricky_log_matches_the_model() {
     assert_eq!(blob1.version, 5);
     assert_eq!(blob1.deleted_at, None);
 }
+
+/// `studio query` answers the DAG questions (issue 4): descendants and ancestors with
+/// distances, depth by user and by blob; the summary counts edges.
+#[test]
+fn query_answers_descendants_ancestors_and_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, db) = (dir.path().join("dag.jsonl"), dir.path().join("dag.sqlite"));
+    let b = |n: u64| uuid_text(0xb, n);
+    // 1 -> 2 -> 3, a shortcut 1 -> 3, and 3 -> 1 (refused: it closes a cycle).
+    let lines = [
+        delta(1, 1, "create", 1, ""),
+        delta(2, 2, "create", 1, &format!(r#","parent_id":"{}""#, b(1))),
+        delta(3, 3, "create", 1, &format!(r#","parent_id":"{}""#, b(2))),
+        delta(
+            4,
+            1,
+            "update",
+            2,
+            &format!(r#","patch":{{"a":1}},"child_ids":["{}"]"#, b(3)),
+        ),
+        delta(
+            5,
+            3,
+            "update",
+            2,
+            &format!(r#","patch":{{"b":1}},"child_ids":["{}"]"#, b(1)),
+        ),
+    ];
+    std::fs::write(&log, lines.join("\n")).unwrap();
+    let summary = replay_json(&log, &db, &[]);
+    assert_eq!(count(&summary, "accepted"), 5);
+    assert_eq!(count(&summary, "edges_accepted"), 3);
+    assert_eq!(count(&summary, "edges_rejected"), 1);
+
+    let json = |args: &[&str]| -> Value {
+        let mut all = vec!["query", "--db", p(&db)];
+        all.extend_from_slice(args);
+        all.push("--json");
+        serde_json::from_str(&run_ok(&all)).unwrap()
+    };
+    let descendants = json(&["descendants", &b(1).to_uppercase()]);
+    let pairs: Vec<(String, i64)> = descendants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["blob_id"].as_str().unwrap().to_owned(),
+                r["distance"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![(b(2), 1), (b(3), 1)],
+        "the shortcut makes 3 one step from 1"
+    );
+    let ancestors = json(&["ancestors", &b(3)]);
+    assert_eq!(ancestors.as_array().unwrap().len(), 2);
+    let user = json(&["depth", "--user", &uuid_text(0xa, 1)]);
+    assert_eq!(user[0]["max_depth"], 2, "1 -> 2 -> 3 is the longest path");
+    let blob = json(&["depth", "--blob", &b(2)]);
+    assert_eq!(blob[0]["depth"], 1);
+
+    let out = run(&[
+        "query",
+        "--db",
+        p(&db),
+        "depth",
+        "--user",
+        &uuid_text(0xa, 9),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("owns no blob"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&["query", "--db", p(&db), "descendants", "not-a-uuid"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is not a UUID"),
+        "{}",
+        text(&out.stderr)
+    );
+}

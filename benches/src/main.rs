@@ -115,38 +115,21 @@ fn verify(args: &Args) -> anyhow::Result<()> {
     let expected = model::run(&lines);
     let got = views::read_tables(db).map_err(anyhow::Error::msg)?;
     let (expected, got) = (expected.tables.unordered(), got.unordered());
-    let same = |name: &str, a: usize, b: usize, equal: bool| {
+    fn same<T: PartialEq>(name: &str, model: &[T], views: &[T]) -> bool {
+        let equal = model == views;
+        let verdict = if equal { "equal" } else { "DIFFERENT" };
         println!(
-            "{name:<15} model {a:>9} rows, views {b:>9} rows: {}",
-            if equal { "equal" } else { "DIFFERENT" }
+            "{name:<15} model {:>9} rows, views {:>9} rows: {verdict}",
+            model.len(),
+            views.len()
         );
         equal
-    };
+    }
     let ok = [
-        same(
-            "blobs",
-            expected.blobs.len(),
-            got.blobs.len(),
-            expected.blobs == got.blobs,
-        ),
-        same(
-            "deltas_applied",
-            expected.applied.len(),
-            got.applied.len(),
-            expected.applied == got.applied,
-        ),
-        same(
-            "processed_by",
-            expected.processed.len(),
-            got.processed.len(),
-            expected.processed == got.processed,
-        ),
-        same(
-            "dead_letters",
-            expected.dead_letters.len(),
-            got.dead_letters.len(),
-            expected.dead_letters == got.dead_letters,
-        ),
+        same("blobs", &expected.blobs, &got.blobs),
+        same("deltas_applied", &expected.applied, &got.applied),
+        same("processed_by", &expected.processed, &got.processed),
+        same("dead_letters", &expected.dead_letters, &got.dead_letters),
     ]
     .iter()
     .all(|ok| *ok);

@@ -38,8 +38,6 @@ pub const SHARE_CHUNK: u64 = 16;
 pub struct Progress {
     /// Bytes of the log read by worker 0 (every worker reads all of it).
     pub bytes_read: AtomicU64,
-    /// Batches committed by the sink.
-    pub batches_committed: AtomicU64,
     /// Deltas accepted and committed.
     pub accepted: AtomicU64,
 }
@@ -322,9 +320,6 @@ fn write_views(
         tally.batches += fed.len() as u64;
         tally.transactions += 1;
         progress.accepted.store(tally.accepted, Ordering::Relaxed);
-        progress
-            .batches_committed
-            .store(tally.batches, Ordering::Relaxed);
     }
     sink.finish()?;
     Ok(tally)

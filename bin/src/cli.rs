@@ -120,6 +120,20 @@ pub struct ReplayArgs {
     /// Never draw a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Run the providers: once the log is applied, the built-in workers process the
+    /// pending transform requests and their outputs are fed back until quiescence
+    /// (providers from [[providers]] in --config and from --provider-log).
+    #[arg(long)]
+    pub providers: bool,
+    /// More providers: one JSON definition per line (`{"remove": ID}` removes one).
+    #[arg(long, value_name = "FILE.jsonl", requires = "providers")]
+    pub provider_log: Option<PathBuf>,
+    /// Also write each transform request, once, as a JSON line to this file.
+    #[arg(long, value_name = "FILE.jsonl", requires = "providers")]
+    pub requests_out: Option<PathBuf>,
+    /// Record events (S5.8) in the `events` table (always on with --providers).
+    #[arg(long)]
+    pub events: bool,
 }
 
 /// `studio gen`.

@@ -24,6 +24,19 @@ pub struct Config {
     pub replay: ReplayConfig,
     /// The SQLite view store.
     pub sqlite: SqliteConfig,
+    /// How provider workers run.
+    pub provider_runtime: ProviderRuntimeConfig,
+    /// Providers registered at start (`[[providers]]` tables; SPEC S5.3).
+    #[serde(default)]
+    pub providers: Vec<studio_model::Provider>,
+}
+
+/// The in-process provider worker runtime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderRuntimeConfig {
+    /// Tokio threads running provider calls (>= 1).
+    pub threads: usize,
 }
 
 /// How the dataflow runs a replay.
@@ -89,10 +102,26 @@ impl Config {
             ("replay.batch_records", r.batch_records),
             ("replay.max_batches_in_flight", r.max_batches_in_flight),
             ("replay.writer_queue_batches", r.writer_queue_batches as u64),
+            (
+                "provider_runtime.threads",
+                self.provider_runtime.threads as u64,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::OutOfRange(format!(
                     "{name} must be at least 1"
+                )));
+            }
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for p in &self.providers {
+            if p.id.is_empty() {
+                return Err(ConfigError::OutOfRange("a provider has an empty id".into()));
+            }
+            if !ids.insert(&p.id) {
+                return Err(ConfigError::OutOfRange(format!(
+                    "provider {:?} is defined twice",
+                    p.id
                 )));
             }
         }

@@ -23,6 +23,7 @@
 //! - [`replay`] runs a bounded replay of files end to end and reports what happened.
 #![forbid(missing_docs)]
 
+pub mod providers;
 pub mod render;
 pub mod replay;
 pub mod sink;

@@ -6,12 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use differential_dataflow::{AsCollection, VecCollection};
 use studio_model::{
-    AppliedRow, BlobRow, DeadLetter, Delta, DepthRow, EdgeRow, ProcessedRow, ReachRow,
-    RejectedEdgeRow, UserDepthRow,
+    AppliedRow, BlobRow, DeadLetter, Delta, DepthRow, EdgeRow, ProcessedRow, ProcessingResult,
+    ReachRow, RejectedEdgeRow, TransformRequest, UserDepthRow,
 };
-use studio_operators::{ApplyDeltas, CycleGuard, DedupById, Depth, Reachability};
+use studio_operators::{
+    ApplyDeltas, CycleGuard, DedupById, Depth, PendingTriggers, ProviderChange, Reachability,
+};
 use timely::dataflow::Scope;
+use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::Inspect;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::vec::input::Handle;
 use timely::dataflow::operators::vec::input::Input;
 
@@ -24,6 +28,28 @@ pub struct Inputs {
     pub deltas: Handle<Time, Delta>,
     /// Records that did not, as dead letters `(letter, time, +1)`.
     pub malformed: Handle<Time, (DeadLetter, Time, isize)>,
+    /// Provider registrations and removals (S5.3).
+    pub providers: Handle<Time, ProviderChange>,
+    /// Provider workers' answers (S5.7).
+    pub results: Handle<Time, (ProcessingResult, Time, isize)>,
+}
+
+impl Inputs {
+    /// Advances every input to `time`.
+    pub fn advance_to(&mut self, time: Time) {
+        self.deltas.advance_to(time);
+        self.malformed.advance_to(time);
+        self.providers.advance_to(time);
+        self.results.advance_to(time);
+    }
+}
+
+/// What to maintain besides the delta views.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RenderOptions {
+    /// Keep the facts that provider triggers need, and compute the pending requests.
+    /// Without it the requests view stays empty (plain replays skip that work).
+    pub providers: bool,
 }
 
 /// The maintained views, as collections.
@@ -46,15 +72,22 @@ pub struct ViewStreams<'scope> {
     pub depth: VecCollection<'scope, Time, DepthRow>,
     /// `user_depth`.
     pub user_depth: VecCollection<'scope, Time, UserDepthRow>,
+    /// The pending transform requests (S5.4–S5.7).
+    pub requests: VecCollection<'scope, Time, TransformRequest>,
+    /// `processing`: the workers' results, insert-only.
+    pub processing: VecCollection<'scope, Time, ProcessingResult>,
 }
 
 /// Builds the delta-to-views dataflow in `scope`; `duplicates` counts S4.2 repeats.
 pub fn render<'scope>(
     scope: Scope<'scope, Time>,
     duplicates: Arc<AtomicU64>,
+    options: RenderOptions,
 ) -> (Inputs, ViewStreams<'scope>) {
     let (deltas_in, deltas) = scope.new_input::<Delta>();
     let (malformed_in, malformed) = scope.new_input::<(DeadLetter, Time, isize)>();
+    let (providers_in, providers) = scope.new_input::<ProviderChange>();
+    let (results_in, results) = scope.new_input::<(ProcessingResult, Time, isize)>();
 
     let (unique, repeats) = deltas.dedup_by_id();
     repeats.inspect_core(move |event| {
@@ -62,8 +95,15 @@ pub fn render<'scope>(
             duplicates.fetch_add(batch.len() as u64, Ordering::Relaxed);
         }
     });
-    let applied = unique.apply_deltas();
+    let applied = unique.apply_deltas(options.providers);
     let malformed = malformed.as_collection();
+
+    // Providers (S5.3-S5.7): requests settle by accepted outputs or by results.
+    let settled = applied
+        .settled
+        .concat(results.clone().flat_map(|(r, _, _)| r.settles()));
+    let requests = applied.facts.pending_triggers(settled, providers);
+    let processing = results.as_collection();
 
     // The DAG (S5.1, S5.2). An edge counts in the views once both its ends exist.
     let (accepted_edges, rejected_edges) = applied.edges.cycle_guard();
@@ -96,6 +136,8 @@ pub fn render<'scope>(
         Inputs {
             deltas: deltas_in,
             malformed: malformed_in,
+            providers: providers_in,
+            results: results_in,
         },
         ViewStreams {
             blobs: applied.blobs,
@@ -107,6 +149,8 @@ pub fn render<'scope>(
             reach,
             depth,
             user_depth,
+            requests,
+            processing,
         },
     )
 }
@@ -124,6 +168,8 @@ impl<'scope> ViewStreams<'scope> {
             reach: self.reach.probe_with(probe),
             depth: self.depth.probe_with(probe),
             user_depth: self.user_depth.probe_with(probe),
+            requests: self.requests.probe_with(probe),
+            processing: self.processing.probe_with(probe),
         }
     }
 }

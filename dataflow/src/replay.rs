@@ -15,8 +15,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -27,7 +27,8 @@ use studio_connectors::{RecordSource, SinkError, SourceError, ViewSink};
 use studio_model::{ViewBatch, parse_record};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
-use crate::render::{Time, render};
+use crate::providers::{Dispatcher, Feed, ProviderReport, ProviderSetup};
+use crate::render::{Inputs, RenderOptions, Time, render};
 use crate::sink::sink_views;
 
 /// Records are dealt to workers in chunks of this many, round robin.
@@ -73,6 +74,9 @@ pub struct ReplayReport {
     pub records_per_second: f64,
     /// Per batch: from the moment its first record was read to its commit.
     pub batch_latency_ms: Latency,
+    /// With `--providers`: what the provider loop did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub providers: Option<ProviderReport>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -87,7 +91,8 @@ pub struct Latency {
 }
 
 impl ReplayReport {
-    /// True when accepted + duplicates + dead letters = records read.
+    /// True when accepted + duplicates + dead letters = records read (provider outputs
+    /// fed back count as records read).
     pub fn counts_add_up(&self) -> bool {
         self.accepted + self.duplicates + self.dead_letters == self.records_read
     }
@@ -124,12 +129,30 @@ struct Committable {
     fed_at: Instant,
 }
 
+/// What a replay does besides the delta views.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    /// Run providers: compute pending requests, run the built-in workers once the log
+    /// is applied, and feed their outputs back until quiescence.
+    pub providers: Option<ProviderSetup>,
+    /// Record events (S5.8) in the view store.
+    pub events: bool,
+}
+
+/// The timestamps of the provider phase, published by worker 0 for the others.
+#[derive(Default)]
+struct PhaseClock {
+    time: AtomicU64,
+    done: AtomicBool,
+}
+
 /// Replays `files` into `sink`.
 pub fn replay(
     files: &[PathBuf],
     config: &ReplayConfig,
     sink: Box<dyn ViewSink + Send>,
     progress: Arc<Progress>,
+    options: &ReplayOptions,
 ) -> Result<ReplayReport, ReplayError> {
     FileSource::open(files)?; // fail before starting threads when a file is missing
     let started = Instant::now();
@@ -146,9 +169,12 @@ pub fn replay(
     let records_read = Arc::new(AtomicU64::new(0));
     let duplicates = Arc::new(AtomicU64::new(0));
     let aborted = Arc::new(AtomicBool::new(false));
+    let clock = Arc::new(PhaseClock::default());
+    let provider_report: Arc<Mutex<Option<ProviderReport>>> = Arc::default();
     let workers = config.workers;
     let guards = {
-        let (files, config) = (files.to_vec(), config.clone());
+        let (files, config, options) = (files.to_vec(), config.clone(), options.clone());
+        let (clock, provider_report) = (Arc::clone(&clock), Arc::clone(&provider_report));
         let (records_read, duplicates, aborted) = (
             Arc::clone(&records_read),
             Arc::clone(&duplicates),
@@ -159,12 +185,31 @@ pub fn replay(
             let peers = worker.peers() as u64;
             let fed_at: Rc<RefCell<BTreeMap<Time, Instant>>> = Rc::default();
             let probe = ProbeHandle::new();
+            // Worker 0 runs the providers beside the view sink.
+            let dispatcher = match (&options.providers, index) {
+                (Some(setup), 0) => Some(Rc::new(RefCell::new(
+                    Dispatcher::start(setup)
+                        .map_err(|e| format!("cannot start the provider runtime: {e}"))?,
+                ))),
+                _ => None,
+            };
+            let render_options = RenderOptions {
+                providers: options.providers.is_some(),
+            };
             let mut inputs = worker.dataflow::<Time, _, _>(|scope| {
-                let (inputs, views) = render(scope, Arc::clone(&duplicates));
+                let (inputs, views) = render(scope, Arc::clone(&duplicates), render_options);
                 let views = views.probe_with(&probe);
                 let (fed_at, to_writer, aborted) =
                     (Rc::clone(&fed_at), to_writer.clone(), Arc::clone(&aborted));
-                sink_views(views, move |time, batch| {
+                let dispatcher = dispatcher.clone();
+                let events = options.events;
+                sink_views(views, move |time, mut batch| {
+                    if let Some(dispatcher) = &dispatcher {
+                        dispatcher.borrow_mut().observe(&batch);
+                    }
+                    if events {
+                        batch.record_events();
+                    }
                     let mut fed = fed_at.borrow_mut();
                     let fed_at = fed
                         .range(..=time)
@@ -178,6 +223,15 @@ pub fn replay(
                 inputs
             });
 
+            if index == 0
+                && let Some(setup) = &options.providers
+            {
+                for provider in &setup.providers {
+                    inputs
+                        .providers
+                        .send((provider.id.clone(), Some(provider.clone())));
+                }
+            }
             let mut source = FileSource::open(&files).map_err(|e| e.to_string())?;
             let mut current: Time = 0;
             let mut handled = 0u64;
@@ -194,8 +248,7 @@ pub fn replay(
                 let time = record.pos.offset / config.batch_records;
                 if time != current {
                     current = time;
-                    inputs.deltas.advance_to(time);
-                    inputs.malformed.advance_to(time);
+                    inputs.advance_to(time);
                     if index == 0 {
                         fed_at.borrow_mut().insert(time, Instant::now());
                     }
@@ -215,10 +268,25 @@ pub fn replay(
                 }
             }
             records_read.fetch_add(handled, Ordering::Relaxed);
+            let end = match (&options.providers, dispatcher) {
+                (None, _) => current + 1,
+                (Some(_), Some(dispatcher)) => {
+                    let phase = LeadPhase {
+                        clock: &clock,
+                        probe: &probe,
+                        dispatcher: &dispatcher,
+                        aborted: &aborted,
+                        records_read: &records_read,
+                    };
+                    let end = phase.run(worker, &mut inputs, current);
+                    *provider_report.lock().expect("report lock") =
+                        Some(dispatcher.borrow_mut().report());
+                    end
+                }
+                (Some(_), None) => follow_phase(worker, &mut inputs, &clock, current),
+            };
             // One last timestamp, the same on every worker, for the S4.4 gap letters.
-            let end = current + 1;
-            inputs.deltas.advance_to(end);
-            inputs.malformed.advance_to(end);
+            inputs.advance_to(end);
             worker.step_while(|| probe.less_than(&end));
             Ok::<(), String>(())
         })
@@ -239,7 +307,9 @@ pub fn replay(
     let wall = started.elapsed();
     let records_read = records_read.load(Ordering::Relaxed);
     let ms = |us: u64| us as f64 / 1000.0;
+    let providers = provider_report.lock().expect("report lock").take();
     Ok(ReplayReport {
+        providers,
         records_read,
         accepted: tally.accepted,
         duplicates: duplicates.load(Ordering::Relaxed),
@@ -259,6 +329,86 @@ pub fn replay(
             max: ms(tally.latency_us.max()),
         },
     })
+}
+
+/// Worker 0's side of the provider phase: after the log, dispatch the pending
+/// requests, feed the answers at the next timestamp, and repeat until nothing is
+/// pending that a worker here runs and nothing is in flight.
+struct LeadPhase<'a> {
+    clock: &'a PhaseClock,
+    probe: &'a ProbeHandle<Time>,
+    dispatcher: &'a RefCell<Dispatcher>,
+    aborted: &'a AtomicBool,
+    records_read: &'a AtomicU64,
+}
+
+impl LeadPhase<'_> {
+    /// Runs the phase from the last timestamp of the log; returns the final timestamp.
+    fn run(&self, worker: &mut timely::worker::Worker, inputs: &mut Inputs, log_end: Time) -> Time {
+        let mut t = log_end + 1;
+        loop {
+            inputs.advance_to(t);
+            self.clock.time.store(t, Ordering::Release);
+            worker.step_while(|| self.probe.less_than(&t));
+            if self.aborted.load(Ordering::Relaxed) {
+                break;
+            }
+            let mut feed = Feed {
+                results: self.dispatcher.borrow_mut().dispatch(),
+                ..Feed::default()
+            };
+            while feed.is_empty() && !self.dispatcher.borrow().is_idle() {
+                let more = self
+                    .dispatcher
+                    .borrow_mut()
+                    .collect(Duration::from_millis(20));
+                feed.records.extend(more.records);
+                feed.results.extend(more.results);
+                worker.step();
+            }
+            if feed.is_empty() {
+                break; // quiescent: nothing dispatchable, nothing in flight
+            }
+            self.records_read
+                .fetch_add(feed.records.len() as u64, Ordering::Relaxed);
+            for (pos, record) in feed.records {
+                match parse_record(record.as_bytes(), pos) {
+                    Ok(delta) => inputs.deltas.send(delta),
+                    Err(letter) => inputs.malformed.send((*letter, t, 1)),
+                }
+            }
+            for result in feed.results {
+                inputs.results.send((result, t, 1));
+            }
+            t += 1;
+        }
+        self.clock.time.store(t, Ordering::Release);
+        self.clock.done.store(true, Ordering::Release);
+        t
+    }
+}
+
+/// The other workers' side of the provider phase: follow worker 0's timestamps until
+/// it is done; returns the final timestamp.
+fn follow_phase(
+    worker: &mut timely::worker::Worker,
+    inputs: &mut Inputs,
+    clock: &PhaseClock,
+    log_end: Time,
+) -> Time {
+    let mut mine = log_end;
+    loop {
+        let done = clock.done.load(Ordering::Acquire);
+        let t = clock.time.load(Ordering::Acquire);
+        if t > mine {
+            inputs.advance_to(t);
+            mine = t;
+        }
+        if done {
+            return mine;
+        }
+        worker.step_or_park(Some(Duration::from_millis(1)));
+    }
 }
 
 /// The writer thread: commits batches in order, merging those that queued up.

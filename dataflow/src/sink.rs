@@ -56,6 +56,14 @@ impl<R: Ord> ByTime<R> {
         KeyedChanges::from_updates(updates)
     }
 
+    /// The net changes at `time`, retractions first.
+    fn changes(&mut self, time: Time) -> Vec<(R, isize)> {
+        let mut updates = self.updates.remove(&time).unwrap_or_default();
+        consolidate(&mut updates);
+        updates.sort_by_key(|(_, diff)| *diff);
+        updates
+    }
+
     /// The rows an insert-only view gained at `time`.
     fn inserts(&mut self, time: Time) -> Vec<R> {
         let updates = self.updates.remove(&time).unwrap_or_default();
@@ -82,6 +90,8 @@ pub fn sink_views(views: ViewStreams<'_>, mut on_batch: impl FnMut(Time, ViewBat
     let mut reach_in = builder.new_input(views.reach.inner, Exchange::new(|_: &_| 0));
     let mut depth_in = builder.new_input(views.depth.inner, Exchange::new(|_: &_| 0));
     let mut user_depth_in = builder.new_input(views.user_depth.inner, Exchange::new(|_: &_| 0));
+    let mut requests_in = builder.new_input(views.requests.inner, Exchange::new(|_: &_| 0));
+    let mut processing_in = builder.new_input(views.processing.inner, Exchange::new(|_: &_| 0));
 
     builder.build(move |_| {
         let (mut blobs, mut processed, mut applied, mut dead) =
@@ -93,6 +103,7 @@ pub fn sink_views(views: ViewStreams<'_>, mut on_batch: impl FnMut(Time, ViewBat
             ByTime::new(),
             ByTime::new(),
         );
+        let (mut requests, mut processing) = (ByTime::new(), ByTime::new());
         move |frontiers| {
             blobs.absorb(&mut blobs_in);
             processed.absorb(&mut processed_in);
@@ -103,6 +114,8 @@ pub fn sink_views(views: ViewStreams<'_>, mut on_batch: impl FnMut(Time, ViewBat
             reach.absorb(&mut reach_in);
             depth.absorb(&mut depth_in);
             user_depth.absorb(&mut user_depth_in);
+            requests.absorb(&mut requests_in);
+            processing.absorb(&mut processing_in);
 
             loop {
                 let next = [
@@ -115,6 +128,8 @@ pub fn sink_views(views: ViewStreams<'_>, mut on_batch: impl FnMut(Time, ViewBat
                     reach.first_time(),
                     depth.first_time(),
                     user_depth.first_time(),
+                    requests.first_time(),
+                    processing.first_time(),
                 ]
                 .into_iter()
                 .flatten()
@@ -133,9 +148,15 @@ pub fn sink_views(views: ViewStreams<'_>, mut on_batch: impl FnMut(Time, ViewBat
                     applied: applied.inserts(time),
                     rejected_edges: rejected.inserts(time),
                     dead_letters: dead.inserts(time),
+                    requests: requests.changes(time),
+                    processing: processing.inserts(time),
+                    events: Vec::new(),
                 };
                 batch.dead_letters.sort_by_key(|dl| dl.pos);
                 batch.rejected_edges.sort();
+                batch
+                    .processing
+                    .sort_by_key(|r| (r.finished_at, r.request_id));
                 if !batch.is_empty() {
                     on_batch(time, batch);
                 }

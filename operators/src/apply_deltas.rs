@@ -20,8 +20,8 @@
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::{FxHashMap, FxHashSet};
 use studio_model::{
-    AppliedRow, BlobLedger, BlobRow, DeadLetter, Delta, EdgeProposal, Effects, ProcessedRow,
-    SourcePos, Uuid,
+    AppliedRow, BlobFacts, BlobLedger, BlobRow, DeadLetter, Delta, EdgeProposal, Effects,
+    ProcessedRow, Settled, SourcePos, Uuid,
 };
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
@@ -49,6 +49,10 @@ pub struct AppliedStreams<'scope, T: Timestamp> {
     /// `(blob_id, owner)` of every created blob, once (insert-only: blobs are never
     /// removed). Cheaper to join against than `blobs`, which changes with every edit.
     pub created: VecCollection<'scope, T, (Uuid, Uuid)>,
+    /// With `track_facts`: each touched blob's [`BlobFacts`] once per timestamp.
+    pub facts: StreamVec<'scope, T, BlobFacts>,
+    /// With `track_facts`: what accepted provider outputs settle.
+    pub settled: StreamVec<'scope, T, Settled>,
 }
 
 /// An edge proposal and its place in acceptance order: the log position of the delta
@@ -58,8 +62,9 @@ pub type OrderedEdge = ((SourcePos, u32), EdgeProposal);
 
 /// Applies deltas to blob state.
 pub trait ApplyDeltas<'scope, T: Timestamp> {
-    /// Folds the (deduplicated) deltas into per-blob state.
-    fn apply_deltas(self) -> AppliedStreams<'scope, T>;
+    /// Folds the (deduplicated) deltas into per-blob state; `track_facts` also emits
+    /// what provider triggers need (`facts`, `settled`), else those stay empty.
+    fn apply_deltas(self, track_facts: bool) -> AppliedStreams<'scope, T>;
 }
 
 const BLOBS: usize = 0;
@@ -68,11 +73,13 @@ const APPLIED: usize = 2;
 const DEAD: usize = 3;
 const EDGES: usize = 4;
 const CREATED: usize = 5;
+const FACTS: usize = 6;
+const SETTLED: usize = 7;
 
 type Out<D, T> = CapacityContainerBuilder<Vec<(D, T, isize)>>;
 
 impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'scope, T, Delta> {
-    fn apply_deltas(self) -> AppliedStreams<'scope, T> {
+    fn apply_deltas(self, track_facts: bool) -> AppliedStreams<'scope, T> {
         let mut builder = OperatorBuilder::new("ApplyDeltas".to_owned(), self.scope());
         let mut input = builder.new_input(self, Exchange::new(|d: &Delta| d.blob_route()));
         let (blobs_out, blobs) = builder.new_output();
@@ -88,11 +95,18 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
         let mut edges_out =
             OutputBuilder::<_, CapacityContainerBuilder<Vec<OrderedEdge>>>::from(edges_out);
         let mut created_out = OutputBuilder::<_, Out<(Uuid, Uuid), T>>::from(created_out);
+        let (facts_out, facts) = builder.new_output();
+        let (settled_out, settled) = builder.new_output();
+        let mut facts_out =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<BlobFacts>>>::from(facts_out);
+        let mut settled_out =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<Settled>>>::from(settled_out);
 
         builder.build(move |initial_caps| {
             // Held at the input frontier, to dead-letter unfilled gaps when the input ends.
             let mut end_caps = Some(initial_caps);
-            let mut stash = Stash::new(6);
+            let mut stash = Stash::new(8);
+            let mut facts = Vec::new();
             let mut ledgers: FxHashMap<Uuid, BlobLedger> = FxHashMap::default();
             let mut waiting: FxHashSet<Uuid> = FxHashSet::default();
             let mut touched: Vec<Uuid> = Vec::new();
@@ -107,6 +121,8 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
                 let mut dead_session = dead_out.activate();
                 let mut edges_session = edges_out.activate();
                 let mut created_session = created_out.activate();
+                let mut facts_session = facts_out.activate();
+                let mut settled_session = settled_out.activate();
 
                 for (caps, mut deltas) in stash.take_complete(&frontiers[0]) {
                     let time = caps[0].time().clone();
@@ -115,7 +131,13 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
                     let mut edges: Vec<OrderedEdge> = Vec::new();
                     for delta in deltas {
                         let (blob, pos) = (delta.blob_id, delta.pos);
-                        let ledger = ledgers.entry(blob).or_default();
+                        let ledger = ledgers.entry(blob).or_insert_with(|| {
+                            if track_facts {
+                                BlobLedger::tracking_facts()
+                            } else {
+                                BlobLedger::default()
+                            }
+                        });
                         ledger.offer(delta, &mut fx);
                         edges.extend(
                             fx.edges
@@ -129,11 +151,19 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
                         }
                     }
                     for blob in touched.drain(..) {
-                        ledgers
-                            .get_mut(&blob)
-                            .expect("touched blobs have ledgers")
-                            .flush(&mut blob_changes, &mut processed_changes);
+                        let ledger = ledgers.get_mut(&blob).expect("touched blobs have ledgers");
+                        let before = blob_changes.len();
+                        ledger.flush(&mut blob_changes, &mut processed_changes);
+                        if track_facts && blob_changes.len() > before {
+                            facts.extend(ledger.facts());
+                        }
                     }
+                    facts_session
+                        .session(&caps[FACTS])
+                        .give_iterator(facts.drain(..));
+                    settled_session
+                        .session(&caps[SETTLED])
+                        .give_iterator(std::mem::take(&mut fx.settled).into_iter());
                     blobs_session.session(&caps[BLOBS]).give_iterator(
                         blob_changes
                             .drain(..)
@@ -196,6 +226,8 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
             dead_letters: dead_letters.as_collection(),
             edges,
             created: created.as_collection(),
+            facts,
+            settled,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! | [`CycleGuard`] | S5.1 | adds proposed edges to the DAG in acceptance order, refusing cycles |
 //! | [`Reachability`] | S5.2 | every (ancestor, descendant, shortest distance) |
 //! | [`Depth`] | S5.2 | every blob's longest path from a root |
+//! | [`PendingTriggers`] | S5.3–S5.6 | blobs × providers -> the pending transform requests |
 //!
 //! All of them take a totally ordered timestamp (the batch of the source the records
 //! came from) and, within one timestamp, process records in log order ([`SourcePos`]),
@@ -23,6 +24,7 @@ pub mod apply_deltas;
 pub mod cycle_guard;
 pub mod dedup;
 pub mod depth;
+pub mod pending_triggers;
 pub mod reachability;
 pub mod stash;
 
@@ -30,4 +32,5 @@ pub use apply_deltas::{AppliedStreams, ApplyDeltas, OrderedEdge};
 pub use cycle_guard::CycleGuard;
 pub use dedup::{DedupById, Duplicate};
 pub use depth::Depth;
+pub use pending_triggers::{PendingTriggers, ProviderChange};
 pub use reachability::Reachability;

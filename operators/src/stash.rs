@@ -67,6 +67,19 @@ impl<T: Timestamp + TotalOrder, D> Stash<T, D> {
         done
     }
 
+    /// Removes and returns, in time order, the groups whose time `is_complete` says is.
+    pub fn take_where(&mut self, is_complete: impl Fn(&T) -> bool) -> Vec<(T, Complete<T, D>)> {
+        let mut done = Vec::new();
+        while let Some(entry) = self.by_time.first_entry() {
+            if !is_complete(entry.key()) {
+                break;
+            }
+            let time = entry.key().clone();
+            done.push((time, entry.remove()));
+        }
+        done
+    }
+
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
         self.by_time.is_empty()

@@ -295,7 +295,7 @@ fn run_apply(feed: &[Fed], drive: Drive, dedup: bool) -> Views {
             } else {
                 deltas
             };
-            let out = deltas.apply_deltas();
+            let out = deltas.apply_deltas(false);
             capture(out.blobs.inner, &blobs_tx, &probe);
             capture(out.processed.inner, &processed_tx, &probe);
             capture(out.applied.inner, &applied_tx, &probe);

@@ -410,6 +410,7 @@ fn replay_lines(lines: &[Vec<u8>], config: &ReplayConfig) -> Run {
         config,
         Box::new(sink),
         Arc::new(Progress::default()),
+        &Default::default(),
     )
     .expect("replay");
     let dag = read_dag(&db);

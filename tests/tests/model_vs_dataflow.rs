@@ -40,7 +40,14 @@ fn replay_files(files: &[PathBuf], db: &Path, config: &ReplayConfig) -> ReplayRe
         mode: OpenMode::Rebuild,
     })
     .expect("open the view database");
-    replay(files, config, Box::new(sink), Arc::new(Progress::default())).expect("replay")
+    replay(
+        files,
+        config,
+        Box::new(sink),
+        Arc::new(Progress::default()),
+        &Default::default(),
+    )
+    .expect("replay")
 }
 
 fn counts_of(report: &ReplayReport) -> Counts {

@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 use studio_config::Config;
 use studio_connectors::file::FileSource;
 use studio_connectors::sqlite::{OpenMode, SqliteOptions, SqliteViews};
-use studio_dataflow::replay::{Progress, ReplayReport, replay};
+use studio_dataflow::providers::{ProviderSetup, read_provider_log};
+use studio_dataflow::replay::{Progress, ReplayOptions, ReplayReport, replay};
 
 use crate::cli::ReplayArgs;
 
@@ -43,6 +44,7 @@ pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
     })
     .with_context(|| format!("cannot use {} as the view database", path.display()))?;
 
+    let options = replay_options(&config, &args)?;
     let progress = Arc::new(Progress::default());
     let total = FileSource::total_bytes(&args.logs);
     let bar = (!args.no_progress && std::io::stderr().is_terminal())
@@ -53,6 +55,7 @@ pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
         &config.replay,
         Box::new(sink),
         Arc::clone(&progress),
+        &options,
     );
     if let Some((bar, handle)) = bar {
         bar.finish_and_clear();
@@ -74,6 +77,36 @@ pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The providers and events of a replay, from the config file and the flags.
+fn replay_options(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayOptions> {
+    if !args.providers {
+        return Ok(ReplayOptions {
+            providers: None,
+            events: args.events,
+        });
+    }
+    let mut providers = config.providers.clone();
+    if let Some(log) = &args.provider_log {
+        for provider in read_provider_log(log).map_err(anyhow::Error::msg)? {
+            providers.retain(|p| p.id != provider.id);
+            providers.push(provider);
+        }
+    }
+    if providers.is_empty() {
+        bail!(
+            "--providers: no provider is registered; add [[providers]] tables to --config FILE or give --provider-log FILE.jsonl (README \"Providers\")"
+        );
+    }
+    Ok(ReplayOptions {
+        providers: Some(ProviderSetup {
+            providers,
+            threads: config.provider_runtime.threads,
+            requests_out: args.requests_out.clone(),
+        }),
+        events: true,
+    })
 }
 
 fn spawn_progress_bar(
@@ -130,4 +163,18 @@ fn print_summary(r: &ReplayReport, db: &Path) {
         r.batch_latency_ms.p99,
         r.batch_latency_ms.max
     );
+    if let Some(p) = &r.providers {
+        println!(
+            "  providers     {:>10} registered, {} run here",
+            p.providers, p.providers_built_in
+        );
+        println!(
+            "  requests      {:>10} emitted, {} superseded, {} completed, {} failed, {} waiting for external workers",
+            p.requests, p.superseded, p.completed, p.failed, p.waiting_for_external_workers
+        );
+        println!(
+            "  provider calls{:>10} ({} retries, {} timeouts, {} memo hits, {} rebases); {} outputs; cascade depth {}",
+            p.calls, p.retries, p.timeouts, p.memo_hits, p.rebases, p.outputs, p.cascade_depth
+        );
+    }
 }

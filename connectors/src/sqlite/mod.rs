@@ -22,8 +22,8 @@ use std::str::FromStr;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use studio_model::{
-    AppliedRow, BlobRow, DeadLetter, DepthRow, EdgeRow, Keyed, KeyedChanges, ProcessedRow,
-    ReachRow, RejectedEdgeRow, Timestamp, UserDepthRow, Uuid, ViewBatch,
+    AppliedRow, BlobRow, DeadLetter, DepthRow, EdgeRow, EventRow, Keyed, KeyedChanges,
+    ProcessedRow, ReachRow, RejectedEdgeRow, Timestamp, UserDepthRow, Uuid, ViewBatch,
 };
 
 use crate::{SinkError, ViewSink};
@@ -44,6 +44,9 @@ pub const VIEW_TABLES: &[&str] = &[
     "blob_depth",
     "user_depth",
     "rejected_edges",
+    "transform_requests",
+    "processing",
+    "events",
 ];
 
 /// SQLite allows 32766 bound values per statement.
@@ -392,9 +395,85 @@ impl ViewSink for SqliteViews {
                 },
             )
             .await?;
+            write_provider_tables(&mut tx, batch).await?;
             tx.commit().await.map_err(db_error("COMMIT"))
         })
     }
+}
+
+/// `transform_requests`, `processing` and `events`. A request is inserted `pending`
+/// when it first appears; a retraction marks it `superseded` unless a result already
+/// settled it; a result sets `completed` or `failed`.
+async fn write_provider_tables(
+    conn: &mut SqliteConnection,
+    batch: &ViewBatch,
+) -> Result<(), SinkError> {
+    for (request, diff) in &batch.requests {
+        let query = if *diff > 0 {
+            sqlx::query(
+                "INSERT INTO transform_requests (request_id, provider_id, blob_id, version, fingerprint, created_at, status) \
+                 VALUES (?, ?, ?, ?, ?, ?, 'pending') \
+                 ON CONFLICT (request_id) DO UPDATE SET status = 'pending' WHERE status = 'superseded'",
+            )
+            .bind(text(request.request_id))
+            .bind(request.provider_id.clone())
+            .bind(text(request.blob_id))
+            .bind(request.version as i64)
+            .bind(request.fingerprint.to_string())
+            .bind(time(request.created_at))
+        } else {
+            sqlx::query(
+                "UPDATE transform_requests SET status = 'superseded' WHERE request_id = ? AND status = 'pending'",
+            )
+            .bind(text(request.request_id))
+        };
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error("writing transform_requests"))?;
+    }
+    for r in &batch.processing {
+        sqlx::query(
+            "INSERT INTO processing (request_id, provider_id, blob_id, version, status, attempts, error, started_at, finished_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, attempts = processing.attempts + excluded.attempts, \
+             error = excluded.error, finished_at = excluded.finished_at",
+        )
+        .bind(text(r.request_id))
+        .bind(r.provider_id.clone())
+        .bind(text(r.blob_id))
+        .bind(r.version as i64)
+        .bind(r.status.as_str())
+        .bind(r.attempts as i64)
+        .bind(r.error.clone())
+        .bind(time(r.started_at))
+        .bind(time(r.finished_at))
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error("writing processing"))?;
+        sqlx::query("UPDATE transform_requests SET status = ? WHERE request_id = ?")
+            .bind(r.status.as_str())
+            .bind(text(r.request_id))
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error("writing transform_requests"))?;
+    }
+    insert_rows(
+        conn,
+        "INSERT INTO events (type, blob_id, delta_id, provider_id, at, payload) ",
+        6,
+        "",
+        &batch.events.iter().collect::<Vec<_>>(),
+        &|b: &mut Binder<'_>, e: &EventRow| {
+            b.push_bind(e.event_type)
+                .push_bind(text(e.blob_id))
+                .push_bind(e.delta_id.map(text))
+                .push_bind(e.provider_id.clone())
+                .push_bind(time(e.at))
+                .push_bind(e.payload.clone());
+        },
+    )
+    .await
 }
 
 /// Deletes a view database a previous replay left, with its WAL and journal files.

@@ -64,3 +64,35 @@ CREATE TABLE IF NOT EXISTS rejected_edges (
     child_id  TEXT,
     reason    TEXT
 );
+-- Providers (S5.7, S5.8): every transform request emitted, with its latest status
+-- (pending, superseded, completed, failed); the workers' results; the events.
+CREATE TABLE IF NOT EXISTS transform_requests (
+    request_id  TEXT PRIMARY KEY,
+    provider_id TEXT NOT NULL,
+    blob_id     TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    status      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transform_requests_by_blob ON transform_requests (blob_id, provider_id);
+CREATE TABLE IF NOT EXISTS processing (
+    request_id  TEXT PRIMARY KEY,
+    provider_id TEXT NOT NULL,
+    blob_id     TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    error       TEXT,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq         INTEGER PRIMARY KEY,
+    type        TEXT NOT NULL,
+    blob_id     TEXT NOT NULL,
+    delta_id    TEXT,
+    provider_id TEXT,
+    at          TEXT NOT NULL,
+    payload     TEXT NOT NULL
+);

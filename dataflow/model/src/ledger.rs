@@ -19,6 +19,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::provider::{BlobFacts, Settled};
 use crate::{
     AppliedRow, BlobRow, DeadLetter, Delta, Doc, Operation, PatchFormat, ProcessedRow, Reason,
     Timestamp,
@@ -37,6 +38,9 @@ pub struct Effects {
     /// Blobs created, with their owners: a blob exists from its create on (a soft
     /// delete keeps it), so this only grows.
     pub created: Vec<(Uuid, Uuid)>,
+    /// Provider outputs that settle their requests (S5.4), from ledgers that track
+    /// trigger facts ([`BlobLedger::tracking_facts`]).
+    pub settled: Vec<Settled>,
 }
 
 /// An edge an accepted delta adds to the blob DAG, before the cycle guard sees it.
@@ -95,15 +99,31 @@ struct BlobState {
     deleted_at: Option<Timestamp>,
     /// The version the delete made, while deleted.
     deleted_version: Option<u64>,
+    /// The latest change, for triggers (kept only by ledgers that track facts).
+    last: Option<LastChange>,
+    /// The provider whose output created the blob.
+    created_by: Option<String>,
     /// `history[v - 1]` made version `v`.
     history: Vec<Step>,
     /// `snapshots[i]` is the document at version `(i + 1) * SNAPSHOT_EVERY`.
     snapshots: Vec<Arc<Value>>,
 }
 
+/// What triggers need to know of a blob's latest accepted delta (S5.4).
+#[derive(Clone, Debug)]
+struct LastChange {
+    operation: Operation,
+    delta_id: Uuid,
+    user_id: Uuid,
+    provider: Option<String>,
+    metadata_keys: Vec<String>,
+}
+
 /// One blob's state, its waiting deltas, and what was last emitted for it.
 #[derive(Debug, Default)]
 pub struct BlobLedger {
+    /// Keep [`BlobFacts`] for the provider triggers.
+    track_facts: bool,
     /// Boxed: ledgers live in a hash map, which moves them when it grows.
     state: Option<Box<BlobState>>,
     /// Deltas ahead of the current version, by version, each list in log order.
@@ -123,6 +143,31 @@ pub const SNAPSHOT_EVERY: u64 = 32;
 pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
 
 impl BlobLedger {
+    /// A ledger that also keeps what provider triggers need ([`BlobLedger::facts`],
+    /// [`Effects::settled`]); plain replays skip that work.
+    pub fn tracking_facts() -> Self {
+        BlobLedger {
+            track_facts: true,
+            ..BlobLedger::default()
+        }
+    }
+
+    /// The blob's row and latest change, for triggers: `None` before the create or
+    /// when this ledger does not track facts.
+    pub fn facts(&self) -> Option<BlobFacts> {
+        let state = self.state.as_ref()?;
+        let last = state.last.as_ref()?;
+        Some(BlobFacts {
+            row: state.row(),
+            last_operation: last.operation,
+            last_delta_id: last.delta_id,
+            last_user_id: last.user_id,
+            last_provider: last.provider.clone(),
+            last_metadata_keys: last.metadata_keys.clone(),
+            created_by: state.created_by.clone(),
+        })
+    }
+
     /// The current version (0 before the create).
     pub fn version(&self) -> u64 {
         self.state.as_ref().map_or(0, |s| s.version)
@@ -239,6 +284,9 @@ impl BlobLedger {
                 if delta.operation == Operation::Create {
                     fx.created.push((delta.blob_id, delta.user_id));
                 }
+                if self.track_facts {
+                    self.track(&delta, fx);
+                }
                 let parent = delta
                     .parent_id
                     .filter(|_| delta.operation == Operation::Create);
@@ -270,6 +318,29 @@ impl BlobLedger {
                 false
             }
         }
+    }
+
+    /// Records the latest change, and the settlement an output delta carries.
+    fn track(&mut self, delta: &Delta, fx: &mut Effects) {
+        let state = self.state.as_mut().expect("an accepted delta has a blob");
+        let metadata = delta.metadata_json();
+        let mut metadata_keys: Vec<String> = metadata
+            .and_then(|m| serde_json::from_str::<serde_json::Map<String, Value>>(m).ok())
+            .map(|m| m.into_iter().map(|(k, _)| k).collect())
+            .unwrap_or_default();
+        metadata_keys.sort();
+        if delta.operation == Operation::Create {
+            state.created_by = delta.provider_id.clone();
+        }
+        state.last = Some(LastChange {
+            operation: delta.operation,
+            delta_id: delta.id,
+            user_id: delta.user_id,
+            provider: delta.provider_id.clone(),
+            metadata_keys,
+        });
+        fx.settled
+            .extend(Settled::from_output(delta.provider_id.as_deref(), metadata));
     }
 
     fn apply(&mut self, delta: &Delta) -> Result<(), Reason> {
@@ -368,6 +439,8 @@ impl BlobState {
             updated_at: delta.created_at,
             deleted_at: None,
             deleted_version: None,
+            last: None,
+            created_by: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod generate;
 pub mod ledger;
 pub mod parse;
 pub mod position;
+pub mod provider;
 pub mod time;
 pub mod views;
 
@@ -32,9 +33,13 @@ pub use doc::Doc;
 pub use ledger::{BlobLedger, EdgeProposal, Effects};
 pub use parse::parse_record;
 pub use position::SourcePos;
+pub use provider::{
+    BlobFacts, DerivedRef, Fingerprint, ProcessingResult, ProcessingStatus, Provider, Settled,
+    TransformRequest,
+};
 pub use time::Timestamp;
 pub use views::{
-    AppliedRow, BlobRow, DepthRow, EdgeRow, Keyed, KeyedChanges, ProcessedRow, ReachRow,
+    AppliedRow, BlobRow, DepthRow, EdgeRow, EventRow, Keyed, KeyedChanges, ProcessedRow, ReachRow,
     RejectedEdgeRow, UserDepthRow, ViewBatch,
 };
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{DeadLetter, Doc, Operation, Timestamp};
+use crate::{DeadLetter, Doc, Operation, ProcessingResult, Timestamp, TransformRequest};
 
 /// A row of `blobs`: the current state of one blob.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -145,6 +145,73 @@ keyed!(ReachRow, (Uuid, Uuid), |r| (r.ancestor_id, r.descendant_id));
 keyed!(DepthRow, Uuid, |r| r.blob_id);
 keyed!(UserDepthRow, Uuid, |r| r.user_id);
 
+/// A row of `events` (S5.8): what happened, in the order it was decided.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EventRow {
+    /// `blob.created`, `blob.updated`, `blob.deleted`, `delta.applied`,
+    /// `processing.complete` or `processing.failed`.
+    pub event_type: &'static str,
+    /// The blob concerned.
+    pub blob_id: Uuid,
+    /// The delta, for delta and blob events.
+    pub delta_id: Option<Uuid>,
+    /// The provider, for processing events and provider outputs.
+    pub provider_id: Option<String>,
+    /// When it happened (the delta's `created_at`, or the end of processing).
+    pub at: Timestamp,
+    /// Details, as JSON.
+    pub payload: String,
+}
+
+impl EventRow {
+    /// The events of an accepted delta: `delta.applied` and the blob event.
+    pub fn of_applied(row: &AppliedRow) -> [EventRow; 2] {
+        let blob_event = match row.operation {
+            Operation::Create => "blob.created",
+            Operation::Delete => "blob.deleted",
+            Operation::Update | Operation::Transform | Operation::Revert => "blob.updated",
+        };
+        let payload = serde_json::json!({
+            "version": row.version,
+            "operation": row.operation.as_str(),
+            "user_id": row.user_id,
+            "caused_by": row.caused_by,
+        })
+        .to_string();
+        let event = |event_type| EventRow {
+            event_type,
+            blob_id: row.blob_id,
+            delta_id: Some(row.delta_id),
+            provider_id: row.provider_id.clone(),
+            at: row.created_at,
+            payload: payload.clone(),
+        };
+        [event("delta.applied"), event(blob_event)]
+    }
+
+    /// The event of a processing result: `processing.complete` or `processing.failed`.
+    pub fn of_processing(result: &ProcessingResult) -> EventRow {
+        EventRow {
+            event_type: match result.status {
+                crate::ProcessingStatus::Completed => "processing.complete",
+                crate::ProcessingStatus::Failed => "processing.failed",
+            },
+            blob_id: result.blob_id,
+            delta_id: None,
+            provider_id: Some(result.provider_id.clone()),
+            at: result.finished_at,
+            payload: serde_json::json!({
+                "request_id": result.request_id,
+                "version": result.version,
+                "attempts": result.attempts,
+                "outputs": result.outputs,
+                "error": result.error,
+            })
+            .to_string(),
+        }
+    }
+}
+
 /// Net changes of a keyed view: rows to insert or replace, keys to remove.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyedChanges<R: Keyed> {
@@ -236,6 +303,14 @@ pub struct ViewBatch {
     pub rejected_edges: Vec<RejectedEdgeRow>,
     /// Dead letters in the order they were decided.
     pub dead_letters: Vec<DeadLetter>,
+    /// Changes of the pending transform requests (S5.7), in time order and, within a
+    /// time, retractions first: `+1` a request became pending (or its payload changed),
+    /// `-1` it is no longer pending (superseded, or settled).
+    pub requests: Vec<(TransformRequest, isize)>,
+    /// Processing results (`processing`), in the order they finished.
+    pub processing: Vec<ProcessingResult>,
+    /// Events (S5.8), when the run records them.
+    pub events: Vec<EventRow>,
 }
 
 impl ViewBatch {
@@ -250,6 +325,20 @@ impl ViewBatch {
             && self.applied.is_empty()
             && self.rejected_edges.is_empty()
             && self.dead_letters.is_empty()
+            && self.requests.is_empty()
+            && self.processing.is_empty()
+            && self.events.is_empty()
+    }
+
+    /// Fills `events` from the accepted deltas and processing results (S5.8).
+    pub fn record_events(&mut self) {
+        let mut applied: Vec<&AppliedRow> = self.applied.iter().collect();
+        applied.sort_by_key(|r| (r.created_at, r.blob_id, r.version));
+        self.events = applied
+            .into_iter()
+            .flat_map(EventRow::of_applied)
+            .chain(self.processing.iter().map(EventRow::of_processing))
+            .collect();
     }
 
     /// Appends a later batch: its upserts and deletes win over this one's.
@@ -267,5 +356,8 @@ impl ViewBatch {
         self.applied.extend(later.applied);
         self.rejected_edges.extend(later.rejected_edges);
         self.dead_letters.extend(later.dead_letters);
+        self.requests.extend(later.requests);
+        self.processing.extend(later.processing);
+        self.events.extend(later.events);
     }
 }

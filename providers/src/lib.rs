@@ -1,0 +1,30 @@
+//! # studio-providers
+//!
+//! The provider side of Studio (SPEC S5.7): what answers a transform request.
+//!
+//! ```text
+//!  TransformRequest --> [ Runtime ] --attempts, timeout, backoff, memo--> Transformer
+//!                           |                                              (built-in)
+//!                           +--> Answer { output delta lines, ProcessingResult }
+//! ```
+//!
+//! - [`Transformer`]: one provider implementation. It sees what the provider reads of
+//!   the blob and answers with a [`ProviderOutput`]: an annotation of the same blob or
+//!   the document of a derived blob.
+//! - [`output`]: turns an output into delta records (S3.3 `transform`, S3.1 `create` with
+//!   `parent_id`) with ids derived from the request, and compares a recomputed derived
+//!   blob with what it holds, so an unchanged branch writes nothing (S5.6).
+//! - [`Runtime`]: runs requests on tokio with a per-attempt timeout, retries with
+//!   exponential backoff, a bound on concurrency per provider, and a memo keyed by
+//!   (provider, provider version, fingerprint).
+//! - [`builtin`]: `grammar-checker` (harper-core, offline), `content-expander` (an
+//!   OpenAI-compatible chat-completions API), `render-html` (pulldown-cmark, derived blob).
+#![forbid(missing_docs)]
+
+pub mod builtin;
+pub mod output;
+pub mod runtime;
+pub mod transformer;
+
+pub use runtime::{Answer, Runtime};
+pub use transformer::{ProviderError, ProviderInput, ProviderOutput, Transformer};

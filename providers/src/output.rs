@@ -1,0 +1,131 @@
+//! Output deltas: a provider's answer as delta records (S3.1, S3.3, S5.6, S5.7).
+//!
+//! - An annotation becomes a `transform` of the blob at `version + 1`, with the
+//!   provider's merge patch, unless the patch changes nothing.
+//! - A derived document becomes a `create` of the derived blob (id: UUID v5 of provider
+//!   and source) with `parent_id` = the source, or, when the provider derived it
+//!   before, a `transform` of it holding the JSON Patch from what it holds to the new
+//!   document; nothing when they are equal (an unchanged branch stops the cascade) or
+//!   when the derived blob was deleted.
+//!
+//! Every output carries `caused_by` (the triggering delta), the triggering change's
+//! `created_at` (so a replay writes the same records), and metadata `request_id`,
+//! `source_blob_id`, `fingerprint` and `source_version`, by which the dataflow settles
+//! the request when the output is accepted. Its id is UUID v5 of (request, target,
+//! target version): a retry writes the same delta again (a duplicate, S4.2), an output
+//! rebuilt on a newer version of its target is a new one.
+
+use serde_json::{Value, json};
+use studio_model::provider::{derived_blob_id, output_delta_id};
+use studio_model::{Provider, TransformRequest, Uuid};
+
+use crate::ProviderOutput;
+
+/// One output delta: its id, its target, and its record (one JSON line).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputDelta {
+    /// The delta's id.
+    pub id: Uuid,
+    /// The blob it changes.
+    pub blob_id: Uuid,
+    /// The record.
+    pub record: String,
+}
+
+/// The output deltas of `output`, an answer of `provider` to `request`.
+pub fn output_deltas(
+    request: &TransformRequest,
+    provider: &Provider,
+    output: &ProviderOutput,
+) -> Vec<OutputDelta> {
+    match output {
+        ProviderOutput::Annotate(patch) => {
+            let mut after = request.doc.value().clone();
+            json_patch::merge(&mut after, patch);
+            if &after == request.doc.value() {
+                return Vec::new();
+            }
+            vec![record(
+                request,
+                provider,
+                request.blob_id,
+                "transform",
+                request.version + 1,
+                patch.clone(),
+                json!({"patch_format": "merge-patch"}),
+            )]
+        }
+        ProviderOutput::Derive { content_type, doc } => {
+            let Some(existing) = request
+                .derived
+                .iter()
+                .find(|d| d.provider_id == provider.id)
+            else {
+                let mut created = record(
+                    request,
+                    provider,
+                    derived_blob_id(&provider.id, request.blob_id),
+                    "create",
+                    1,
+                    doc.clone(),
+                    json!({"content_type": content_type}),
+                );
+                created.record = with_parent(&created.record, request.blob_id);
+                return vec![created];
+            };
+            if existing.deleted || existing.doc.value() == doc {
+                return Vec::new();
+            }
+            let patch = json_patch::diff(existing.doc.value(), doc);
+            vec![record(
+                request,
+                provider,
+                existing.blob_id,
+                "transform",
+                existing.version + 1,
+                serde_json::to_value(patch).expect("a JSON Patch serialises"),
+                json!({"patch_format": "json-patch"}),
+            )]
+        }
+    }
+}
+
+fn record(
+    request: &TransformRequest,
+    provider: &Provider,
+    target: Uuid,
+    operation: &str,
+    version: u64,
+    patch: Value,
+    mut metadata: Value,
+) -> OutputDelta {
+    let id = output_delta_id(request.request_id, target, version);
+    let extra = metadata.as_object_mut().expect("metadata is an object");
+    extra.insert("request_id".into(), json!(request.request_id));
+    extra.insert("source_blob_id".into(), json!(request.blob_id));
+    extra.insert("source_version".into(), json!(request.version));
+    extra.insert("fingerprint".into(), json!(request.fingerprint));
+    let record = json!({
+        "id": id,
+        "blob_id": target,
+        "user_id": request.user_id,
+        "operation": operation,
+        "version": version,
+        "created_at": request.created_at.to_rfc3339(),
+        "provider_id": provider.id,
+        "caused_by": request.caused_by,
+        "patch": patch,
+        "metadata": metadata,
+    });
+    OutputDelta {
+        id,
+        blob_id: target,
+        record: record.to_string(),
+    }
+}
+
+fn with_parent(record: &str, parent: Uuid) -> String {
+    let mut value: Value = serde_json::from_str(record).expect("our own record");
+    value["parent_id"] = json!(parent);
+    value.to_string()
+}

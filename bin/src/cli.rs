@@ -131,6 +131,10 @@ pub struct ReplayArgs {
     /// Also write each transform request, once, as a JSON line to this file.
     #[arg(long, value_name = "FILE.jsonl", requires = "providers")]
     pub requests_out: Option<PathBuf>,
+    /// Run the providers to quiescence after every batch of the log (see
+    /// --batch-records), as a live deployment would, instead of once at the end.
+    #[arg(long, requires = "providers")]
+    pub providers_each_batch: bool,
     /// Record events (S5.8) in the `events` table (always on with --providers).
     #[arg(long)]
     pub events: bool,

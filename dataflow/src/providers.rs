@@ -2,13 +2,15 @@
 //! workers and feeds their answers back into the dataflow.
 //!
 //! ```text
-//!  ViewBatch.requests --observe--> pending (by request id) --dispatch--> Runtime (tokio)
+//!  ViewBatch.requests --observe--> pending (by provider, blob) --dispatch--> Runtime (tokio)
 //!                                                                            |
 //!  dataflow inputs <--feed: output deltas + processing results-- answers <---+
 //! ```
 //!
-//! A request is dispatched when it is pending, its provider runs here, and it is not
-//! already in flight. Its answer is fed at the next timestamp; once that timestamp is
+//! A request is dispatched when it is pending, its provider runs here, and no request
+//! of the same provider for the same blob and fingerprint is in flight (a newer
+//! version that only added annotations waits for the older request's answer, which
+//! settles it). Its answer is fed at the next timestamp; once that timestamp is
 //! complete, an accepted output has settled the request. A request still pending then
 //! lost a race (its output was a `version conflict`, S4.3, because another delta took
 //! the version first) and is dispatched again on the blob's new state — answered from
@@ -26,19 +28,24 @@ use std::time::Duration;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use studio_model::{
-    ProcessingResult, ProcessingStatus, Provider, SourcePos, Timestamp, TransformRequest, Uuid,
-    ViewBatch,
+    Fingerprint, ProcessingResult, ProcessingStatus, Provider, SourcePos, Timestamp,
+    TransformRequest, Uuid, ViewBatch,
 };
-use studio_providers::{Answer, Runtime};
+use studio_providers::{Answer, Runtime, Transformer};
 
 /// Source partition of provider outputs fed back into the dataflow.
 pub const OUTPUT_PART: u32 = u32::MAX;
+
+/// The longest chain of provider outputs caused by one another; an output deeper than
+/// this is not written and its request fails (a provider that derives from its own
+/// outputs would otherwise never stop).
+pub const MAX_CASCADE_DEPTH: u32 = 64;
 
 /// Times a request whose output lost a race is run again before it fails.
 pub const MAX_REBASES: u32 = 3;
 
 /// How providers run in a replay.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ProviderSetup {
     /// The registry at the start (config file and provider log).
     pub providers: Vec<Provider>,
@@ -46,6 +53,25 @@ pub struct ProviderSetup {
     pub threads: usize,
     /// Also write each new transform request as a JSON line here.
     pub requests_out: Option<PathBuf>,
+    /// Run the providers to quiescence after every log batch, not only at the end.
+    pub each_batch: bool,
+    /// Implementations by worker name, besides (and before) the built-in ones.
+    pub transformers: Vec<(String, Arc<dyn Transformer>)>,
+}
+
+impl std::fmt::Debug for ProviderSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderSetup")
+            .field("providers", &self.providers)
+            .field("threads", &self.threads)
+            .field("requests_out", &self.requests_out)
+            .field("each_batch", &self.each_batch)
+            .field(
+                "transformers",
+                &self.transformers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// What the provider loop did.
@@ -85,11 +111,15 @@ pub struct ProviderReport {
 pub struct Dispatcher {
     runtime: Runtime,
     answers: crossbeam_channel::Receiver<Answer>,
-    /// The pending requests, as of the last completed timestamp.
-    pending: Arc<Mutex<FxHashMap<Uuid, TransformRequest>>>,
-    in_flight: FxHashSet<Uuid>,
+    /// The pending request of each (provider, blob), as of the last completed timestamp.
+    pending: Arc<Mutex<FxHashMap<(String, Uuid), TransformRequest>>>,
+    /// (provider, blob, fingerprint) of the requests in flight: a newer version of a
+    /// blob with the same fingerprint (an annotation by someone else) waits for the
+    /// answer on the older one, which settles it.
+    in_flight: FxHashSet<(String, Uuid, Fingerprint)>,
     runs: FxHashMap<Uuid, u32>,
     seen: FxHashSet<Uuid>,
+    answered: FxHashSet<Uuid>,
     /// Depth of each output delta in its cascade.
     output_depth: FxHashMap<Uuid, u32>,
     requests_out: Option<BufWriter<File>>,
@@ -122,7 +152,14 @@ impl Dispatcher {
             ..ProviderReport::default()
         };
         for provider in &setup.providers {
-            if runtime.register_builtin(provider.clone()) {
+            let custom = setup
+                .transformers
+                .iter()
+                .find(|(name, _)| name == provider.worker_name());
+            if let Some((_, transformer)) = custom {
+                runtime.register(provider.clone(), Arc::clone(transformer));
+                report.providers_built_in += 1;
+            } else if runtime.register_builtin(provider.clone()) {
                 report.providers_built_in += 1;
             } else {
                 tracing::info!(provider = %provider.id, worker = provider.worker_name(), "no built-in worker: its requests wait for an external worker");
@@ -139,6 +176,7 @@ impl Dispatcher {
             in_flight: FxHashSet::default(),
             runs: FxHashMap::default(),
             seen: FxHashSet::default(),
+            answered: FxHashSet::default(),
             output_depth: FxHashMap::default(),
             requests_out,
             next_offset: 0,
@@ -148,10 +186,25 @@ impl Dispatcher {
 
     /// Takes note of a completed timestamp's request changes.
     pub fn observe(&mut self, batch: &ViewBatch) {
+        self.answered
+            .extend(batch.processing.iter().map(|r| r.request_id));
+        let still: FxHashSet<Uuid> = batch
+            .requests
+            .iter()
+            .filter(|(_, diff)| *diff > 0)
+            .map(|(r, _)| r.request_id)
+            .collect();
         let mut pending = self.pending.lock().expect("pending lock");
         for (request, diff) in &batch.requests {
+            let key = (request.provider_id.clone(), request.blob_id);
             if *diff < 0 {
-                pending.remove(&request.request_id);
+                if !still.contains(&request.request_id)
+                    && pending
+                        .get(&key)
+                        .is_some_and(|p| p.request_id == request.request_id)
+                {
+                    pending.remove(&key);
+                }
                 continue;
             }
             if self.seen.insert(request.request_id) {
@@ -165,7 +218,7 @@ impl Dispatcher {
                     self.requests_out = None;
                 }
             }
-            pending.insert(request.request_id, request.clone());
+            pending.insert(key, request.clone());
         }
     }
 
@@ -176,7 +229,7 @@ impl Dispatcher {
             let pending = self.pending.lock().expect("pending lock");
             pending
                 .values()
-                .filter(|r| !self.in_flight.contains(&r.request_id))
+                .filter(|r| !self.in_flight.contains(&in_flight_key(r)))
                 .filter(|r| self.runtime.runs(&r.provider_id))
                 .cloned()
                 .collect()
@@ -209,15 +262,18 @@ impl Dispatcher {
                 self.report.failed += 1;
                 continue;
             }
-            self.in_flight.insert(request.request_id);
+            self.in_flight.insert(in_flight_key(&request));
             let pending = Arc::clone(&self.pending);
+            // Still pending at its turn: the same fingerprint is pending, at this
+            // version or a newer one that only changed what the provider does not read.
             self.runtime.submit(
                 request,
                 Arc::new(move |r: &TransformRequest| {
                     pending
                         .lock()
                         .expect("pending lock")
-                        .contains_key(&r.request_id)
+                        .get(&(r.provider_id.clone(), r.blob_id))
+                        .is_some_and(|p| p.fingerprint == r.fingerprint)
                 }),
             );
         }
@@ -240,9 +296,8 @@ impl Dispatcher {
             Err(_) => return feed,
         };
         for answer in std::iter::once(first).chain(self.answers.try_iter()) {
-            self.in_flight.remove(&answer.request.request_id);
-            let Some(outcome) = answer.outcome else {
-                self.report.superseded += 1;
+            self.in_flight.remove(&in_flight_key(&answer.request));
+            let Some(mut outcome) = answer.outcome else {
                 continue;
             };
             let depth = self
@@ -251,6 +306,15 @@ impl Dispatcher {
                 .copied()
                 .unwrap_or(0)
                 + 1;
+            if depth > MAX_CASCADE_DEPTH && !outcome.outputs.is_empty() {
+                tracing::warn!(provider = %answer.request.provider_id, blob = %answer.request.blob_id, "cascade depth limit reached; output dropped");
+                outcome.outputs.clear();
+                outcome.result.outputs = 0;
+                outcome.result.status = ProcessingStatus::Failed;
+                outcome.result.error = Some(format!(
+                    "cascade depth limit ({MAX_CASCADE_DEPTH}) reached: the output was not written"
+                ));
+            }
             for output in outcome.outputs {
                 self.output_depth.insert(output.id, depth);
                 self.report.cascade_depth = self.report.cascade_depth.max(depth);
@@ -286,12 +350,23 @@ impl Dispatcher {
         self.report.timeouts = stats.timeouts.load(Ordering::Relaxed);
         self.report.memo_hits = stats.memo_hits.load(Ordering::Relaxed);
         let pending = self.pending.lock().expect("pending lock");
+        self.report.superseded = self
+            .seen
+            .iter()
+            .filter(|id| {
+                !self.answered.contains(id) && !pending.values().any(|p| p.request_id == **id)
+            })
+            .count() as u64;
         self.report.waiting_for_external_workers = pending
             .values()
             .filter(|r| !self.runtime.runs(&r.provider_id))
             .count() as u64;
         self.report.clone()
     }
+}
+
+fn in_flight_key(r: &TransformRequest) -> (String, Uuid, Fingerprint) {
+    (r.provider_id.clone(), r.blob_id, r.fingerprint)
 }
 
 /// Loads a provider log: one JSON provider definition per line (blank lines and lines

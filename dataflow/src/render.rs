@@ -154,22 +154,3 @@ pub fn render<'scope>(
         },
     )
 }
-
-impl<'scope> ViewStreams<'scope> {
-    /// Attaches `probe` to every view, so it tells when a timestamp is complete in all.
-    pub fn probe_with(self, probe: &timely::dataflow::operators::probe::Handle<Time>) -> Self {
-        ViewStreams {
-            blobs: self.blobs.probe_with(probe),
-            processed: self.processed.probe_with(probe),
-            applied: self.applied.probe_with(probe),
-            dead_letters: self.dead_letters.probe_with(probe),
-            edges: self.edges.probe_with(probe),
-            rejected_edges: self.rejected_edges.probe_with(probe),
-            reach: self.reach.probe_with(probe),
-            depth: self.depth.probe_with(probe),
-            user_depth: self.user_depth.probe_with(probe),
-            requests: self.requests.probe_with(probe),
-            processing: self.processing.probe_with(probe),
-        }
-    }
-}

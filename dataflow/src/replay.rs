@@ -25,11 +25,16 @@ use studio_config::ReplayConfig;
 use studio_connectors::file::FileSource;
 use studio_connectors::{RecordSource, SinkError, SourceError, ViewSink};
 use studio_model::{ViewBatch, parse_record};
+use timely::dataflow::operators::Probe;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
 use crate::providers::{Dispatcher, Feed, ProviderReport, ProviderSetup};
 use crate::render::{Inputs, RenderOptions, Time, render};
 use crate::sink::sink_views;
+
+/// Timestamps of log batch `b` start at `b * ROUND_SPAN`; the timestamps between two
+/// batches are the provider rounds that may run after a batch.
+pub const ROUND_SPAN: Time = 1 << 16;
 
 /// Records are dealt to workers in chunks of this many, round robin.
 pub const SHARE_CHUNK: u64 = 16;
@@ -198,12 +203,11 @@ pub fn replay(
             };
             let mut inputs = worker.dataflow::<Time, _, _>(|scope| {
                 let (inputs, views) = render(scope, Arc::clone(&duplicates), render_options);
-                let views = views.probe_with(&probe);
                 let (fed_at, to_writer, aborted) =
                     (Rc::clone(&fed_at), to_writer.clone(), Arc::clone(&aborted));
                 let dispatcher = dispatcher.clone();
                 let events = options.events;
-                sink_views(views, move |time, mut batch| {
+                let committed = sink_views(views, move |time, mut batch| {
                     if let Some(dispatcher) = &dispatcher {
                         dispatcher.borrow_mut().observe(&batch);
                     }
@@ -220,6 +224,7 @@ pub fn replay(
                         aborted.store(true, Ordering::Relaxed);
                     }
                 });
+                committed.probe_with(&probe);
                 inputs
             });
 
@@ -233,6 +238,14 @@ pub fn replay(
                 }
             }
             let mut source = FileSource::open(&files).map_err(|e| e.to_string())?;
+            let lead = dispatcher.as_ref().map(|dispatcher| LeadPhase {
+                clock: &clock,
+                probe: &probe,
+                dispatcher,
+                aborted: &aborted,
+                records_read: &records_read,
+            });
+            let each_batch = options.providers.as_ref().is_some_and(|p| p.each_batch);
             let mut current: Time = 0;
             let mut handled = 0u64;
             fed_at.borrow_mut().insert(0, Instant::now());
@@ -245,14 +258,18 @@ pub fn replay(
                 let Some(record) = source.next_record().map_err(|e| e.to_string())? else {
                     break;
                 };
-                let time = record.pos.offset / config.batch_records;
+                let time = (record.pos.offset / config.batch_records) * ROUND_SPAN;
                 if time != current {
+                    if let Some(lead) = lead.as_ref().filter(|_| each_batch) {
+                        lead.run(worker, &mut inputs, current, Some(time));
+                    }
                     current = time;
                     inputs.advance_to(time);
                     if index == 0 {
                         fed_at.borrow_mut().insert(time, Instant::now());
                     }
-                    let oldest_allowed = time.saturating_sub(config.max_batches_in_flight);
+                    let oldest_allowed =
+                        time.saturating_sub(config.max_batches_in_flight * ROUND_SPAN);
                     worker.step_while(|| probe.less_than(&oldest_allowed));
                     if aborted.load(Ordering::Relaxed) {
                         break;
@@ -268,19 +285,14 @@ pub fn replay(
                 }
             }
             records_read.fetch_add(handled, Ordering::Relaxed);
-            let end = match (&options.providers, dispatcher) {
+            let end = match (&options.providers, &lead) {
                 (None, _) => current + 1,
-                (Some(_), Some(dispatcher)) => {
-                    let phase = LeadPhase {
-                        clock: &clock,
-                        probe: &probe,
-                        dispatcher: &dispatcher,
-                        aborted: &aborted,
-                        records_read: &records_read,
-                    };
-                    let end = phase.run(worker, &mut inputs, current);
+                (Some(_), Some(lead)) => {
+                    let end = lead.run(worker, &mut inputs, current, None);
+                    lead.clock.time.store(end, Ordering::Release);
+                    lead.clock.done.store(true, Ordering::Release);
                     *provider_report.lock().expect("report lock") =
-                        Some(dispatcher.borrow_mut().report());
+                        Some(lead.dispatcher.borrow_mut().report());
                     end
                 }
                 (Some(_), None) => follow_phase(worker, &mut inputs, &clock, current),
@@ -343,10 +355,17 @@ struct LeadPhase<'a> {
 }
 
 impl LeadPhase<'_> {
-    /// Runs the phase from the last timestamp of the log; returns the final timestamp.
-    fn run(&self, worker: &mut timely::worker::Worker, inputs: &mut Inputs, log_end: Time) -> Time {
-        let mut t = log_end + 1;
-        loop {
+    /// Runs rounds at the timestamps after `after` (and before `before`, if given)
+    /// until quiescence; returns the first timestamp not used.
+    fn run(
+        &self,
+        worker: &mut timely::worker::Worker,
+        inputs: &mut Inputs,
+        after: Time,
+        before: Option<Time>,
+    ) -> Time {
+        let mut t = after + 1;
+        while before.is_none_or(|b| t < b) {
             inputs.advance_to(t);
             self.clock.time.store(t, Ordering::Release);
             worker.step_while(|| self.probe.less_than(&t));
@@ -382,8 +401,6 @@ impl LeadPhase<'_> {
             }
             t += 1;
         }
-        self.clock.time.store(t, Ordering::Release);
-        self.clock.done.store(true, Ordering::Release);
         t
     }
 }

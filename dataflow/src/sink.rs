@@ -12,8 +12,10 @@ use std::collections::BTreeMap;
 use differential_dataflow::consolidation::consolidate;
 use studio_model::{Keyed, KeyedChanges, ViewBatch};
 use timely::communication::Pull;
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::Message;
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::InputHandleCore;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
@@ -31,12 +33,16 @@ impl<R: Ord> ByTime<R> {
         }
     }
 
+    /// Takes the waiting updates, and holds a capability for each time they carry
+    /// until that time is handed on.
     fn absorb<P: Pull<Message<Time, Vec<(R, Time, isize)>>>>(
         &mut self,
         input: &mut InputHandleCore<Time, Vec<(R, Time, isize)>, P>,
+        held: &mut Held,
     ) {
-        input.for_each(|_, data| {
+        input.for_each(|cap, data| {
             for (row, time, diff) in data.drain(..) {
+                held.entry(time).or_insert_with(|| cap.delayed(&time, 0));
                 self.updates.entry(time).or_default().push((row, diff));
             }
         });
@@ -75,9 +81,17 @@ impl<R: Ord> ByTime<R> {
     }
 }
 
+/// Capabilities held per time, so that the sink's (empty) output frontier passes a
+/// time only once that time's batch was handed on.
+type Held = BTreeMap<Time, Capability<Time>>;
+
 /// Sends every completed timestamp's changes to `on_batch`, in time order, on worker 0.
-/// Times with no change produce no batch.
-pub fn sink_views(views: ViewStreams<'_>, mut on_batch: impl FnMut(Time, ViewBatch) + 'static) {
+/// Times with no change produce no batch. The returned stream carries nothing; its
+/// frontier passes a time once `on_batch` has seen it (probe it to wait for that).
+pub fn sink_views<'scope>(
+    views: ViewStreams<'scope>,
+    mut on_batch: impl FnMut(Time, ViewBatch) + 'static,
+) -> StreamVec<'scope, Time, ()> {
     let scope = views.blobs.inner.scope();
     let mut builder = OperatorBuilder::new("ViewSink".to_owned(), scope);
     // One writer: every change goes to worker 0.
@@ -93,7 +107,10 @@ pub fn sink_views(views: ViewStreams<'_>, mut on_batch: impl FnMut(Time, ViewBat
     let mut requests_in = builder.new_input(views.requests.inner, Exchange::new(|_: &_| 0));
     let mut processing_in = builder.new_input(views.processing.inner, Exchange::new(|_: &_| 0));
 
+    let (_output, done) = builder.new_output::<Vec<()>>();
+
     builder.build(move |_| {
+        let mut held = Held::new();
         let (mut blobs, mut processed, mut applied, mut dead) =
             (ByTime::new(), ByTime::new(), ByTime::new(), ByTime::new());
         let (mut edges, mut rejected, mut reach, mut depth, mut user_depth) = (
@@ -105,17 +122,17 @@ pub fn sink_views(views: ViewStreams<'_>, mut on_batch: impl FnMut(Time, ViewBat
         );
         let (mut requests, mut processing) = (ByTime::new(), ByTime::new());
         move |frontiers| {
-            blobs.absorb(&mut blobs_in);
-            processed.absorb(&mut processed_in);
-            applied.absorb(&mut applied_in);
-            dead.absorb(&mut dead_in);
-            edges.absorb(&mut edges_in);
-            rejected.absorb(&mut rejected_in);
-            reach.absorb(&mut reach_in);
-            depth.absorb(&mut depth_in);
-            user_depth.absorb(&mut user_depth_in);
-            requests.absorb(&mut requests_in);
-            processing.absorb(&mut processing_in);
+            blobs.absorb(&mut blobs_in, &mut held);
+            processed.absorb(&mut processed_in, &mut held);
+            applied.absorb(&mut applied_in, &mut held);
+            dead.absorb(&mut dead_in, &mut held);
+            edges.absorb(&mut edges_in, &mut held);
+            rejected.absorb(&mut rejected_in, &mut held);
+            reach.absorb(&mut reach_in, &mut held);
+            depth.absorb(&mut depth_in, &mut held);
+            user_depth.absorb(&mut user_depth_in, &mut held);
+            requests.absorb(&mut requests_in, &mut held);
+            processing.absorb(&mut processing_in, &mut held);
 
             loop {
                 let next = [
@@ -160,7 +177,9 @@ pub fn sink_views(views: ViewStreams<'_>, mut on_batch: impl FnMut(Time, ViewBat
                 if !batch.is_empty() {
                     on_batch(time, batch);
                 }
+                held.remove(&time);
             }
         }
     });
+    done
 }

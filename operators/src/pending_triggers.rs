@@ -54,7 +54,9 @@ struct BlobTriggers {
     facts: Option<BlobFacts>,
     /// Blobs derived from this one, by provider and derived blob.
     derived: Vec<DerivedRef>,
-    /// Per provider, the fingerprints its latest processing settled.
+    /// Per provider, the fingerprints its latest processing settled (the latest
+    /// settlement replaces the earlier ones: returning to an older content processes
+    /// it again, so that annotations always describe the current content).
     settled: FxHashMap<String, Vec<Fingerprint>>,
     /// Per provider, the request emitted and not retracted.
     emitted: BTreeMap<String, TransformRequest>,
@@ -166,7 +168,8 @@ impl<'scope, T: Timestamp + TotalOrder> PendingTriggers<'scope, T>
                     for s in work.settled {
                         touched.push(s.blob_id);
                         let state = blobs.entry(s.blob_id).or_default();
-                        state.settled.insert(s.provider_id, vec![s.fingerprint]);
+                        let fingerprints = s.fingerprints();
+                        state.settled.insert(s.provider_id, fingerprints);
                     }
                     for d in work.derived {
                         touched.push(d.source_blob_id);
@@ -180,16 +183,7 @@ impl<'scope, T: Timestamp + TotalOrder> PendingTriggers<'scope, T>
                     for f in work.facts {
                         let blob = f.row.blob_id;
                         touched.push(blob);
-                        let state = blobs.entry(blob).or_default();
-                        // A provider's own output settles what it now reads (S5.4).
-                        if let Some(own) = f.last_provider.as_ref().and_then(|p| registry.get(p)) {
-                            let fp = own.fingerprint(f.row.doc.value());
-                            let list = state.settled.entry(own.id.clone()).or_default();
-                            if !list.contains(&fp) {
-                                list.push(fp);
-                            }
-                        }
-                        state.facts = Some(f);
+                        blobs.entry(blob).or_default().facts = Some(f);
                     }
                     touched.sort_unstable();
                     touched.dedup();

@@ -10,8 +10,9 @@
 //!
 //! Every output carries `caused_by` (the triggering delta), the triggering change's
 //! `created_at` (so a replay writes the same records), and metadata `request_id`,
-//! `source_blob_id`, `fingerprint` and `source_version`, by which the dataflow settles
-//! the request when the output is accepted. Its id is UUID v5 of (request, target,
+//! `source_blob_id`, `fingerprint` and `source_version` (and `output_fingerprint` when
+//! an annotation changes what the provider reads), by which the dataflow settles the
+//! request when the output is accepted. Its id is UUID v5 of (request, target,
 //! target version): a retry writes the same delta again (a duplicate, S4.2), an output
 //! rebuilt on a newer version of its target is a new one.
 
@@ -45,6 +46,11 @@ pub fn output_deltas(
             if &after == request.doc.value() {
                 return Vec::new();
             }
+            let output_fingerprint = provider.fingerprint(&after);
+            let mut metadata = json!({"patch_format": "merge-patch"});
+            if output_fingerprint != request.fingerprint {
+                metadata["output_fingerprint"] = json!(output_fingerprint);
+            }
             vec![record(
                 request,
                 provider,
@@ -52,7 +58,7 @@ pub fn output_deltas(
                 "transform",
                 request.version + 1,
                 patch.clone(),
-                json!({"patch_format": "merge-patch"}),
+                metadata,
             )]
         }
         ProviderOutput::Derive { content_type, doc } => {

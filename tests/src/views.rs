@@ -298,3 +298,36 @@ pub fn read_tables(path: &Path) -> Result<Tables, String> {
         ))
     })
 }
+
+/// Rows of text columns (NULL as `None`).
+pub type TextRows = Vec<Vec<Option<String>>>;
+
+/// Runs `sql` on the SQLite database at `path` and returns every row as text (each
+/// column cast to TEXT by the query, NULL as `None`).
+pub fn text_rows(path: &Path, sql: &str) -> TextRows {
+    use sqlx::Row;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .expect("options")
+            .filename(path)
+            .create_if_missing(false);
+        let mut conn = SqliteConnection::connect_with(&options)
+            .await
+            .expect("open the views");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| row.try_get::<Option<String>, _>(i).expect("a text column"))
+                    .collect()
+            })
+            .collect()
+    })
+}

@@ -104,6 +104,8 @@ fn replay_options(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayOp
             providers,
             threads: config.provider_runtime.threads,
             requests_out: args.requests_out.clone(),
+            each_batch: args.providers_each_batch,
+            transformers: Vec::new(),
         }),
         events: true,
     })

@@ -4,11 +4,13 @@
 //!   version) plus what it reads (`reads`, JSON pointers) and its runtime settings.
 //! - [`BlobFacts`]: what a trigger is decided on: a blob's row and its latest change.
 //! - [`Provider::trigger`]: the rule of S5.4 for one (provider, blob) pair, giving the
-//!   [`TransformRequest`] that is pending, if any. What P "has processed" is a set of
-//!   [`Fingerprint`]s of the parts of the blob P reads: a request settles when the
-//!   provider's output is accepted (the output carries the request's fingerprint in its
-//!   metadata, see [`OUTPUT_METADATA_KEYS`]) or when the worker reports that there was
-//!   nothing to write or that every attempt failed.
+//!   [`TransformRequest`] that is pending, if any. What P "has processed" are the
+//!   [`Fingerprint`]s of its latest processing of the blob (what it read, and what it
+//!   reads after its own output): a request settles when the provider's output is
+//!   accepted (the output carries the fingerprints in its metadata, see
+//!   [`OUTPUT_METADATA_KEYS`]) or when the worker reports that there was nothing to
+//!   write or that every attempt failed. A blob whose latest change is P's own output
+//!   never triggers P either.
 //! - Stable identifiers: request ids are UUID v5 of (provider, blob, version,
 //!   fingerprint); the ids of output deltas are UUID v5 of (request, target blob,
 //!   target version), so a retry of the same output is a duplicate (S4.2) while an
@@ -24,8 +26,14 @@ use crate::{BlobRow, Doc, Operation, Timestamp};
 pub const STUDIO_NAMESPACE: Uuid = Uuid::from_u128(0x5f0d_1c3e_8a47_4b5e_9c1a_57ad_10b1_0b00);
 
 /// Metadata keys a provider's output delta carries so that it settles its request:
-/// `request_id`, `source_blob_id`, `fingerprint` (and the reserved `source_version`).
-pub const OUTPUT_METADATA_KEYS: [&str; 3] = ["request_id", "source_blob_id", "fingerprint"];
+/// `request_id`, `source_blob_id`, `fingerprint`, and `output_fingerprint` when the
+/// output changes the blob it read (besides the reserved `source_version`).
+pub const OUTPUT_METADATA_KEYS: [&str; 4] = [
+    "request_id",
+    "source_blob_id",
+    "fingerprint",
+    "output_fingerprint",
+];
 
 /// The events a provider subscribes to (S5.8). Only changes of a live blob trigger.
 pub const EVENT_CREATED: &str = "blob.created";
@@ -51,7 +59,7 @@ pub struct Provider {
     #[serde(default)]
     pub blob_types: Vec<String>,
     /// Settings for its implementation (e.g. the content expander's `base_url`).
-    #[serde(default = "empty_object")]
+    #[serde(default = "empty_object", with = "doc_value")]
     pub config: Doc,
     /// The seed's processing rules (`rules` is accepted as an alias).
     #[serde(default, alias = "rules")]
@@ -151,6 +159,22 @@ impl Default for Parallelism {
     }
 }
 
+/// A [`Doc`] as the JSON value itself (not as JSON text in a string).
+mod doc_value {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    use crate::Doc;
+
+    pub fn serialize<S: Serializer>(doc: &Doc, s: S) -> Result<S::Ok, S::Error> {
+        doc.value().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Doc, D::Error> {
+        Value::deserialize(d).map(Doc::new)
+    }
+}
+
 fn default_events() -> Vec<String> {
     vec![EVENT_CREATED.into(), EVENT_UPDATED.into()]
 }
@@ -233,6 +257,7 @@ pub struct DerivedRef {
     /// Its current version.
     pub version: u64,
     /// Its current document.
+    #[serde(with = "doc_value")]
     pub doc: Doc,
     /// Soft-deleted.
     pub deleted: bool,
@@ -290,6 +315,7 @@ pub struct TransformRequest {
     /// The blob's content type.
     pub content_type: String,
     /// The blob's document at `version`.
+    #[serde(with = "doc_value")]
     pub doc: Doc,
     /// The blobs this provider derived from this one before (S5.6), to recompute.
     pub derived: Vec<DerivedRef>,
@@ -306,6 +332,9 @@ pub struct Settled {
     pub blob_id: Uuid,
     /// What it read.
     pub fingerprint: Fingerprint,
+    /// What it reads once its own output applied, when that output changed the blob it
+    /// read (a provider writing a part it reads must not be triggered by its output).
+    pub output_fingerprint: Option<Fingerprint>,
 }
 
 impl Settled {
@@ -315,6 +344,8 @@ impl Settled {
         struct Keys {
             source_blob_id: Uuid,
             fingerprint: Fingerprint,
+            #[serde(default)]
+            output_fingerprint: Option<Fingerprint>,
         }
         let provider_id = provider_id?;
         let keys: Keys = serde_json::from_str(metadata_json?).ok()?;
@@ -322,7 +353,15 @@ impl Settled {
             provider_id: provider_id.to_owned(),
             blob_id: keys.source_blob_id,
             fingerprint: keys.fingerprint,
+            output_fingerprint: keys.output_fingerprint,
         })
+    }
+
+    /// The fingerprints at which the provider counts as having processed the blob.
+    pub fn fingerprints(&self) -> Vec<Fingerprint> {
+        std::iter::once(self.fingerprint)
+            .chain(self.output_fingerprint)
+            .collect()
     }
 }
 
@@ -382,6 +421,7 @@ impl ProcessingResult {
             provider_id: self.provider_id.clone(),
             blob_id: self.blob_id,
             fingerprint: self.fingerprint,
+            output_fingerprint: None,
         })
     }
 }

@@ -42,6 +42,23 @@ pub enum Command {
     Gen(GenArgs),
     /// Ask the views a question.
     Query(QueryArgs),
+    /// Run the built-in providers of --config on transform requests from a file and
+    /// write their output deltas as a delta log.
+    Worker(WorkerArgs),
+}
+
+/// `studio worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Transform requests, one JSON object per line (`studio replay --requests-out`).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub requests: PathBuf,
+    /// Where the output deltas go (a delta log).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub out: PathBuf,
+    /// Where the processing results go, one JSON object per line.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub results: Option<PathBuf>,
 }
 
 /// `studio query`.

@@ -637,3 +637,110 @@ fn query_answers_descendants_ancestors_and_depth() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn replay_with_providers_then_a_standalone_worker_on_the_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let config = root.join("samples/providers.toml");
+    let docs = root.join("samples/documents.jsonl");
+    let db = dir.path().join("views.sqlite");
+    let requests = dir.path().join("requests.jsonl");
+
+    // Without --providers nothing is requested; --provider-log needs --providers.
+    let summary = replay_json(&docs, &db, &[]);
+    assert!(summary.get("providers").is_none());
+    let out = run(&[
+        "replay",
+        p(&docs),
+        "--db",
+        p(&db),
+        "--provider-log",
+        p(&config),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = run(&["replay", p(&docs), "--db", p(&db), "--providers"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no provider is registered"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The whole loop in one process.
+    let stdout = run_ok(&[
+        "--config",
+        p(&config),
+        "replay",
+        p(&docs),
+        "--db",
+        p(&db),
+        "--json",
+        "--providers",
+        "--requests-out",
+        p(&requests),
+    ]);
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    let providers = &summary["providers"];
+    assert_eq!(providers["requests"], 7, "{providers}");
+    assert_eq!(providers["completed"], 7);
+    assert_eq!(providers["failed"], 0);
+    assert_eq!(providers["cascade_depth"], 2);
+    assert_eq!(
+        count(&summary, "accepted")
+            + count(&summary, "duplicates")
+            + count(&summary, "dead_letters"),
+        count(&summary, "records_read")
+    );
+    let lines = std::fs::read_to_string(&requests).unwrap();
+    assert_eq!(lines.lines().count(), 7, "each request once");
+
+    // A standalone worker answers the same requests from the file; its output deltas
+    // appended to the log and replayed give what the in-process loop gave for them.
+    let outputs = dir.path().join("outputs.jsonl");
+    let results = dir.path().join("results.jsonl");
+    let stdout = run_ok(&[
+        "--config",
+        p(&config),
+        "worker",
+        "--requests",
+        p(&requests),
+        "--out",
+        p(&outputs),
+        "--results",
+        p(&results),
+    ]);
+    assert!(
+        stdout.contains("7 requests read: 0 superseded, 7 completed, 0 failed"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&outputs).unwrap().lines().count(),
+        7
+    );
+    let db2 = dir.path().join("views2.sqlite");
+    let summary = replay_json(&docs, &db2, &[]);
+    let both = run_ok(&["replay", p(&docs), p(&outputs), "--db", p(&db2), "--json"]);
+    let replayed: Value = serde_json::from_str(&both).unwrap();
+    assert_eq!(
+        count(&summary, "accepted") + 7,
+        count(&replayed, "accepted")
+    );
+    let a = read_tables(&db).unwrap();
+    let b = read_tables(&db2).unwrap();
+    assert_eq!(a.blobs.len(), b.blobs.len());
+    let docs_of = |t: &Tables| {
+        let mut d: Vec<(String, i64, String)> = t
+            .blobs
+            .iter()
+            .map(|b| (b.blob_id.clone(), b.version, b.doc.clone()))
+            .collect();
+        d.sort();
+        d
+    };
+    assert_eq!(
+        docs_of(&a),
+        docs_of(&b),
+        "the same blobs, versions and documents"
+    );
+}

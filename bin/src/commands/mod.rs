@@ -3,6 +3,7 @@
 mod gen_log;
 mod query;
 mod replay;
+mod worker;
 
 use crate::cli::{Cli, Command};
 
@@ -12,5 +13,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(args) => replay::run(cli.config.as_deref(), args),
         Command::Gen(args) => gen_log::run(args),
         Command::Query(args) => query::run(args),
+        Command::Worker(args) => worker::run(cli.config.as_deref(), args),
     }
 }

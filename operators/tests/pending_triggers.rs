@@ -15,7 +15,7 @@ use studio_model::{
 use studio_operators::{PendingTriggers, ProviderChange};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::Probe;
-use timely::dataflow::operators::capture::{Capture, Event, Extract};
+use timely::dataflow::operators::capture::{Capture, Extract};
 use timely::dataflow::operators::vec::input::Input;
 
 type Time = u64;

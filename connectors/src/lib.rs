@@ -31,6 +31,7 @@ use studio_model::{SourcePos, ViewBatch};
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod load;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "sqlite")]

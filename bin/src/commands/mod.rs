@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod gen_log;
+mod loadgen;
 mod query;
 mod replay;
 
@@ -12,5 +13,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(args) => replay::run(cli.config.as_deref(), args),
         Command::Gen(args) => gen_log::run(args),
         Command::Query(args) => query::run(args),
+        Command::Loadgen(args) => loadgen::run(cli.config.as_deref(), args),
     }
 }

@@ -231,9 +231,11 @@ impl NatsSource {
         Ok(())
     }
 
-    /// Takes what arrives within `wait` into `out` (one message, or nothing); false when
-    /// nothing came.
-    fn take(&mut self, wait: Duration, out: &mut Vec<OwnedRecord>) -> bool {
+    /// Takes up to `max` messages into `out`, waiting at most `wait` for the first and
+    /// then taking only what is ready, in one entry into the runtime; false when nothing
+    /// came.
+    fn take(&mut self, max: usize, wait: Duration, out: &mut Vec<OwnedRecord>) -> bool {
+        use futures_util::FutureExt;
         if let Err(error) = self.ensure_messages() {
             self.warn("cannot subscribe; retrying", &error);
             self.consumer = None;
@@ -244,16 +246,39 @@ impl NatsSource {
             return false;
         }
         let messages = self.messages.as_mut().expect("just ensured");
-        let next = self
-            .runtime
-            .block_on(async { tokio::time::timeout(wait, messages.next()).await });
-        match next {
-            Err(_elapsed) => false,
-            Ok(None) => {
-                self.messages = None;
-                true
+        let (pulled, ended) = self.runtime.block_on(async {
+            let mut pulled = Vec::new();
+            match tokio::time::timeout(wait, messages.next()).await {
+                Err(_elapsed) => return (pulled, false),
+                Ok(None) => return (pulled, true),
+                Ok(Some(item)) => pulled.push(item),
             }
-            Ok(Some(Err(error))) => {
+            while pulled.len() < max {
+                match messages.next().now_or_never() {
+                    Some(Some(item)) => pulled.push(item),
+                    Some(None) => return (pulled, true),
+                    None => break,
+                }
+            }
+            (pulled, false)
+        });
+        let came = !pulled.is_empty() || ended;
+        if ended {
+            self.messages = None;
+        }
+        for item in pulled {
+            self.handle(item, out);
+        }
+        came
+    }
+
+    fn handle(
+        &mut self,
+        item: Result<jetstream::Message, consumer::pull::MessagesError>,
+        out: &mut Vec<OwnedRecord>,
+    ) {
+        match item {
+            Err(error) => {
                 use consumer::pull::MessagesErrorKind as Kind;
                 match error.kind() {
                     Kind::MissingHeartbeat => self.warn("missed heartbeats", &error),
@@ -265,14 +290,13 @@ impl NatsSource {
                         self.messages = None;
                     }
                 }
-                true
             }
-            Ok(Some(Ok(message))) => {
+            Ok(message) => {
                 let sequence = match message.info() {
                     Ok(info) => info.stream_sequence,
                     Err(error) => {
                         self.warn("a message without JetStream info", &error);
-                        return true;
+                        return;
                     }
                 };
                 if self.last.is_some_and(|last| sequence <= last) {
@@ -282,7 +306,7 @@ impl NatsSource {
                         let (_, acker) = message.split();
                         self.acks.insert(sequence, acker);
                     }
-                    return true;
+                    return;
                 }
                 let (message, acker) = message.split();
                 self.last = Some(sequence);
@@ -291,7 +315,6 @@ impl NatsSource {
                     pos: SourcePos::at(sequence),
                     bytes: message.payload.to_vec(),
                 });
-                true
             }
         }
     }
@@ -303,12 +326,12 @@ impl LiveSource for NatsSource {
         let deadline = Instant::now() + timeout;
         while out.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
-            if !self.take(left, &mut out) || left.is_zero() {
+            if !self.take(max, left, &mut out) || left.is_zero() {
                 break;
             }
         }
         while !out.is_empty() && out.len() < max {
-            if !self.take(Duration::ZERO, &mut out) {
+            if !self.take(max - out.len(), Duration::ZERO, &mut out) {
                 break;
             }
         }

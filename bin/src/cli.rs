@@ -45,6 +45,9 @@ pub enum Command {
     /// Run the built-in providers of --config on transform requests from a file and
     /// write their output deltas as a delta log.
     Worker(WorkerArgs),
+    /// Publish a generated delta log to Kafka or NATS at a target rate, keyed by
+    /// blob_id, and print what rate was achieved.
+    Loadgen(LoadgenArgs),
 }
 
 /// `studio worker`.
@@ -59,6 +62,54 @@ pub struct WorkerArgs {
     /// Where the processing results go, one JSON object per line.
     #[arg(long, value_name = "FILE.jsonl")]
     pub results: Option<PathBuf>,
+}
+
+/// Buses `studio loadgen` publishes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Bus {
+    /// A Kafka (or Kafka-compatible) topic: kafka.topics.deltas.
+    Kafka,
+    /// A NATS JetStream subject: nats.subjects.deltas.
+    Nats,
+}
+
+/// `studio loadgen`.
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    /// Where to publish.
+    #[arg(long, value_enum)]
+    pub to: Bus,
+    /// Target records per second; 0: as fast as the bus takes them.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Number of valid deltas (as `studio gen --deltas`).
+    #[arg(long, default_value_t = 100_000)]
+    pub deltas: u64,
+    /// Number of blobs.
+    #[arg(long, default_value_t = 10_000)]
+    pub blobs: u64,
+    /// Random seed: the same flags give the same log.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Kafka bootstrap brokers [config: kafka.brokers].
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    /// NATS server URL [config: nats.url].
+    #[arg(long, env = "NATS_URL")]
+    pub url: Option<String>,
+    /// The topic or subject to publish to [config: kafka.topics.deltas or
+    /// nats.subjects.deltas].
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// The JetStream stream to create for it, when missing [config: nats.stream].
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Never draw a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 /// `studio query`.

@@ -7,6 +7,7 @@
 //! never passes silently; units are in the names (`cache_size_kib`).
 #![forbid(missing_docs)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use figment::Figment;
@@ -24,6 +25,10 @@ pub struct Config {
     pub replay: ReplayConfig,
     /// The SQLite view store.
     pub sqlite: SqliteConfig,
+    /// The Kafka bus.
+    pub kafka: KafkaConfig,
+    /// The NATS JetStream bus.
+    pub nats: NatsConfig,
     /// How provider workers run.
     pub provider_runtime: ProviderRuntimeConfig,
     /// Providers registered at start (`[[providers]]` tables; SPEC S5.3).
@@ -59,6 +64,96 @@ pub struct ReplayConfig {
 pub struct SqliteConfig {
     /// Page cache in KiB.
     pub cache_size_kib: u64,
+}
+
+/// The Kafka bus (see `default.toml` for what each key does).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma-separated `host:port`.
+    pub brokers: String,
+    /// The consumer group whose offsets follow the committed views.
+    pub group_id: String,
+    /// Where a partition without a stored position starts.
+    pub start: StartAt,
+    /// Create missing topics at open.
+    pub create_topics: bool,
+    /// Partitions of the topics Studio creates (>= 1).
+    pub partitions: u32,
+    /// librdkafka's `session.timeout.ms`.
+    pub session_timeout_ms: u64,
+    /// librdkafka's `linger.ms` for the producer.
+    pub linger_ms: u64,
+    /// How long open, metadata, lag and shutdown may wait, in ms (>= 1).
+    pub request_timeout_ms: u64,
+    /// Extra librdkafka properties, applied last.
+    pub client: BTreeMap<String, String>,
+    /// The topic of each stream.
+    pub topics: BusNames,
+}
+
+/// Where a partition starts when the view database holds no position for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// From the first record the bus still holds.
+    Earliest,
+    /// From the records that arrive after the source opened.
+    Latest,
+}
+
+/// The topic (Kafka) or subject (NATS) of each stream Studio reads or writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusNames {
+    /// Input deltas (the source reads them; `studio loadgen` writes them).
+    pub deltas: String,
+    /// Transform requests for provider workers (S5.7).
+    pub requests: String,
+    /// Events (S5.8).
+    pub events: String,
+    /// Deltas as applied.
+    pub applied: String,
+    /// Dead letters.
+    pub dead_letters: String,
+}
+
+/// The NATS JetStream bus (see `default.toml` for what each key does).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// The stream holding the input deltas.
+    pub stream: String,
+    /// The stream holding the output subjects.
+    pub output_stream: String,
+    /// The durable pull consumer of the input stream.
+    pub durable: String,
+    /// Create missing streams at open.
+    pub create_streams: bool,
+    /// Storage of the streams Studio creates.
+    pub storage: NatsStorage,
+    /// Seconds before an unacknowledged record is redelivered (>= 1).
+    pub ack_wait_s: u64,
+    /// Unacknowledged records allowed; 0: no limit.
+    pub max_ack_pending: u64,
+    /// Records per pull request (>= 1).
+    pub pull_batch: usize,
+    /// How long open, lag and flush may wait, in ms (>= 1).
+    pub request_timeout_ms: u64,
+    /// The subject of each stream.
+    pub subjects: BusNames,
+}
+
+/// Where a JetStream stream keeps its records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsStorage {
+    /// On disk: survives a server restart.
+    File,
+    /// In memory: lost when the server stops.
+    Memory,
 }
 
 /// A configuration that could not be loaded.
@@ -106,6 +201,11 @@ impl Config {
                 "provider_runtime.threads",
                 self.provider_runtime.threads as u64,
             ),
+            ("kafka.partitions", self.kafka.partitions as u64),
+            ("kafka.request_timeout_ms", self.kafka.request_timeout_ms),
+            ("nats.ack_wait_s", self.nats.ack_wait_s),
+            ("nats.pull_batch", self.nats.pull_batch as u64),
+            ("nats.request_timeout_ms", self.nats.request_timeout_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::OutOfRange(format!(
@@ -155,6 +255,40 @@ mod tests {
             assert_eq!(c.sqlite, Config::default().sqlite, "defaults kept");
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
+    fn bus_sections_layer_and_nest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("studio.toml");
+        std::fs::write(
+            &file,
+            "[kafka]\nbrokers = \"k:1\"\nclient = { \"acks\" = \"all\" }\n\
+             [kafka.topics]\ndeltas = \"in\"\n[nats]\nstorage = \"memory\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STUDIO_KAFKA__TOPICS__EVENTS", "ev");
+            jail.set_env("STUDIO_NATS__URL", "nats://n:2");
+            let c = Config::load(Some(&file)).unwrap();
+            let d = Config::default();
+            assert_eq!(c.kafka.brokers, "k:1");
+            assert_eq!(c.kafka.client.get("acks").map(String::as_str), Some("all"));
+            assert_eq!(c.kafka.topics.deltas, "in");
+            assert_eq!(c.kafka.topics.events, "ev", "env over defaults, nested");
+            assert_eq!(c.kafka.topics.requests, d.kafka.topics.requests);
+            assert_eq!(c.kafka.start, StartAt::Earliest);
+            assert_eq!(c.nats.url, "nats://n:2");
+            assert_eq!(c.nats.storage, NatsStorage::Memory);
+            assert_eq!(c.nats.subjects, d.nats.subjects);
+            Ok(())
+        });
+        std::fs::write(&file, "[kafka.topics]\ndelta = \"x\"\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("delta"), "{err}");
+        std::fs::write(&file, "[nats]\nstorage = \"disk\"\n").unwrap();
+        assert!(Config::load(Some(&file)).is_err());
     }
 
     #[test]

@@ -8,16 +8,32 @@
 //! |---|---|---|
 //! | [`file`] | `file` | JSONL delta logs, read in order (the replay source) |
 //! | [`sqlite`] | `sqlite` | the embedded view store (the default sink) |
+//! | `kafka` | `kafka` | Kafka topics (any Kafka-compatible broker): [`LiveSource`] and [`RecordPublisher`] |
+//! | `nats` | `nats` | NATS JetStream streams: [`LiveSource`] and [`RecordPublisher`] |
+//!
+//! Bounded sources implement [`RecordSource`]; the unbounded bus sources implement
+//! [`LiveSource`], whose positions Studio stores with its views and resumes from: the view
+//! database is authoritative, the bus's own acknowledgements (consumer-group offsets, the
+//! JetStream ack floor) follow it and serve lag monitoring and tools. Output streams
+//! (transform requests, events, applied deltas, dead letters) go through a
+//! [`RecordPublisher`].
 //!
 //! Sources hand out raw bytes with their [`SourcePos`]; parsing belongs to the dataflow
 //! so that a malformed record becomes a dead letter, never a source error. A source
 //! error is about the source itself (a file vanished, a disk failed).
 #![forbid(missing_docs)]
 
+use std::time::Duration;
+
 use studio_model::{SourcePos, ViewBatch};
 
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+pub mod load;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -36,6 +52,80 @@ pub trait RecordSource {
     fn next_record(&mut self) -> Result<Option<Record<'_>>, SourceError>;
 }
 
+/// A record read from an unbounded source, owning its bytes (a [`LiveSource`] hands out
+/// batches that outlive the call).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedRecord {
+    /// Where it was read: the partition (Kafka) or 0 (NATS), and its offset (the Kafka
+    /// offset, or the JetStream stream sequence).
+    pub pos: SourcePos,
+    /// Its bytes, exactly as the bus delivered them (any bytes: parsing is the
+    /// dataflow's job; a record without a value is empty).
+    pub bytes: Vec<u8>,
+}
+
+/// An unbounded source whose positions Studio stores with its views and resumes from.
+///
+/// Within a partition (`SourcePos::part`) records come in log order with increasing
+/// offsets, each exactly once per opening: a source never hands out a position twice,
+/// and after being opened with `resume_from` it starts each partition right after the
+/// stored position. Offsets may skip numbers (a bus may have gaps), never go back.
+/// Implementations are blocking; the dataflow's workers are plain threads.
+pub trait LiveSource: Send {
+    /// Up to `max` records, waiting at most `timeout` for the first one; an empty batch
+    /// means nothing arrived in time. Transient bus trouble (a broker restarting) is
+    /// retried inside and shows as empty batches, not as an error.
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<OwnedRecord>, SourceError>;
+
+    /// Acknowledges to the bus everything up to and including these positions (one per
+    /// partition; called only after the views they produced are committed). Positions
+    /// at or below an earlier commit are ignored.
+    fn commit(&mut self, upto: &[SourcePos]) -> Result<(), SourceError>;
+
+    /// Records not yet read (consumer lag), per partition, as far as the bus can tell.
+    fn lag(&mut self) -> Result<Vec<(u32, u64)>, SourceError>;
+}
+
+/// The output streams Studio publishes to a bus; each has a configurable topic (Kafka)
+/// or subject (NATS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutputStream {
+    /// The input deltas (what `studio loadgen` and provider workers write; what the
+    /// sources read).
+    Deltas,
+    /// Transform requests for provider workers (S5.7).
+    Requests,
+    /// Events (S5.8): `blob.created`, `delta.applied`, ...
+    Events,
+    /// Deltas as applied, with `applied_at` (the output deltas).
+    Applied,
+    /// Dead letters, with their reason and raw bytes.
+    DeadLetters,
+}
+
+impl OutputStream {
+    /// Every stream, in a fixed order.
+    pub const ALL: [OutputStream; 5] = [
+        OutputStream::Deltas,
+        OutputStream::Requests,
+        OutputStream::Events,
+        OutputStream::Applied,
+        OutputStream::DeadLetters,
+    ];
+}
+
+/// Publishes records to a bus's output streams, keyed (records of one key keep their
+/// order: producers key by `blob_id`, S4.3). Bytes are sent exactly as given.
+pub trait RecordPublisher: Send {
+    /// Queues one record; may block while the client's queue is full. A delivery
+    /// failure may show here or at the next [`RecordPublisher::flush`].
+    fn publish(&mut self, stream: OutputStream, key: &[u8], bytes: &[u8]) -> Result<(), SinkError>;
+
+    /// Waits until every record queued so far is delivered (acknowledged by the bus), or
+    /// fails naming what was not.
+    fn flush(&mut self, timeout: Duration) -> Result<(), SinkError>;
+}
+
 /// A source failed (not a bad record: those are dead letters).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -47,6 +137,28 @@ pub enum SourceError {
         /// Why.
         source: std::io::Error,
     },
+    /// The bus refused or failed, in a way that retrying in place does not fix (a topic
+    /// or stream that does not exist, a bad configuration, a broker unreachable at open).
+    #[error("{context}: {source}")]
+    Bus {
+        /// What was being done.
+        context: String,
+        /// The client's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl SourceError {
+    /// A bus error with its context.
+    pub fn bus(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        SourceError::Bus {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// A store for the maintained views.
@@ -74,4 +186,25 @@ pub enum SinkError {
         /// The driver's error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A bus did not take or deliver records.
+    #[error("{context}: {source}")]
+    Bus {
+        /// What was being done.
+        context: String,
+        /// The client's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl SinkError {
+    /// A bus error with its context.
+    pub fn bus(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        SinkError::Bus {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
 }

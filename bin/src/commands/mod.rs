@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod gen_log;
+mod loadgen;
 mod query;
 mod replay;
 mod worker;
@@ -14,5 +15,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gen(args) => gen_log::run(args),
         Command::Query(args) => query::run(args),
         Command::Worker(args) => worker::run(cli.config.as_deref(), args),
+        Command::Loadgen(args) => loadgen::run(cli.config.as_deref(), args),
     }
 }

@@ -1,0 +1,99 @@
+//! Load for the bus connectors: a generated delta log held in memory with each record's
+//! key (its `blob_id`), and a paced publisher loop. `studio loadgen` and the
+//! `studio-bus-bench` baseline share it, so that both send the same records.
+
+use std::time::{Duration, Instant};
+
+use studio_model::generate::{GenSpec, GenStats, generate};
+
+use crate::{OutputStream, RecordPublisher, SinkError};
+
+/// One record to publish: its key and its bytes.
+#[derive(Clone, Debug)]
+pub struct KeyedRecord {
+    /// The record's `blob_id` (empty when the record has none, e.g. a malformed line).
+    pub key: Vec<u8>,
+    /// The record, one JSON object without its line terminator.
+    pub bytes: Vec<u8>,
+}
+
+/// Generates the log of `spec` (`studio_model::generate`) into memory, one record per
+/// line, keyed by `blob_id`.
+pub fn generate_keyed(spec: &GenSpec) -> std::io::Result<(Vec<KeyedRecord>, GenStats)> {
+    let mut text = Vec::new();
+    let stats = generate(spec, &mut text)?;
+    #[derive(serde::Deserialize)]
+    struct Key<'a> {
+        #[serde(borrow)]
+        blob_id: Option<&'a str>,
+    }
+    let records = text
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| KeyedRecord {
+            key: serde_json::from_slice::<Key<'_>>(line)
+                .ok()
+                .and_then(|k| k.blob_id)
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec(),
+            bytes: line.to_vec(),
+        })
+        .collect();
+    Ok((records, stats))
+}
+
+/// What [`publish_paced`] did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PublishStats {
+    /// Records published.
+    pub records: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Seconds from the first publish to the last one handed to the client.
+    pub send_seconds: f64,
+    /// Seconds from the first publish until the bus acknowledged every record.
+    pub seconds: f64,
+    /// `records / seconds`: the rate achieved, acknowledgements included.
+    pub records_per_second: f64,
+}
+
+/// Publishes `records` to `stream` at `rate` records per second (0: as fast as the
+/// publisher takes them), then flushes (waiting at most `flush_timeout`). `progress` is
+/// called every 1,024 records with the number sent so far.
+pub fn publish_paced(
+    publisher: &mut dyn RecordPublisher,
+    stream: OutputStream,
+    records: &[KeyedRecord],
+    rate: f64,
+    flush_timeout: Duration,
+    progress: &mut dyn FnMut(u64),
+) -> Result<PublishStats, SinkError> {
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    for (i, record) in records.iter().enumerate() {
+        if rate > 0.0 {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        publisher.publish(stream, &record.key, &record.bytes)?;
+        bytes += record.bytes.len() as u64;
+        if i % 1024 == 1023 {
+            progress(i as u64 + 1);
+        }
+    }
+    let send_seconds = started.elapsed().as_secs_f64();
+    publisher.flush(flush_timeout)?;
+    progress(records.len() as u64);
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(PublishStats {
+        records: records.len() as u64,
+        bytes,
+        send_seconds,
+        seconds,
+        records_per_second: records.len() as f64 / seconds.max(1e-9),
+    })
+}

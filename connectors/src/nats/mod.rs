@@ -1,0 +1,503 @@
+//! NATS JetStream streams as a [`LiveSource`] and a [`RecordPublisher`] (`async-nats`,
+//! driven by an internal single-threaded tokio runtime: the traits are blocking).
+//!
+//! **Source.** [`NatsSource`] reads the input stream (`nats.stream`, capturing
+//! `nats.subjects.deltas`) through a durable pull consumer (`nats.durable`) with ack
+//! policy *all*: acknowledging a record acknowledges every earlier one, which is exactly
+//! [`LiveSource::commit`]. A record's position is `SourcePos { part: 0, offset: stream
+//! sequence }`. Studio's view database is authoritative: `open` recreates the durable
+//! consumer so that it starts right after the stored position (or at the start of the
+//! stream when there is none); the consumer's ack floor then follows the committed views
+//! and serves lag monitoring and tools (`nats consumer info`).
+//!
+//! The server redelivers a record that stays unacknowledged longer than `nats.ack_wait_s`;
+//! the source hands out each stream sequence once and drops such redeliveries. When the
+//! pull subscription fails (the server restarted, the consumer vanished), the source
+//! recreates the consumer from the last committed position and skips what it already
+//! handed out, so nothing is lost and nothing repeated. Any bytes are a record.
+//!
+//! **Publisher.** [`NatsPublisher`] publishes each record to the subject of its
+//! [`OutputStream`] through JetStream (every publish is acknowledged by the server once it
+//! is stored), with the key in the `Studio-Key` header. A stream keeps one total order,
+//! so keys do not affect ordering. Up to 4,096 acknowledgements are awaited concurrently;
+//! [`RecordPublisher::flush`] waits for all of them.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::stream::StorageType;
+use async_nats::jetstream::{self, Context, consumer, stream};
+use futures_util::StreamExt;
+use studio_config::{NatsConfig, NatsStorage};
+use studio_model::SourcePos;
+use tokio::runtime::Runtime;
+
+use crate::{LiveSource, OutputStream, OwnedRecord, RecordPublisher, SinkError, SourceError};
+
+/// The header that carries a record's key.
+pub const KEY_HEADER: &str = "Studio-Key";
+
+/// The subject that carries `stream`.
+pub fn subject_of(config: &NatsConfig, stream: OutputStream) -> &str {
+    let s = &config.subjects;
+    match stream {
+        OutputStream::Deltas => &s.deltas,
+        OutputStream::Requests => &s.requests,
+        OutputStream::Events => &s.events,
+        OutputStream::Applied => &s.applied,
+        OutputStream::DeadLetters => &s.dead_letters,
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn runtime() -> Result<Runtime, std::io::Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+async fn connect(config: &NatsConfig) -> Result<Context, BoxError> {
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(timeout)
+        .request_timeout(Some(timeout))
+        .connect(config.url.as_str())
+        .await?;
+    let mut js = jetstream::new(client);
+    js.set_timeout(timeout);
+    Ok(js)
+}
+
+/// Creates the stream `name` capturing `subjects` when it does not exist (with
+/// `nats.storage`); an existing stream is used as it is.
+async fn ensure_stream(
+    js: &Context,
+    config: &NatsConfig,
+    name: &str,
+    subjects: Vec<String>,
+) -> Result<stream::Stream, BoxError> {
+    if !config.create_streams {
+        return Ok(js.get_stream(name).await?);
+    }
+    let storage = match config.storage {
+        NatsStorage::File => StorageType::File,
+        NatsStorage::Memory => StorageType::Memory,
+    };
+    Ok(js
+        .get_or_create_stream(stream::Config {
+            name: name.to_owned(),
+            subjects,
+            storage,
+            ..Default::default()
+        })
+        .await?)
+}
+
+/// Reads the input stream through a durable pull consumer; see the module docs.
+pub struct NatsSource {
+    runtime: Runtime,
+    stream: stream::Stream,
+    consumer: Option<consumer::PullConsumer>,
+    messages: Option<consumer::pull::Stream>,
+    config: NatsConfig,
+    /// The last stream sequence handed out.
+    last: Option<u64>,
+    /// The last stream sequence committed (or resumed from).
+    committed: Option<u64>,
+    /// Delivered, not yet committed: their ackers.
+    acks: BTreeMap<u64, Acker>,
+    last_warning: Option<Instant>,
+}
+
+impl NatsSource {
+    /// Connects, makes sure the input stream exists (when `nats.create_streams`) and
+    /// recreates the durable consumer to start right after `resume_from` (at most one
+    /// position, in part 0), or at the stream's first record when it is empty. Fails
+    /// when the server cannot be reached within `nats.request_timeout_ms`.
+    pub fn open(config: &NatsConfig, resume_from: &[SourcePos]) -> Result<Self, SourceError> {
+        if let Some(pos) = resume_from.iter().find(|p| p.part != 0) {
+            return Err(SourceError::bus(
+                format!("cannot resume stream {} at {pos}", config.stream),
+                "a JetStream stream has one partition, 0",
+            ));
+        }
+        let committed = resume_from.iter().map(|p| p.offset).max();
+        let runtime = runtime().map_err(|e| SourceError::bus("cannot start a runtime", e))?;
+        let stream = runtime
+            .block_on(async {
+                let js = connect(config).await?;
+                ensure_stream(
+                    &js,
+                    config,
+                    &config.stream,
+                    vec![config.subjects.deltas.clone()],
+                )
+                .await
+            })
+            .map_err(|e| {
+                SourceError::bus(
+                    format!("cannot open stream {} at {}", config.stream, config.url),
+                    e,
+                )
+            })?;
+        let mut source = NatsSource {
+            runtime,
+            stream,
+            consumer: None,
+            messages: None,
+            config: config.clone(),
+            last: committed,
+            committed,
+            acks: BTreeMap::new(),
+            last_warning: None,
+        };
+        source.recreate_consumer().map_err(|e| {
+            SourceError::bus(format!("cannot create consumer {}", config.durable), e)
+        })?;
+        tracing::info!(stream = %config.stream, durable = %config.durable, ?committed, "nats source open");
+        Ok(source)
+    }
+
+    /// Deletes and creates the durable consumer, starting after the last committed
+    /// position; what was handed out since is skipped when redelivered.
+    fn recreate_consumer(&mut self) -> Result<(), BoxError> {
+        self.messages = None;
+        self.consumer = None;
+        self.acks.clear();
+        let config = &self.config;
+        let deliver_policy = match self.committed {
+            Some(seq) => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: seq + 1,
+            },
+            None => consumer::DeliverPolicy::All,
+        };
+        let consumer_config = consumer::pull::Config {
+            durable_name: Some(config.durable.clone()),
+            filter_subject: config.subjects.deltas.clone(),
+            deliver_policy,
+            ack_policy: consumer::AckPolicy::All,
+            ack_wait: Duration::from_secs(config.ack_wait_s),
+            max_ack_pending: match config.max_ack_pending {
+                0 => -1,
+                n => n as i64,
+            },
+            ..Default::default()
+        };
+        let stream = &self.stream;
+        let consumer = self.runtime.block_on(async {
+            match stream.delete_consumer(&config.durable).await {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("not found") => {}
+                Err(e) => tracing::debug!(%e, "deleting the durable consumer"),
+            }
+            stream.create_consumer(consumer_config).await
+        })?;
+        self.consumer = Some(consumer);
+        Ok(())
+    }
+
+    fn warn(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        let quiet = self
+            .last_warning
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(5));
+        if !quiet {
+            tracing::warn!(stream = %self.config.stream, %error, "nats source: {what}");
+            self.last_warning = Some(Instant::now());
+        }
+    }
+
+    /// The pull subscription, started when missing.
+    fn ensure_messages(&mut self) -> Result<(), BoxError> {
+        if self.consumer.is_none() {
+            self.recreate_consumer()?;
+        }
+        if self.messages.is_none() {
+            let consumer = self.consumer.as_ref().expect("just ensured");
+            let batch = self.config.pull_batch;
+            let messages = self.runtime.block_on(
+                consumer
+                    .stream()
+                    .max_messages_per_batch(batch)
+                    .heartbeat(Duration::from_secs(5))
+                    .expires(Duration::from_secs(30))
+                    .messages(),
+            )?;
+            self.messages = Some(messages);
+        }
+        Ok(())
+    }
+
+    /// Takes up to `max` messages into `out`, waiting at most `wait` for the first and
+    /// then taking only what is ready, in one entry into the runtime; false when nothing
+    /// came.
+    fn take(&mut self, max: usize, wait: Duration, out: &mut Vec<OwnedRecord>) -> bool {
+        use futures_util::FutureExt;
+        if let Err(error) = self.ensure_messages() {
+            self.warn("cannot subscribe; retrying", &error);
+            self.consumer = None;
+            self.messages = None;
+            if !wait.is_zero() {
+                std::thread::sleep(wait.min(Duration::from_millis(500)));
+            }
+            return false;
+        }
+        let messages = self.messages.as_mut().expect("just ensured");
+        let (pulled, ended) = self.runtime.block_on(async {
+            let mut pulled = Vec::new();
+            match tokio::time::timeout(wait, messages.next()).await {
+                Err(_elapsed) => return (pulled, false),
+                Ok(None) => return (pulled, true),
+                Ok(Some(item)) => pulled.push(item),
+            }
+            while pulled.len() < max {
+                match messages.next().now_or_never() {
+                    Some(Some(item)) => pulled.push(item),
+                    Some(None) => return (pulled, true),
+                    None => break,
+                }
+            }
+            (pulled, false)
+        });
+        let came = !pulled.is_empty() || ended;
+        if ended {
+            self.messages = None;
+        }
+        for item in pulled {
+            self.handle(item, out);
+        }
+        came
+    }
+
+    fn handle(
+        &mut self,
+        item: Result<jetstream::Message, consumer::pull::MessagesError>,
+        out: &mut Vec<OwnedRecord>,
+    ) {
+        match item {
+            Err(error) => {
+                use consumer::pull::MessagesErrorKind as Kind;
+                match error.kind() {
+                    Kind::MissingHeartbeat => self.warn("missed heartbeats", &error),
+                    _ => {
+                        // The consumer or the server went away: start over from the
+                        // last committed position, skipping what was handed out.
+                        self.warn("pull failed; recreating the consumer", &error);
+                        self.consumer = None;
+                        self.messages = None;
+                    }
+                }
+            }
+            Ok(message) => {
+                let sequence = match message.info() {
+                    Ok(info) => info.stream_sequence,
+                    Err(error) => {
+                        self.warn("a message without JetStream info", &error);
+                        return;
+                    }
+                };
+                if self.last.is_some_and(|last| sequence <= last) {
+                    // A redelivery of something already handed out. Keep its acker:
+                    // a redelivery after a consumer was recreated is what commits use.
+                    if self.committed.is_none_or(|c| sequence > c) {
+                        let (_, acker) = message.split();
+                        self.acks.insert(sequence, acker);
+                    }
+                    return;
+                }
+                let (message, acker) = message.split();
+                self.last = Some(sequence);
+                self.acks.insert(sequence, acker);
+                out.push(OwnedRecord {
+                    pos: SourcePos::at(sequence),
+                    bytes: message.payload.to_vec(),
+                });
+            }
+        }
+    }
+}
+
+impl LiveSource for NatsSource {
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<OwnedRecord>, SourceError> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + timeout;
+        while out.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !self.take(max, left, &mut out) || left.is_zero() {
+                break;
+            }
+        }
+        while !out.is_empty() && out.len() < max {
+            if !self.take(max - out.len(), Duration::ZERO, &mut out) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn commit(&mut self, upto: &[SourcePos]) -> Result<(), SourceError> {
+        let Some(upto) = upto.iter().filter(|p| p.part == 0).map(|p| p.offset).max() else {
+            return Ok(());
+        };
+        if self.committed.is_some_and(|c| c >= upto) {
+            return Ok(());
+        }
+        // Ack policy "all": acknowledging the newest delivered record at or below `upto`
+        // acknowledges everything before it.
+        if let Some((&sequence, acker)) = self.acks.range(..=upto).next_back() {
+            let result = self.runtime.block_on(acker.double_ack());
+            if let Err(error) = result {
+                // The views are committed, which is what counts; the ack floor catches
+                // up with the next commit.
+                self.warn(&format!("cannot acknowledge {sequence}"), &error);
+            }
+        }
+        self.acks = self.acks.split_off(&(upto + 1));
+        self.committed = Some(upto);
+        Ok(())
+    }
+
+    fn lag(&mut self) -> Result<Vec<(u32, u64)>, SourceError> {
+        let durable = self.config.durable.clone();
+        let info = self
+            .runtime
+            .block_on(self.stream.consumer_info(&durable))
+            .map_err(|e| SourceError::bus(format!("cannot read consumer {durable}"), e))?;
+        Ok(vec![(0, info.num_pending)])
+    }
+}
+
+/// Publishes to the subjects of the output streams through JetStream; see the module docs.
+pub struct NatsPublisher {
+    runtime: Runtime,
+    js: Context,
+    subjects: BTreeMap<u8, String>,
+    pending: VecDeque<PublishAckFuture>,
+    failed: u64,
+    first_error: Option<String>,
+}
+
+const MAX_PENDING_ACKS: usize = 4096;
+
+impl NatsPublisher {
+    /// Connects; when `nats.create_streams`, makes sure the input stream exists when
+    /// `streams` holds [`OutputStream::Deltas`], and the output stream
+    /// (`nats.output_stream`, capturing the four output subjects) when it holds any
+    /// other.
+    pub fn open(config: &NatsConfig, streams: &[OutputStream]) -> Result<Self, SinkError> {
+        let runtime = runtime().map_err(|e| SinkError::bus("cannot start a runtime", e))?;
+        let js = runtime
+            .block_on(async {
+                let js = connect(config).await?;
+                if streams.contains(&OutputStream::Deltas) {
+                    ensure_stream(
+                        &js,
+                        config,
+                        &config.stream,
+                        vec![config.subjects.deltas.clone()],
+                    )
+                    .await?;
+                }
+                let outputs: Vec<String> = streams
+                    .iter()
+                    .filter(|&&s| s != OutputStream::Deltas)
+                    .map(|&s| subject_of(config, s).to_owned())
+                    .collect();
+                if !outputs.is_empty() {
+                    let all = OutputStream::ALL
+                        .iter()
+                        .filter(|&&s| s != OutputStream::Deltas)
+                        .map(|&s| subject_of(config, s).to_owned())
+                        .collect();
+                    ensure_stream(&js, config, &config.output_stream, all).await?;
+                }
+                Ok::<_, BoxError>(js)
+            })
+            .map_err(|e| SinkError::bus(format!("cannot open NATS at {}", config.url), e))?;
+        let subjects = OutputStream::ALL
+            .iter()
+            .map(|&s| (s as u8, subject_of(config, s).to_owned()))
+            .collect();
+        Ok(NatsPublisher {
+            runtime,
+            js,
+            subjects,
+            pending: VecDeque::new(),
+            failed: 0,
+            first_error: None,
+        })
+    }
+
+    fn settle_one(&mut self) {
+        if let Some(ack) = self.pending.pop_front()
+            && let Err(error) = self.runtime.block_on(ack.into_future())
+        {
+            self.failed += 1;
+            self.first_error.get_or_insert_with(|| error.to_string());
+        }
+    }
+
+    fn check_failures(&mut self) -> Result<(), SinkError> {
+        if self.failed > 0 {
+            let failed = std::mem::take(&mut self.failed);
+            let first = self.first_error.take().unwrap_or_default();
+            return Err(SinkError::bus(
+                format!("{failed} record(s) were not stored"),
+                first,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A header value for `key`: itself when it is printable ASCII, else `hex:` and its hex.
+fn key_header(key: &[u8]) -> String {
+    if key.iter().all(|b| (0x20..0x7f).contains(b)) {
+        String::from_utf8(key.to_vec()).expect("ASCII")
+    } else {
+        let mut s = String::from("hex:");
+        for b in key {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+impl RecordPublisher for NatsPublisher {
+    fn publish(&mut self, stream: OutputStream, key: &[u8], bytes: &[u8]) -> Result<(), SinkError> {
+        while self.pending.len() >= MAX_PENDING_ACKS {
+            self.settle_one();
+        }
+        let subject = self.subjects[&(stream as u8)].clone();
+        let mut headers = HeaderMap::new();
+        if !key.is_empty() {
+            headers.insert(KEY_HEADER, key_header(key).as_str());
+        }
+        let ack = self
+            .runtime
+            .block_on(
+                self.js
+                    .publish_with_headers(subject.clone(), headers, bytes.to_vec().into()),
+            )
+            .map_err(|e| SinkError::bus(format!("cannot publish to {subject}"), e))?;
+        self.pending.push_back(ack);
+        Ok(())
+    }
+
+    fn flush(&mut self, timeout: Duration) -> Result<(), SinkError> {
+        let deadline = Instant::now() + timeout;
+        while !self.pending.is_empty() {
+            if Instant::now() >= deadline {
+                return Err(SinkError::bus(
+                    format!("{} record(s) unacknowledged", self.pending.len()),
+                    format!("timed out after {timeout:?}"),
+                ));
+            }
+            self.settle_one();
+        }
+        self.check_failures()
+    }
+}

@@ -12,6 +12,7 @@ use studio_model::{
     Uuid,
 };
 use studio_providers::output::OutputDelta;
+use studio_providers::runtime::Outcome;
 use studio_providers::{Answer, Runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -19,6 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Clone)]
 struct Reply {
     delay_ms: u64,
+    /// Before answering, wait (up to 5 s) until this many calls are being served at
+    /// once: a runtime allowing that much concurrency reaches it whatever the load.
+    hold_until_active: usize,
     status: u16,
     body: String,
 }
@@ -26,6 +30,7 @@ struct Reply {
 fn ok(text: &str) -> Reply {
     Reply {
         delay_ms: 0,
+        hold_until_active: 0,
         status: 200,
         body: json!({"choices": [{"message": {"role": "assistant", "content": text}}]}).to_string(),
     }
@@ -34,6 +39,7 @@ fn ok(text: &str) -> Reply {
 fn error(status: u16) -> Reply {
     Reply {
         delay_ms: 0,
+        hold_until_active: 0,
         status,
         body: r#"{"error":"overloaded"}"#.into(),
     }
@@ -107,6 +113,12 @@ fn start_stub(reply: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Stub {
                         .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
                 }
                 let r = reply(n);
+                let held = std::time::Instant::now();
+                while active.load(Ordering::SeqCst) < r.hold_until_active
+                    && held.elapsed() < Duration::from_secs(5)
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 tokio::time::sleep(Duration::from_millis(r.delay_ms)).await;
                 let response = format!(
                     "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
@@ -176,6 +188,18 @@ fn run_one(
         .expect("an answer")
 }
 
+/// Runs one request of a content expander (with `extra` settings, against `stub`) on
+/// a fresh runtime; returns the runtime (for its counters) and the outcome.
+fn expand_once(stub: &Stub, extra: Value, content: &str) -> (Runtime, Outcome) {
+    let (runtime, answers) = Runtime::new(1).unwrap();
+    let p = expander(&stub.url, extra);
+    runtime.register_builtin(p.clone());
+    let outcome = run_one(&runtime, &answers, request_for(&p, 1, content))
+        .outcome
+        .expect("the request ran");
+    (runtime, outcome)
+}
+
 fn patch_of(output: &OutputDelta) -> Value {
     let record: Value = serde_json::from_str(&output.record).unwrap();
     record["patch"].clone()
@@ -214,12 +238,7 @@ fn a_stub_failing_twice_then_answering_completes_on_the_third_attempt() {
 #[test]
 fn a_stub_always_failing_fails_after_max_attempts_with_no_output() {
     let stub = start_stub(|_| error(500));
-    let (runtime, answers) = Runtime::new(1).unwrap();
-    let p = expander(&stub.url, json!({}));
-    runtime.register_builtin(p.clone());
-    let outcome = run_one(&runtime, &answers, request_for(&p, 1, "x"))
-        .outcome
-        .unwrap();
+    let (_, outcome) = expand_once(&stub, json!({}), "x");
     assert_eq!(outcome.result.status, ProcessingStatus::Failed);
     assert_eq!(outcome.result.attempts, 3, "the default max_attempts");
     assert!(
@@ -239,12 +258,7 @@ fn a_slow_stub_times_out_per_attempt() {
         delay_ms: if n == 0 { 2_000 } else { 0 },
         ..ok("fast enough")
     });
-    let (runtime, answers) = Runtime::new(1).unwrap();
-    let p = expander(&stub.url, json!({"timeout_ms": 200}));
-    runtime.register_builtin(p.clone());
-    let outcome = run_one(&runtime, &answers, request_for(&p, 1, "x"))
-        .outcome
-        .unwrap();
+    let (runtime, outcome) = expand_once(&stub, json!({"timeout_ms": 200}), "x");
     assert_eq!(outcome.result.status, ProcessingStatus::Completed);
     assert_eq!(outcome.result.attempts, 2);
     assert_eq!(runtime.stats.timeouts.load(Ordering::SeqCst), 1);
@@ -253,11 +267,7 @@ fn a_slow_stub_times_out_per_attempt() {
         delay_ms: 2_000,
         ..ok("never in time")
     });
-    let p = expander(&slow.url, json!({"timeout_ms": 100, "max_attempts": 2}));
-    runtime.register_builtin(p.clone());
-    let outcome = run_one(&runtime, &answers, request_for(&p, 2, "y"))
-        .outcome
-        .unwrap();
+    let (_, outcome) = expand_once(&slow, json!({"timeout_ms": 100, "max_attempts": 2}), "y");
     assert_eq!(outcome.result.status, ProcessingStatus::Failed);
     assert_eq!(outcome.result.attempts, 2);
     assert!(
@@ -273,23 +283,16 @@ fn a_slow_stub_times_out_per_attempt() {
 fn malformed_answers_are_failures_that_are_retried() {
     let stub = start_stub(|n| match n {
         0 => Reply {
-            delay_ms: 0,
-            status: 200,
             body: "{not json".into(),
+            ..ok("")
         },
         1 => Reply {
-            delay_ms: 0,
-            status: 200,
             body: r#"{"choices": []}"#.into(),
+            ..ok("")
         },
         _ => ok("finally"),
     });
-    let (runtime, answers) = Runtime::new(1).unwrap();
-    let p = expander(&stub.url, json!({}));
-    runtime.register_builtin(p.clone());
-    let outcome = run_one(&runtime, &answers, request_for(&p, 1, "x"))
-        .outcome
-        .unwrap();
+    let (_, outcome) = expand_once(&stub, json!({}), "x");
     assert_eq!(outcome.result.status, ProcessingStatus::Completed);
     assert_eq!(outcome.result.attempts, 3);
 }
@@ -328,8 +331,9 @@ fn the_memo_answers_the_same_input_without_calling_the_provider() {
 #[test]
 fn process_in_parallel_bounds_concurrency_per_provider() {
     for (parallel, bound) in [(json!(false), 1), (json!(3), 3)] {
-        let stub = start_stub(|_| Reply {
-            delay_ms: 150,
+        let stub = start_stub(move |_| Reply {
+            delay_ms: 50,
+            hold_until_active: bound,
             ..ok("x")
         });
         let (runtime, answers) = Runtime::new(4).unwrap();

@@ -3,6 +3,7 @@
 mod gen_log;
 mod query;
 mod replay;
+mod store;
 
 use crate::cli::{Cli, Command};
 
@@ -11,6 +12,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Replay(args) => replay::run(cli.config.as_deref(), args),
         Command::Gen(args) => gen_log::run(args),
-        Command::Query(args) => query::run(args),
+        Command::Query(args) => query::run(cli.config.as_deref(), args),
     }
 }

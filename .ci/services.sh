@@ -43,6 +43,8 @@ services_install() {
 services_start() {
   local dir="$1"
   mkdir -p "$dir"
+  # The postgres user must reach its data directory (mktemp -d makes 0700 dirs).
+  chmod 755 "$dir" "$(dirname "$dir")"
   services_install
   # PostgreSQL: initdb as the postgres user, in a directory it owns.
   local pgbin port

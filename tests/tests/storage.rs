@@ -432,3 +432,30 @@ fn an_s3_outage_mid_replay_pauses_and_resumes_to_the_same_views() {
         assert_eq!(a, b, "blob {id} reads the same from both buckets");
     }
 }
+
+#[test]
+fn a_replay_refuses_a_postgres_schema_holding_foreign_tables() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = fresh_database("foreign");
+    studio_tests::services::pg_execute(
+        &url,
+        "CREATE TABLE customers (id int); INSERT INTO customers VALUES (1)",
+    );
+    let err = PgViews::open(PgOptions {
+        url: url.clone(),
+        mode: OpenMode::Rebuild,
+        rows_per_statement: 500,
+        timeout: TIMEOUT,
+        content: ContentSpec::in_dir(dir.path()),
+        retry: quick_retry(),
+    })
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("customers"), "{err}");
+    assert_eq!(
+        pg_texts(&url, "SELECT count(*)::text FROM customers"),
+        ["1"]
+    );
+    let blobs = pg_texts(&url, "SELECT coalesce(to_regclass('blobs')::text, 'none')");
+    assert_eq!(blobs, ["none"], "nothing created either");
+}

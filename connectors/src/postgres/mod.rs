@@ -170,6 +170,9 @@ pub struct PgTable {
     pub columns: &'static [(&'static str, &'static str)],
     /// Primary key columns: upserted on, deleted by.
     pub key: &'static [&'static str],
+    /// For an insert-only table with a primary key: `ON CONFLICT DO NOTHING`, so that
+    /// a batch retried after a commit whose acknowledgement was lost writes nothing twice.
+    pub ignore_duplicates: bool,
 }
 
 impl PgTable {
@@ -191,7 +194,9 @@ impl PgTable {
             names.join(", "),
             Self::unnest(self.columns)
         );
-        if !self.key.is_empty() {
+        if self.ignore_duplicates {
+            sql.push_str(" ON CONFLICT DO NOTHING");
+        } else if !self.key.is_empty() {
             let updates: Vec<String> = names
                 .iter()
                 .filter(|c| !self.key.contains(c))
@@ -298,6 +303,7 @@ const BLOBS: PgTable = PgTable {
         ("deleted_at", "timestamptz"),
     ],
     key: &["blob_id"],
+    ignore_duplicates: false,
 };
 
 fn bind_blobs<'q>(q: PgQuery<'q>, rows: &[EncodedBlob<'_>]) -> PgQuery<'q> {
@@ -332,6 +338,7 @@ const PROCESSED: PgTable = PgTable {
         ("delta_id", "uuid"),
     ],
     key: &["blob_id", "provider_id"],
+    ignore_duplicates: false,
 };
 
 fn bind_processed<'q>(q: PgQuery<'q>, rows: &[&ProcessedRow]) -> PgQuery<'q> {
@@ -353,6 +360,7 @@ const EDGES: PgTable = PgTable {
         ("delta_id", "uuid"),
     ],
     key: &["parent_id", "child_id"],
+    ignore_duplicates: false,
 };
 
 fn bind_edges<'q>(q: PgQuery<'q>, rows: &[&EdgeRow]) -> PgQuery<'q> {
@@ -369,6 +377,7 @@ const REACH: PgTable = PgTable {
         ("distance", "int8"),
     ],
     key: &["ancestor_id", "descendant_id"],
+    ignore_duplicates: false,
 };
 
 fn bind_reach<'q>(q: PgQuery<'q>, rows: &[&ReachRow]) -> PgQuery<'q> {
@@ -381,6 +390,7 @@ const DEPTH: PgTable = PgTable {
     name: "blob_depth",
     columns: &[("blob_id", "uuid"), ("depth", "int8")],
     key: &["blob_id"],
+    ignore_duplicates: false,
 };
 
 fn bind_depth<'q>(q: PgQuery<'q>, rows: &[&DepthRow]) -> PgQuery<'q> {
@@ -392,6 +402,7 @@ const USER_DEPTH: PgTable = PgTable {
     name: "user_depth",
     columns: &[("user_id", "uuid"), ("max_depth", "int8")],
     key: &["user_id"],
+    ignore_duplicates: false,
 };
 
 fn bind_user_depth<'q>(q: PgQuery<'q>, rows: &[&UserDepthRow]) -> PgQuery<'q> {
@@ -414,6 +425,7 @@ const APPLIED: PgTable = PgTable {
     name: "deltas_applied",
     columns: APPLIED_COLUMNS,
     key: &[],
+    ignore_duplicates: true,
 };
 
 /// The delta store; `record` is left NULL (not bound) until batches carry it.
@@ -421,6 +433,7 @@ const DELTAS: PgTable = PgTable {
     name: "deltas",
     columns: APPLIED_COLUMNS,
     key: &[],
+    ignore_duplicates: true,
 };
 
 fn bind_applied<'q>(q: PgQuery<'q>, rows: &[&AppliedRow]) -> PgQuery<'q> {
@@ -443,6 +456,7 @@ const REJECTED: PgTable = PgTable {
         ("reason", "text"),
     ],
     key: &[],
+    ignore_duplicates: false,
 };
 
 fn bind_rejected<'q>(q: PgQuery<'q>, rows: &[&RejectedEdgeRow]) -> PgQuery<'q> {
@@ -462,6 +476,7 @@ const DEAD: PgTable = PgTable {
         ("raw", "text"),
     ],
     key: &[],
+    ignore_duplicates: true,
 };
 
 /// The `raw` column in Postgres: as in SQLite, except that text holding a NUL character
@@ -635,16 +650,16 @@ impl PgViews {
             next_seq: 1,
             partitions: HashSet::new(),
         };
-        let mut first = true;
         let retry = sink.options.retry;
+        // Rebuild: drop once, even when a later step of the preparation is retried.
+        let mut dropped = sink.options.mode != OpenMode::Rebuild;
         retry.run("preparing the Postgres views", || {
-            let rebuild = std::mem::take(&mut first) && sink.options.mode == OpenMode::Rebuild;
-            sink.prepare(rebuild)
+            sink.prepare(&mut dropped)
         })?;
         Ok(sink)
     }
 
-    fn prepare(&mut self, rebuild: bool) -> Result<(), SinkError> {
+    fn prepare(&mut self, dropped: &mut bool) -> Result<(), SinkError> {
         let options = &self.options;
         if self.content.is_none() {
             self.content = Some(self.runtime.block_on(options.content.connect())?);
@@ -653,8 +668,9 @@ impl PgViews {
             .runtime
             .block_on(async {
                 let mut conn = connect(&options.url, options.timeout).await?;
-                if rebuild {
+                if !*dropped {
                     drop_views(&mut conn, &options.url).await?;
+                    *dropped = true;
                 }
                 migrate(&mut conn).await?;
                 let next_seq: i64 =

@@ -324,8 +324,11 @@ fn replay_through_outage(
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    let before = progress.accepted.load(Ordering::Relaxed);
     proxy.cut();
+    // A transaction that was committing as the cut came may still land: start
+    // counting a moment later.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = progress.accepted.load(Ordering::Relaxed);
     std::thread::sleep(outage);
     let during = progress.accepted.load(Ordering::Relaxed);
     proxy.restore();

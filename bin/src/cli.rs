@@ -115,8 +115,8 @@ pub struct LoadgenArgs {
 /// `studio query`.
 #[derive(Debug, Args)]
 pub struct QueryArgs {
-    /// The view database written by `studio replay`.
-    #[arg(long, value_name = "PATH.sqlite")]
+    /// The view database written by `studio replay`: a SQLite file or postgres://...
+    #[arg(long, value_name = "PATH.sqlite|postgres://...")]
     pub db: String,
     /// Print JSON (one array of objects) instead of a table.
     #[arg(long, global = true)]
@@ -135,8 +135,17 @@ pub enum Question {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
-    /// One blob, with its document.
+    /// One blob, with its document (read from wherever it is stored).
     Blob {
+        /// The blob's id.
+        blob_id: String,
+        /// Print a presigned GET URL of the document instead (documents kept in S3;
+        /// valid for content.url_expiry_secs).
+        #[arg(long)]
+        url: bool,
+    },
+    /// A blob's deltas in version order, from the delta store.
+    Deltas {
         /// The blob's id.
         blob_id: String,
     },
@@ -173,8 +182,10 @@ pub struct ReplayArgs {
     /// Delta logs, read in the order given as one log.
     #[arg(required = true, value_name = "LOG.jsonl")]
     pub logs: Vec<PathBuf>,
-    /// The view database: a SQLite file (created; its view tables are replaced).
-    #[arg(long, value_name = "PATH.sqlite")]
+    /// The view database: a SQLite file (created; its view tables are replaced) or a
+    /// Postgres database, postgres://USER@HOST:PORT/DB (Studio's tables in its current
+    /// schema are dropped and rebuilt).
+    #[arg(long, value_name = "PATH.sqlite|postgres://...")]
     pub db: String,
     /// Timely worker threads [config: replay.workers].
     #[arg(long, short = 'w')]

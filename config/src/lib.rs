@@ -34,6 +34,14 @@ pub struct Config {
     /// Providers registered at start (`[[providers]]` tables; SPEC S5.3).
     #[serde(default)]
     pub providers: Vec<studio_model::Provider>,
+    /// The Postgres view store (`--db postgres://...`).
+    pub postgres: PostgresConfig,
+    /// How documents are stored: compression, and where large ones go.
+    pub content: ContentConfig,
+    /// The S3-compatible store for large documents (`content.large_store = "s3"`).
+    pub s3: S3Config,
+    /// Retries while a store is unavailable.
+    pub retry: RetryConfig,
 }
 
 /// The in-process provider worker runtime.
@@ -42,6 +50,74 @@ pub struct Config {
 pub struct ProviderRuntimeConfig {
     /// Tokio threads running provider calls (>= 1).
     pub threads: usize,
+}
+
+/// The Postgres view store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Rows per batched `UNNEST` statement (>= 1).
+    pub rows_per_statement: usize,
+    /// A connection attempt or one batch's transaction taking longer than this counts
+    /// as a lost connection (>= 1).
+    pub timeout_secs: u64,
+}
+
+/// Where large documents go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LargeStoreKind {
+    /// A local directory (`content.dir`).
+    Dir,
+    /// The S3 bucket of `[s3]`.
+    S3,
+}
+
+/// How documents are stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentConfig {
+    /// Compress documents with LZ4 in the database when that makes them smaller.
+    pub compress: bool,
+    /// Documents of this many bytes of JSON or more go to the large store (>= 1).
+    pub large_min_bytes: u64,
+    /// Where large documents go.
+    pub large_store: LargeStoreKind,
+    /// The directory for `large_store = "dir"`; empty: beside a SQLite file
+    /// (`PATH.sqlite.blobs/`). Postgres needs it set, or S3.
+    pub dir: String,
+    /// How long a presigned URL (`studio query blob --url`) is valid, in seconds.
+    pub url_expiry_secs: u64,
+}
+
+/// The S3-compatible store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL, e.g. `http://127.0.0.1:15000`; empty: AWS's own.
+    pub endpoint: String,
+    /// Region.
+    pub region: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Path-style addressing (`ENDPOINT/BUCKET/KEY`).
+    pub force_path_style: bool,
+    /// Create the bucket when it does not exist.
+    pub create_bucket: bool,
+    /// Per-request timeout, seconds (>= 1).
+    pub timeout_secs: u64,
+}
+
+/// Retries while a store is unavailable: exponential backoff, capped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// The first delay, milliseconds (>= 1); each next one doubles.
+    pub initial_delay_ms: u64,
+    /// The longest delay, milliseconds.
+    pub max_delay_ms: u64,
+    /// Give up after this many seconds; 0: never (the pipeline waits for the store).
+    pub give_up_after_secs: u64,
 }
 
 /// How the dataflow runs a replay.
@@ -206,6 +282,14 @@ impl Config {
             ("nats.ack_wait_s", self.nats.ack_wait_s),
             ("nats.pull_batch", self.nats.pull_batch as u64),
             ("nats.request_timeout_ms", self.nats.request_timeout_ms),
+            (
+                "postgres.rows_per_statement",
+                self.postgres.rows_per_statement as u64,
+            ),
+            ("postgres.timeout_secs", self.postgres.timeout_secs),
+            ("content.large_min_bytes", self.content.large_min_bytes),
+            ("s3.timeout_secs", self.s3.timeout_secs),
+            ("retry.initial_delay_ms", self.retry.initial_delay_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::OutOfRange(format!(

@@ -17,6 +17,11 @@
 //! JetStream ack floor) follow it and serve lag monitoring and tools. Output streams
 //! (transform requests, events, applied deltas, dead letters) go through a
 //! [`RecordPublisher`].
+//! | [`postgres`] | `postgres` | the Postgres view store and delta store |
+//! | [`content`] | (`s3` for S3) | how documents are stored: JSON, LZ4, or a large store |
+//!
+//! [`retry`] retries a write while a service is unavailable; [`query`] holds the
+//! named questions of `studio query` that every view store answers ([`ViewReader`]).
 //!
 //! Sources hand out raw bytes with their [`SourcePos`]; parsing belongs to the dataflow
 //! so that a malformed record becomes a dead letter, never a source error. A source
@@ -27,6 +32,7 @@ use std::time::Duration;
 
 use studio_model::{SourcePos, ViewBatch};
 
+pub mod content;
 #[cfg(feature = "file")]
 pub mod file;
 #[cfg(feature = "kafka")]
@@ -34,8 +40,67 @@ pub mod kafka;
 pub mod load;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod query;
+pub mod retry;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+
+pub use query::{Param, Rows, ViewReader};
+
+/// The view tables Studio owns, in every view store (a replay rebuilds exactly these).
+pub const VIEW_TABLES: &[&str] = &[
+    "blobs",
+    "deltas_applied",
+    "deltas",
+    "processed_by",
+    "dead_letters",
+    "blob_edges",
+    "blob_reach",
+    "blob_depth",
+    "user_depth",
+    "rejected_edges",
+    "transform_requests",
+    "processing",
+    "events",
+];
+
+/// The tables among `tables` that Studio did not create: a rebuild refuses to touch a
+/// database that holds any. Studio's own are [`VIEW_TABLES`], the monthly partitions of
+/// `deltas` (`deltas_yYYYYmMM`), its migration ledger (`_studio_*`) and SQLite's
+/// internal tables.
+pub fn foreign_tables<'a>(tables: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    tables
+        .into_iter()
+        .filter(|t| {
+            !VIEW_TABLES.contains(t)
+                && !t.starts_with("sqlite_")
+                && !t.starts_with("_studio_")
+                && !is_delta_partition(t)
+        })
+        .collect()
+}
+
+/// True for a monthly partition name of `deltas`: `deltas_y2026m01`.
+pub fn is_delta_partition(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("deltas_y") else {
+        return false;
+    };
+    let bytes = rest.as_bytes();
+    bytes.len() == 7
+        && bytes[4] == b'm'
+        && bytes[..4].iter().chain(&bytes[5..]).all(u8::is_ascii_digit)
+}
+
+/// How a view store is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Rebuild the views from scratch and bulk-load them (a bounded replay).
+    Rebuild,
+    /// Keep the views and maintain them durably.
+    Maintain,
+}
 
 /// One record as read: its bytes (without the line terminator) and its position.
 #[derive(Clone, Copy, Debug)]
@@ -192,6 +257,15 @@ pub enum SinkError {
         /// What was being done.
         context: String,
         /// The client's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A service could not be reached (connection refused or lost, a timeout, a server
+    /// error): the write may succeed later, and [`retry`] retries it.
+    #[error("{context} (unavailable): {source}")]
+    Unavailable {
+        /// What was being done.
+        context: String,
+        /// Why.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 }

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use base64::Engine as _;
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use studio_connectors::content::{Content, ContentReader};
 
 /// A row of `blobs`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -165,7 +166,9 @@ type BlobTuple = (
     String,
     i64,
     String,
-    String,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<String>,
     Option<String>,
     String,
     String,
@@ -201,8 +204,8 @@ pub fn read_tables(path: &Path) -> Result<Tables, String> {
             .await
             .map_err(err("open"))?;
         let blobs: Vec<BlobTuple> = sqlx::query_as(
-            "SELECT blob_id, user_id, version, content_type, doc, parent_id, created_at, \
-             updated_at, deleted_at FROM blobs",
+            "SELECT blob_id, user_id, version, content_type, doc, doc_lz4, doc_ref, parent_id, \
+             created_at, updated_at, deleted_at FROM blobs",
         )
         .fetch_all(&mut conn)
         .await
@@ -225,33 +228,42 @@ pub fn read_tables(path: &Path) -> Result<Tables, String> {
                 .await
                 .map_err(err("reading dead_letters"))?;
         conn.close().await.map_err(err("close"))?;
+        // Documents are read back through the content rule, wherever they are stored.
+        let mut reader = ContentReader::local();
+        let mut blob_records = Vec::with_capacity(blobs.len());
+        for (
+            blob_id,
+            user_id,
+            version,
+            content_type,
+            doc,
+            doc_lz4,
+            doc_ref,
+            parent_id,
+            created_at,
+            updated_at,
+            deleted_at,
+        ) in blobs
+        {
+            let doc = Content::from_columns(doc, doc_lz4, doc_ref)
+                .ok_or_else(|| format!("blob {blob_id} has no content"))?
+                .resolve(&mut reader)
+                .await
+                .map_err(|e| e.to_string())?;
+            blob_records.push(BlobRecord {
+                blob_id,
+                user_id,
+                version,
+                content_type,
+                doc,
+                parent_id,
+                created_at,
+                updated_at,
+                deleted_at,
+            });
+        }
         Ok(Tables::new(
-            blobs
-                .into_iter()
-                .map(
-                    |(
-                        blob_id,
-                        user_id,
-                        version,
-                        content_type,
-                        doc,
-                        parent_id,
-                        created_at,
-                        updated_at,
-                        deleted_at,
-                    )| BlobRecord {
-                        blob_id,
-                        user_id,
-                        version,
-                        content_type,
-                        doc,
-                        parent_id,
-                        created_at,
-                        updated_at,
-                        deleted_at,
-                    },
-                )
-                .collect(),
+            blob_records,
             applied
                 .into_iter()
                 .map(

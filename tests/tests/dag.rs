@@ -23,6 +23,8 @@ use rand::{Rng, SeedableRng};
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use studio_config::{Config, ReplayConfig};
+use studio_connectors::content::ContentSpec;
+use studio_connectors::retry::RetryPolicy;
 use studio_connectors::sqlite::{OpenMode, SqliteOptions, SqliteViews};
 use studio_connectors::{SinkError, ViewSink};
 use studio_dataflow::replay::{Progress, ReplayReport, replay};
@@ -398,6 +400,8 @@ fn replay_lines(lines: &[Vec<u8>], config: &ReplayConfig) -> Run {
         path: db.clone(),
         cache_size_kib: 2048,
         mode: OpenMode::Rebuild,
+        content: ContentSpec::in_dir(db.with_extension("blobs")),
+        retry: RetryPolicy::default(),
     })
     .expect("open the view database");
     let batches = Arc::new(Mutex::new(Vec::new()));

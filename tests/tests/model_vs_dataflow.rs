@@ -11,6 +11,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use studio_config::ReplayConfig;
+use studio_connectors::content::ContentSpec;
+use studio_connectors::retry::RetryPolicy;
 use studio_connectors::sqlite::{OpenMode, SqliteOptions, SqliteViews};
 use studio_dataflow::replay::{Progress, ReplayReport, replay};
 use studio_model::generate::{Faults, GenSpec, generate};
@@ -38,6 +40,8 @@ fn replay_files(files: &[PathBuf], db: &Path, config: &ReplayConfig) -> ReplayRe
         path: db.to_path_buf(),
         cache_size_kib: 2048,
         mode: OpenMode::Rebuild,
+        content: ContentSpec::in_dir(db.with_extension("blobs")),
+        retry: RetryPolicy::default(),
     })
     .expect("open the view database");
     replay(

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use studio_config::{Config, ReplayConfig};
+use studio_connectors::content::ContentSpec;
+use studio_connectors::retry::RetryPolicy;
 use studio_connectors::sqlite::{OpenMode, SqliteOptions, SqliteViews};
 use studio_dataflow::providers::{ProviderReport, ProviderSetup};
 use studio_dataflow::replay::{Progress, ReplayOptions, ReplayReport, replay};
@@ -143,10 +145,15 @@ fn run_text(
     let file = dir.path().join("log.jsonl");
     std::fs::write(&file, log).unwrap();
     let db = dir.path().join("views.sqlite");
+    // Documents stay plain JSON in `doc` (no LZ4), so the tests can read them with SQL.
+    let mut content = ContentSpec::in_dir(db.with_extension("blobs"));
+    content.options.compress = false;
     let sink = SqliteViews::open(&SqliteOptions {
         path: db.clone(),
         cache_size_kib: 2048,
         mode: OpenMode::Rebuild,
+        content,
+        retry: RetryPolicy::default(),
     })
     .unwrap();
     let config = ReplayConfig {

@@ -4,6 +4,7 @@ mod gen_log;
 mod loadgen;
 mod query;
 mod replay;
+mod store;
 mod worker;
 
 use crate::cli::{Cli, Command};
@@ -13,7 +14,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Replay(args) => replay::run(cli.config.as_deref(), args),
         Command::Gen(args) => gen_log::run(args),
-        Command::Query(args) => query::run(args),
+        Command::Query(args) => query::run(cli.config.as_deref(), args),
         Command::Worker(args) => worker::run(cli.config.as_deref(), args),
         Command::Loadgen(args) => loadgen::run(cli.config.as_deref(), args),
     }

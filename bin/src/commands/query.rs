@@ -1,52 +1,59 @@
 //! `studio query`: named questions over the views, as a table or JSON.
 
-use anyhow::{Context, bail};
-use studio_connectors::sqlite::{Rows, SqliteReader, SqliteViews};
+use std::path::Path;
+use std::time::Duration;
 
+use anyhow::{Context, bail};
+use studio_config::Config;
+use studio_connectors::Rows;
+
+use super::store::{Db, open_reader};
 use crate::cli::{QueryArgs, Question};
 
-pub fn run(args: QueryArgs) -> anyhow::Result<()> {
-    let Some(path) = SqliteViews::path_of(&args.db) else {
-        bail!(
-            "--db {}: only SQLite files are supported so far (a path or sqlite://PATH)",
-            args.db
-        );
-    };
-    if !path.is_file() {
-        bail!(
-            "no view database at {} (run `studio replay LOG --db {}` first)",
-            path.display(),
-            path.display()
-        );
+pub fn run(config_file: Option<&Path>, args: QueryArgs) -> anyhow::Result<()> {
+    let config = Config::load(config_file)?;
+    let db = Db::parse(&args.db)?;
+    let mut reader = open_reader(&config, &db)?;
+    let path = db.display();
+    if let Question::Blob { blob_id, url: true } = &args.question {
+        let expiry = Duration::from_secs(config.content.url_expiry_secs);
+        let url = reader
+            .blob_url(canonical(blob_id)?, expiry)
+            .with_context(|| format!("querying {path}"))?;
+        let Some(url) = url else {
+            bail!("no blob {blob_id} in {path}")
+        };
+        println!("{url}");
+        return Ok(());
     }
-    let mut reader = SqliteReader::open(path)?;
     let rows = match &args.question {
         Question::Blobs { limit } => reader.blobs(*limit),
-        Question::Blob { blob_id } => reader.blob(&canonical(blob_id)?),
-        Question::Descendants { blob_id } => reader.descendants(&canonical(blob_id)?),
-        Question::Ancestors { blob_id } => reader.ancestors(&canonical(blob_id)?),
+        Question::Blob { blob_id, .. } => reader.blob(canonical(blob_id)?),
+        Question::Deltas { blob_id } => reader.deltas_of(canonical(blob_id)?),
+        Question::Descendants { blob_id } => reader.descendants(canonical(blob_id)?),
+        Question::Ancestors { blob_id } => reader.ancestors(canonical(blob_id)?),
         Question::Depth {
             user: Some(user), ..
-        } => reader.user_depth(&canonical(user)?),
+        } => reader.user_depth(canonical(user)?),
         Question::Depth {
             blob: Some(blob), ..
-        } => reader.blob_depth(&canonical(blob)?),
+        } => reader.blob_depth(canonical(blob)?),
         Question::Depth { .. } => bail!("depth needs --user USER_ID or --blob BLOB_ID"),
         Question::DeadLetters { limit } => reader.dead_letters(*limit),
     }
-    .with_context(|| format!("querying {}", path.display()))?;
+    .with_context(|| format!("querying {path}"))?;
     match &args.question {
-        Question::Blob { blob_id } if rows.is_empty() => {
-            bail!("no blob {blob_id} in {}", path.display())
+        Question::Blob { blob_id, .. } if rows.is_empty() => {
+            bail!("no blob {blob_id} in {path}")
         }
         Question::Depth {
             user: Some(user), ..
         } if rows.is_empty() => {
-            bail!("user {user} owns no blob in {}", path.display())
+            bail!("user {user} owns no blob in {path}")
         }
         Question::Depth {
             blob: Some(blob), ..
-        } if rows.is_empty() => bail!("no blob {blob} in {}", path.display()),
+        } if rows.is_empty() => bail!("no blob {blob} in {path}"),
         _ => {}
     }
     if args.json {
@@ -62,9 +69,8 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
 }
 
 /// Ids are stored hyphenated and lowercase; accept any form a user may paste.
-fn canonical(id: &str) -> anyhow::Result<String> {
-    let id = uuid::Uuid::try_parse(id.trim()).with_context(|| format!("{id:?} is not a UUID"))?;
-    Ok(id.hyphenated().to_string())
+fn canonical(id: &str) -> anyhow::Result<uuid::Uuid> {
+    uuid::Uuid::try_parse(id.trim()).with_context(|| format!("{id:?} is not a UUID"))
 }
 
 /// Columns padded to their widest cell; long cells cut at 60 characters.

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use studio_config::Config;
 use studio_connectors::file::FileSource;
-use studio_connectors::sqlite::{OpenMode, SqliteOptions, SqliteViews};
 use studio_dataflow::providers::{ProviderSetup, read_provider_log};
 use studio_dataflow::replay::{Progress, ReplayOptions, ReplayReport, replay};
 
+use super::store::{Db, open_sink};
 use crate::cli::ReplayArgs;
 
 pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
@@ -31,29 +31,24 @@ pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
             bail!("cannot read delta log {}: no such file", log.display());
         }
     }
-    let Some(path) = SqliteViews::path_of(&args.db) else {
+    let db = Db::parse(&args.db)?;
+    if matches!(db, Db::Postgres(_)) && (args.providers || args.events) {
         bail!(
-            "--db {}: only SQLite files are supported so far (a path or sqlite://PATH)",
-            args.db
+            "--providers and --events need a SQLite --db for now: the Postgres store does not have the transform_requests, processing and events tables yet"
         );
-    };
-    let sink = SqliteViews::open(&SqliteOptions {
-        path: path.to_path_buf(),
-        cache_size_kib: config.sqlite.cache_size_kib,
-        mode: OpenMode::Rebuild,
-    })
-    .with_context(|| format!("cannot use {} as the view database", path.display()))?;
+    }
+    let sink = open_sink(&config, &db)?;
 
     let options = replay_options(&config, &args)?;
     let progress = Arc::new(Progress::default());
     let total = FileSource::total_bytes(&args.logs);
     let bar = (!args.no_progress && std::io::stderr().is_terminal())
         .then(|| spawn_progress_bar(&progress, total));
-    tracing::info!(logs = ?args.logs, db = %path.display(), workers = config.replay.workers, "replay starting");
+    tracing::info!(logs = ?args.logs, db = %db.display(), workers = config.replay.workers, "replay starting");
     let report = replay(
         &args.logs,
         &config.replay,
-        Box::new(sink),
+        sink,
         Arc::clone(&progress),
         &options,
     );
@@ -65,7 +60,7 @@ pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_summary(&report, path);
+        print_summary(&report, &db.display());
     }
     if !report.counts_add_up() {
         bail!(
@@ -136,11 +131,11 @@ fn spawn_progress_bar(
     (bar, handle)
 }
 
-fn print_summary(r: &ReplayReport, db: &Path) {
+fn print_summary(r: &ReplayReport, db: &str) {
     println!(
         "replayed {} records into {} with {} worker{} in {:.2} s ({:.0} records/s)",
         r.records_read,
-        db.display(),
+        db,
         r.workers,
         if r.workers == 1 { "" } else { "s" },
         r.wall_seconds,

@@ -4,7 +4,8 @@
 //! `processed_by`, inserts for `deltas_applied` and `dead_letters` (whose `seq` follows
 //! the order in which letters were decided), rows sorted by key so that B-tree inserts
 //! walk the index instead of jumping across it. The schema is `schema.sql` beside this
-//! file.
+//! file. Documents are stored by the shared content rule ([`crate::content`]): JSON,
+//! LZ4, or a reference to a large store (a local directory or S3).
 //!
 //! Two modes ([`OpenMode`]):
 //! - **Rebuild** (`studio replay`): the views are rebuilt from the log, so the file is
@@ -22,44 +23,25 @@ use std::str::FromStr;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use studio_model::{
-    AppliedRow, BlobRow, DeadLetter, DepthRow, EdgeRow, EventRow, Keyed, KeyedChanges,
-    ProcessedRow, ReachRow, RejectedEdgeRow, Timestamp, UserDepthRow, Uuid, ViewBatch,
+    AppliedRow, DeadLetter, DepthRow, EdgeRow, EventRow, Keyed, KeyedChanges, ProcessedRow,
+    ReachRow, RejectedEdgeRow, Timestamp, UserDepthRow, Uuid, ViewBatch,
 };
 
+use crate::content::{ContentCodec, ContentSpec, EncodedBlob};
+use crate::retry::RetryPolicy;
 use crate::{SinkError, ViewSink};
 
-pub use reader::{Rows, SqliteReader};
+pub use crate::VIEW_TABLES;
+pub use crate::query::Rows;
+pub use reader::SqliteReader;
 
 /// The view tables, created if missing.
 pub const SCHEMA: &str = include_str!("schema.sql");
 
-/// The tables Studio owns in a view database.
-pub const VIEW_TABLES: &[&str] = &[
-    "blobs",
-    "deltas_applied",
-    "processed_by",
-    "dead_letters",
-    "blob_edges",
-    "blob_reach",
-    "blob_depth",
-    "user_depth",
-    "rejected_edges",
-    "transform_requests",
-    "processing",
-    "events",
-];
-
 /// SQLite allows 32766 bound values per statement.
 const MAX_BINDS: usize = 32_000;
 
-/// How the views are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpenMode {
-    /// Replace the file and bulk-load it (a bounded replay).
-    Rebuild,
-    /// Keep the file and maintain it durably (WAL).
-    Maintain,
-}
+pub use crate::OpenMode;
 
 /// How the database file is opened.
 #[derive(Clone, Debug)]
@@ -70,6 +52,10 @@ pub struct SqliteOptions {
     pub cache_size_kib: u64,
     /// Rebuild or maintain.
     pub mode: OpenMode,
+    /// How documents are stored.
+    pub content: ContentSpec,
+    /// Retries while the large store is unavailable.
+    pub retry: RetryPolicy,
 }
 
 /// The SQLite view sink.
@@ -77,6 +63,8 @@ pub struct SqliteViews {
     runtime: tokio::runtime::Runtime,
     conn: SqliteConnection,
     mode: OpenMode,
+    content: ContentCodec,
+    retry: RetryPolicy,
 }
 
 pub(crate) fn db_error(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> SinkError {
@@ -95,9 +83,10 @@ fn io_error(context: String) -> impl FnOnce(std::io::Error) -> SinkError {
 }
 
 /// sqlx is async; Studio's sinks and readers are called from plain threads, so each
-/// owns a small current-thread runtime to drive its connection.
+/// owns a small current-thread runtime to drive its connection (and its S3 client).
 pub(crate) fn sqlx_runtime() -> Result<tokio::runtime::Runtime, SinkError> {
     tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .map_err(io_error("starting the SQLite runtime".into()))
 }
@@ -142,10 +131,15 @@ impl SqliteViews {
                 .map_err(db_error(format!("cannot create the view tables in {path}")))?;
             Ok::<_, SinkError>(conn)
         })?;
+        let content = options.retry.run("connecting the large store", || {
+            runtime.block_on(options.content.connect())
+        })?;
         Ok(SqliteViews {
             runtime,
             conn,
             mode: options.mode,
+            content,
+            retry: options.retry,
         })
     }
 
@@ -240,26 +234,38 @@ impl<R: Keyed> KeyedTable<R> {
 
 type Binder<'a> = sqlx::query_builder::Separated<'a, Sqlite, &'static str>;
 
-const BLOBS: KeyedTable<BlobRow> = KeyedTable {
-    insert: "INSERT INTO blobs (blob_id, user_id, version, content_type, doc, parent_id, created_at, updated_at, deleted_at) ",
-    columns: 9,
-    on_conflict: " ON CONFLICT (blob_id) DO UPDATE SET user_id = excluded.user_id, version = excluded.version, \
-        content_type = excluded.content_type, doc = excluded.doc, parent_id = excluded.parent_id, \
-        created_at = excluded.created_at, updated_at = excluded.updated_at, deleted_at = excluded.deleted_at",
-    bind_row: |b: &mut Binder<'_>, r: &BlobRow| {
-        b.push_bind(text(r.blob_id))
-            .push_bind(text(r.user_id))
-            .push_bind(r.version as i64)
-            .push_bind(r.content_type.clone())
-            .push_bind(r.doc.to_json())
-            .push_bind(r.parent_id.map(text))
-            .push_bind(time(r.created_at))
-            .push_bind(time(r.updated_at))
-            .push_bind(r.deleted_at.map(time));
-    },
-    delete: "DELETE FROM blobs WHERE blob_id = ?",
-    bind_key: |q, k| q.bind(text(*k)),
-};
+const BLOBS_INSERT: &str = "INSERT INTO blobs (blob_id, user_id, version, content_type, doc, doc_lz4, doc_ref, doc_bytes, parent_id, created_at, updated_at, deleted_at) ";
+const BLOBS_ON_CONFLICT: &str = " ON CONFLICT (blob_id) DO UPDATE SET user_id = excluded.user_id, version = excluded.version, \
+    content_type = excluded.content_type, doc = excluded.doc, doc_lz4 = excluded.doc_lz4, doc_ref = excluded.doc_ref, \
+    doc_bytes = excluded.doc_bytes, parent_id = excluded.parent_id, \
+    created_at = excluded.created_at, updated_at = excluded.updated_at, deleted_at = excluded.deleted_at";
+
+fn bind_blob(b: &mut Binder<'_>, e: &EncodedBlob<'_>) {
+    let r = e.row;
+    b.push_bind(text(r.blob_id))
+        .push_bind(text(r.user_id))
+        .push_bind(r.version as i64)
+        .push_bind(r.content_type.clone())
+        .push_bind(e.stored.doc.clone())
+        .push_bind(e.stored.doc_lz4.clone())
+        .push_bind(e.stored.doc_ref.clone())
+        .push_bind(e.stored.doc_bytes)
+        .push_bind(r.parent_id.map(text))
+        .push_bind(time(r.created_at))
+        .push_bind(time(r.updated_at))
+        .push_bind(r.deleted_at.map(time));
+}
+
+fn bind_applied(b: &mut Binder<'_>, r: &AppliedRow) {
+    b.push_bind(text(r.delta_id))
+        .push_bind(text(r.blob_id))
+        .push_bind(r.version as i64)
+        .push_bind(r.operation.as_str())
+        .push_bind(text(r.user_id))
+        .push_bind(r.provider_id.clone())
+        .push_bind(r.caused_by.map(text))
+        .push_bind(time(r.created_at));
+}
 
 const PROCESSED: KeyedTable<ProcessedRow> = KeyedTable {
     insert: "INSERT INTO processed_by (blob_id, provider_id, version, delta_id) ",
@@ -338,10 +344,27 @@ impl ViewSink for SqliteViews {
     }
 
     fn write(&mut self, batch: &ViewBatch) -> Result<(), SinkError> {
-        let conn = &mut self.conn;
+        let retry = self.retry;
+        retry.run("writing a view batch to SQLite", || self.try_write(batch))
+    }
+}
+
+impl SqliteViews {
+    /// One attempt at a batch: its large documents, then one transaction.
+    fn try_write(&mut self, batch: &ViewBatch) -> Result<(), SinkError> {
+        let (conn, content) = (&mut self.conn, &self.content);
         self.runtime.block_on(async {
+            let blobs = content.encode_rows(&batch.blobs.upserts).await?;
             let mut tx = conn.begin().await.map_err(db_error("BEGIN"))?;
-            BLOBS.write(&mut tx, &batch.blobs).await?;
+            insert_rows(&mut tx, BLOBS_INSERT, 12, BLOBS_ON_CONFLICT, &blobs.iter().collect::<Vec<_>>(), &bind_blob)
+                .await?;
+            for key in &batch.blobs.deletes {
+                sqlx::query("DELETE FROM blobs WHERE blob_id = ?")
+                    .bind(text(*key))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("DELETE FROM blobs"))?;
+            }
             PROCESSED.write(&mut tx, &batch.processed).await?;
             EDGES.write(&mut tx, &batch.edges).await?;
             REACH.write(&mut tx, &batch.reach).await?;
@@ -355,16 +378,17 @@ impl ViewSink for SqliteViews {
                 8,
                 "",
                 &applied,
-                &|b: &mut Binder<'_>, r: &AppliedRow| {
-                    b.push_bind(text(r.delta_id))
-                        .push_bind(text(r.blob_id))
-                        .push_bind(r.version as i64)
-                        .push_bind(r.operation.as_str())
-                        .push_bind(text(r.user_id))
-                        .push_bind(r.provider_id.clone())
-                        .push_bind(r.caused_by.map(text))
-                        .push_bind(time(r.created_at));
-                },
+                &bind_applied,
+            )
+            .await?;
+            // The delta store; `record` stays NULL until batches carry the full delta.
+            insert_rows(
+                &mut tx,
+                "INSERT INTO deltas (delta_id, blob_id, version, operation, user_id, provider_id, caused_by, created_at) ",
+                8,
+                "",
+                &applied,
+                &bind_applied,
             )
             .await?;
             insert_rows(
@@ -500,10 +524,7 @@ fn remove_view_database(runtime: &tokio::runtime::Runtime, path: &Path) -> Resul
         conn.close().await.ok();
         names
     })?;
-    let foreign: Vec<&String> = tables
-        .iter()
-        .filter(|t| !VIEW_TABLES.contains(&t.as_str()) && !t.starts_with("sqlite_"))
-        .collect();
+    let foreign = crate::foreign_tables(tables.iter().map(String::as_str));
     if !foreign.is_empty() {
         return Err(SinkError::Refused(format!(
             "{display} holds tables Studio did not create ({foreign:?}); a replay replaces the whole file, so choose another --db"

@@ -1,10 +1,16 @@
 -- Studio's views in SQLite. Times are RFC 3339 UTC text; doc is compact JSON.
+-- The same tables and columns as the Postgres migrations (connectors/src/postgres/migrations).
+-- A document is stored in exactly one of doc (JSON), doc_lz4 (LZ4) or doc_ref (a large
+-- store's reference); doc_bytes is its JSON length (connectors/src/content).
 CREATE TABLE IF NOT EXISTS blobs (
     blob_id      TEXT PRIMARY KEY,
     user_id      TEXT NOT NULL,
     version      INTEGER NOT NULL,
     content_type TEXT NOT NULL,
-    doc          TEXT NOT NULL,
+    doc          TEXT,
+    doc_lz4      BLOB,
+    doc_ref      TEXT,
+    doc_bytes    INTEGER NOT NULL,
     parent_id    TEXT,
     created_at   TEXT NOT NULL,
     updated_at   TEXT NOT NULL,
@@ -20,6 +26,23 @@ CREATE TABLE IF NOT EXISTS deltas_applied (
     caused_by   TEXT,
     created_at  TEXT NOT NULL
 ) WITHOUT ROWID; -- one B-tree keyed by delta_id: small rows, insert-only
+-- The delta store: every accepted delta, by blob in version order and by cause. In
+-- Postgres it is partitioned by month of created_at. record (the full delta as JSON)
+-- stays NULL until the dataflow hands the sinks the full record.
+CREATE TABLE IF NOT EXISTS deltas (
+    delta_id    TEXT NOT NULL,
+    blob_id     TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    operation   TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    provider_id TEXT,
+    caused_by   TEXT,
+    created_at  TEXT NOT NULL,
+    record      TEXT,
+    PRIMARY KEY (delta_id, created_at)
+);
+CREATE INDEX IF NOT EXISTS deltas_by_blob ON deltas (blob_id, version);
+CREATE INDEX IF NOT EXISTS deltas_by_cause ON deltas (caused_by);
 CREATE TABLE IF NOT EXISTS processed_by (
     blob_id     TEXT,
     provider_id TEXT,

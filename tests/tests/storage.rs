@@ -1,0 +1,472 @@
+//! Hybrid storage against real services (issue 7): Postgres views equal SQLite's for
+//! the same log, the delta store's monthly partitions and indexes, and outages of
+//! Postgres and S3 in the middle of a replay. (Large documents through S3 and the CLI:
+//! `bin/tests/storage_cli.rs`.)
+//!
+//! These tests need PostgreSQL (`DATABASE_URL`) and an S3-compatible server
+//! (`S3_ENDPOINT` and `AWS_*`); without them they fail and say how to start them
+//! (`studio_tests::services`). `.ci/run` starts both.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use studio_config::ReplayConfig;
+use studio_connectors::content::s3::S3Options;
+use studio_connectors::content::{ContentOptions, ContentReader, ContentSpec, LargeStoreSpec};
+use studio_connectors::postgres::{PgOptions, PgReader, PgViews};
+use studio_connectors::retry::RetryPolicy;
+use studio_connectors::sqlite::{SqliteOptions, SqliteReader, SqliteViews};
+use studio_connectors::{OpenMode, Rows, VIEW_TABLES, ViewReader, ViewSink};
+use studio_dataflow::replay::{Progress, ReplayReport, replay};
+use studio_model::generate::{Faults, GenSpec, generate};
+use studio_tests::services::{
+    FlakyProxy, fresh_bucket, fresh_database, host_port, pg_texts, s3_endpoint, with_host_port,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn quick_retry() -> RetryPolicy {
+    RetryPolicy {
+        initial_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(300),
+        give_up_after: Some(Duration::from_secs(120)),
+    }
+}
+
+fn replay_config(batch_records: u64) -> ReplayConfig {
+    ReplayConfig {
+        workers: 1,
+        batch_records,
+        max_batches_in_flight: 1,
+        writer_queue_batches: 1,
+    }
+}
+
+fn s3_options(endpoint: &str, bucket: &str) -> S3Options {
+    S3Options {
+        endpoint: Some(endpoint.to_owned()),
+        region: "us-east-1".into(),
+        bucket: bucket.to_owned(),
+        force_path_style: true,
+        create_bucket: true,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+fn pg_sink(url: &str, content: ContentSpec) -> PgViews {
+    PgViews::open(PgOptions {
+        url: url.to_owned(),
+        mode: OpenMode::Rebuild,
+        rows_per_statement: 500,
+        timeout: TIMEOUT,
+        content,
+        retry: quick_retry(),
+    })
+    .expect("open the Postgres views")
+}
+
+fn sqlite_sink(path: &Path, content: ContentSpec) -> SqliteViews {
+    SqliteViews::open(&SqliteOptions {
+        path: path.to_path_buf(),
+        cache_size_kib: 2048,
+        mode: OpenMode::Rebuild,
+        content,
+        retry: quick_retry(),
+    })
+    .expect("open the SQLite views")
+}
+
+fn run_replay(log: &Path, sink: impl ViewSink + Send + 'static, batch: u64) -> ReplayReport {
+    replay(
+        &[log.to_path_buf()],
+        &replay_config(batch),
+        Box::new(sink),
+        Arc::new(Progress::default()),
+        &Default::default(),
+    )
+    .expect("replay")
+}
+
+fn generated_log(dir: &Path, blobs: u64, deltas: u64, faults: Faults) -> PathBuf {
+    let path = dir.join("log.jsonl");
+    let mut out = std::fs::File::create(&path).expect("create the log");
+    generate(
+        &GenSpec {
+            blobs,
+            deltas,
+            seed: 7,
+            faults,
+        },
+        &mut out,
+    )
+    .expect("generate");
+    path
+}
+
+fn faults() -> Faults {
+    Faults {
+        duplicate_rate: 0.02,
+        malformed_rate: 0.01,
+        shuffle_window: 5,
+    }
+}
+
+/// Every view table, rows sorted, as JSON values.
+fn dump(reader: &mut dyn ViewReader) -> Vec<(String, Rows)> {
+    VIEW_TABLES
+        .iter()
+        .map(|t| {
+            let mut rows = reader
+                .rows(&format!("SELECT * FROM {t}"), &[])
+                .unwrap_or_else(|e| panic!("reading {t}: {e}"));
+            rows.sort_by_cached_key(|r| serde_json::to_string(r).expect("JSON"));
+            ((*t).to_owned(), rows)
+        })
+        .collect()
+}
+
+fn pg_reader(url: &str, content: ContentReader) -> PgReader {
+    PgReader::open(url, TIMEOUT, content).expect("open the Postgres reader")
+}
+
+fn assert_same_tables(left: &[(String, Rows)], right: &[(String, Rows)], what: &str) {
+    for ((table, l), (_, r)) in left.iter().zip(right) {
+        assert_eq!(l.len(), r.len(), "{what}: {table} row counts differ");
+        for (a, b) in l.iter().zip(r) {
+            assert_eq!(a, b, "{what}: {table} differs");
+        }
+    }
+}
+
+#[test]
+fn postgres_views_equal_sqlite_views_for_the_same_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = generated_log(dir.path(), 300, 4000, faults());
+    // Documents as JSON(B) here; the LZ4 path is compared in the outage tests.
+    let content = ContentSpec {
+        options: ContentOptions {
+            compress: false,
+            large_min_bytes: 1 << 20,
+        },
+        large: LargeStoreSpec::Dir(dir.path().join("large")),
+    };
+    let db = dir.path().join("views.sqlite");
+    let from_sqlite = run_replay(&log, sqlite_sink(&db, content.clone()), 700);
+    let url = fresh_database("parity");
+    let from_pg = run_replay(&log, pg_sink(&url, content), 700);
+    assert_eq!(from_sqlite.accepted, from_pg.accepted);
+    assert!(
+        from_pg.dead_letters > 0 && from_pg.duplicates > 0,
+        "faults were mixed in"
+    );
+    assert!(from_pg.batches > 3, "several transactions");
+
+    let sqlite = dump(&mut SqliteReader::open(&db, ContentReader::local()).expect("open"));
+    let pg = dump(&mut pg_reader(&url, ContentReader::local()));
+    let rows: usize = pg.iter().map(|(_, r)| r.len()).sum();
+    assert!(rows > 5_000, "the views hold the log ({rows} rows)");
+    assert_same_tables(&sqlite, &pg, "SQLite vs Postgres");
+    let docs = pg_texts(
+        &url,
+        "SELECT count(*)::text FROM blobs WHERE doc IS NOT NULL",
+    );
+    assert_eq!(
+        docs,
+        ["300"],
+        "every document is JSONB with compression off"
+    );
+
+    // The same questions answer the same.
+    let mut sqlite_reader = SqliteReader::open(&db, ContentReader::local()).expect("open");
+    let mut pg_reader = pg_reader(&url, ContentReader::local());
+    assert_eq!(sqlite_reader.blobs(1000).unwrap().len(), 300);
+    for row in sqlite_reader.blobs(50).unwrap() {
+        let id = row[0].1.as_str().unwrap().parse().unwrap();
+        assert_eq!(sqlite_reader.blob(id).unwrap(), pg_reader.blob(id).unwrap());
+        assert_eq!(
+            sqlite_reader.descendants(id).unwrap(),
+            pg_reader.descendants(id).unwrap()
+        );
+        assert_eq!(
+            sqlite_reader.deltas_of(id).unwrap(),
+            pg_reader.deltas_of(id).unwrap()
+        );
+    }
+    assert_eq!(
+        sqlite_reader.dead_letters(1000).unwrap(),
+        pg_reader.dead_letters(1000).unwrap()
+    );
+}
+
+/// A log of `blobs` blobs with `versions` versions each, spread over six months of
+/// 2025; each update is caused by the delta before it.
+fn months_log(dir: &Path, blobs: u32, versions: u32) -> (PathBuf, Vec<(u32, u32, String)>) {
+    let id = |kind: u32, n: u32| format!("{kind:08x}-0000-4000-8000-{n:012x}");
+    let mut lines = Vec::new();
+    let mut written = Vec::new();
+    for v in 1..=versions {
+        for b in 0..blobs {
+            let month = (b + v) % 6 + 1;
+            let at = format!("2025-{month:02}-{:02}T12:00:00Z", v % 27 + 1);
+            let mut delta = json!({
+                "id": id(0xd, b * 100 + v),
+                "blob_id": id(0xb, b),
+                "user_id": id(0xa, b % 7),
+                "operation": if v == 1 { "create" } else { "update" },
+                "version": v,
+                "created_at": at,
+                "patch": {"n": v, "content": format!("blob {b} version {v}")},
+            });
+            if v > 1 {
+                delta["caused_by"] = json!(id(0xd, b * 100 + v - 1));
+            }
+            lines.push(delta.to_string());
+            written.push((b, v, at));
+        }
+    }
+    let path = dir.join("months.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write the log");
+    (path, written)
+}
+
+#[test]
+fn deltas_land_in_monthly_partitions_and_blob_queries_use_the_index() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, written) = months_log(dir.path(), 400, 10);
+    let url = fresh_database("partitions");
+    let report = run_replay(
+        &log,
+        pg_sink(&url, ContentSpec::in_dir(dir.path().join("large"))),
+        1000,
+    );
+    assert_eq!(report.accepted, 4000);
+
+    let per_partition = pg_texts(
+        &url,
+        "SELECT p || ' ' || n FROM (SELECT tableoid::regclass::text AS p, count(*) AS n \
+         FROM deltas GROUP BY 1) s ORDER BY 1",
+    );
+    let mut expected = std::collections::BTreeMap::<String, usize>::new();
+    for (_, _, at) in &written {
+        *expected
+            .entry(format!("deltas_y2025m{}", &at[5..7]))
+            .or_default() += 1;
+    }
+    let expected: Vec<String> = expected.iter().map(|(p, n)| format!("{p} {n}")).collect();
+    assert_eq!(
+        per_partition, expected,
+        "each delta in its month's partition"
+    );
+    assert_eq!(expected.len(), 6);
+
+    // A blob's deltas in version order, through the index on (blob_id, version).
+    let blob = "0000000b-0000-4000-8000-000000000005";
+    let plan = pg_texts(
+        &url,
+        &format!("EXPLAIN SELECT * FROM deltas WHERE blob_id = '{blob}' ORDER BY version"),
+    )
+    .join("\n");
+    assert!(
+        plan.contains("Index") && !plan.contains("Seq Scan"),
+        "{plan}"
+    );
+    assert!(plan.contains("blob_id_version_idx"), "{plan}");
+    let versions = pg_texts(
+        &url,
+        &format!("SELECT version::text FROM deltas WHERE blob_id = '{blob}' ORDER BY version"),
+    );
+    assert_eq!(versions.len(), 10);
+    // The deltas caused by one delta, through the index on caused_by.
+    let cause = "0000000d-0000-4000-8000-0000000001f7"; // blob 5, version 3
+    let plan = pg_texts(
+        &url,
+        &format!("EXPLAIN SELECT * FROM deltas WHERE caused_by = '{cause}'"),
+    )
+    .join("\n");
+    assert!(
+        plan.contains("caused_by_idx") && !plan.contains("Seq Scan"),
+        "{plan}"
+    );
+    let caused = pg_texts(
+        &url,
+        &format!("SELECT version::text FROM deltas WHERE caused_by = '{cause}'"),
+    );
+    assert_eq!(caused, ["4"]);
+    let record = pg_texts(
+        &url,
+        "SELECT count(*)::text FROM deltas WHERE record IS NULL",
+    );
+    assert_eq!(record, ["4000"], "record stays NULL until batches carry it");
+}
+
+/// Runs `replay` in a thread, cuts `proxy` once the first batch committed, restores it
+/// after `outage`, and returns the report.
+fn replay_through_outage(
+    log: &Path,
+    sink: impl ViewSink + Send + 'static,
+    proxy: &FlakyProxy,
+    outage: Duration,
+) -> ReplayReport {
+    let progress = Arc::new(Progress::default());
+    let handle = {
+        let (log, progress) = (log.to_path_buf(), Arc::clone(&progress));
+        std::thread::spawn(move || {
+            replay(
+                &[log],
+                &replay_config(100),
+                Box::new(sink),
+                progress,
+                &Default::default(),
+            )
+            .expect("replay")
+        })
+    };
+    let started = Instant::now();
+    while progress.accepted.load(Ordering::Relaxed) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no batch committed"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    proxy.cut();
+    // A transaction that was committing as the cut came may still land: start
+    // counting a moment later.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = progress.accepted.load(Ordering::Relaxed);
+    std::thread::sleep(outage);
+    let during = progress.accepted.load(Ordering::Relaxed);
+    proxy.restore();
+    let report = handle.join().expect("the replay thread");
+    assert!(
+        !handle_was_early(before, report.accepted),
+        "the outage began mid-replay"
+    );
+    assert_eq!(
+        during, before,
+        "nothing committed while the service was down"
+    );
+    assert!(
+        proxy.refused() > 0,
+        "the sink tried again during the outage"
+    );
+    report
+}
+
+fn handle_was_early(before: u64, total: u64) -> bool {
+    before >= total
+}
+
+#[test]
+fn a_postgres_outage_mid_replay_pauses_and_resumes_to_the_same_views() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = generated_log(dir.path(), 200, 3000, faults());
+    let content = ContentSpec::in_dir(dir.path().join("large"));
+    let calm = fresh_database("calm");
+    let calm_report = run_replay(&log, pg_sink(&calm, content.clone()), 100);
+
+    let disturbed = fresh_database("outage");
+    let proxy = FlakyProxy::start(host_port(&disturbed));
+    let sink = pg_sink(&with_host_port(&disturbed, proxy.addr()), content);
+    let report = replay_through_outage(&log, sink, &proxy, Duration::from_millis(1500));
+    assert_eq!(report.accepted, calm_report.accepted);
+    assert_eq!(report.dead_letters, calm_report.dead_letters);
+    assert_same_tables(
+        &dump(&mut pg_reader(&calm, ContentReader::local())),
+        &dump(&mut pg_reader(&disturbed, ContentReader::local())),
+        "undisturbed vs Postgres outage",
+    );
+}
+
+#[test]
+fn an_s3_outage_mid_replay_pauses_and_resumes_to_the_same_views() {
+    let endpoint = s3_endpoint();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = generated_log(dir.path(), 200, 3000, faults());
+    // Small threshold: a good share of the generated documents go to S3.
+    let content = |endpoint: &str, bucket: &str| ContentSpec {
+        options: ContentOptions {
+            compress: true,
+            large_min_bytes: 700,
+        },
+        large: LargeStoreSpec::S3(s3_options(endpoint, bucket)),
+    };
+    let calm_bucket = fresh_bucket("calm");
+    let calm_db = dir.path().join("calm.sqlite");
+    run_replay(
+        &log,
+        sqlite_sink(&calm_db, content(&endpoint, &calm_bucket)),
+        100,
+    );
+
+    let proxy = FlakyProxy::start(host_port(&endpoint));
+    let proxied = with_host_port(&endpoint, proxy.addr());
+    let bucket = fresh_bucket("outage");
+    let db = dir.path().join("outage.sqlite");
+    replay_through_outage(
+        &log,
+        sqlite_sink(&db, content(&proxied, &bucket)),
+        &proxy,
+        Duration::from_millis(1500),
+    );
+
+    // Same views (with each run's bucket in its references), and every document
+    // readable from S3.
+    let reader = || ContentReader::with_s3(s3_options(&endpoint, &calm_bucket));
+    let mut calm_reader = SqliteReader::open(&calm_db, reader()).expect("open");
+    let mut reader = SqliteReader::open(&db, reader()).expect("open");
+    let in_s3 = calm_reader
+        .rows(
+            "SELECT count(*) AS n FROM blobs WHERE doc_ref IS NOT NULL",
+            &[],
+        )
+        .unwrap();
+    assert!(in_s3[0][0].1.as_i64().unwrap() > 20, "{in_s3:?}");
+    let calm = dump(&mut calm_reader);
+    let disturbed: Vec<(String, Rows)> = dump(&mut reader)
+        .into_iter()
+        .map(|(t, rows)| {
+            let text = serde_json::to_string(&rows)
+                .unwrap()
+                .replace(&format!("s3://{bucket}/"), &format!("s3://{calm_bucket}/"));
+            (t, serde_json::from_str(&text).unwrap())
+        })
+        .collect();
+    assert_same_tables(&calm, &disturbed, "undisturbed vs S3 outage");
+    for row in calm_reader.blobs(1000).unwrap() {
+        let id = row[0].1.as_str().unwrap().parse().unwrap();
+        let a = calm_reader.blob(id).unwrap();
+        let b = reader.blob(id).unwrap();
+        assert_eq!(a, b, "blob {id} reads the same from both buckets");
+    }
+}
+
+#[test]
+fn a_replay_refuses_a_postgres_schema_holding_foreign_tables() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = fresh_database("foreign");
+    studio_tests::services::pg_execute(
+        &url,
+        "CREATE TABLE customers (id int); INSERT INTO customers VALUES (1)",
+    );
+    let err = PgViews::open(PgOptions {
+        url: url.clone(),
+        mode: OpenMode::Rebuild,
+        rows_per_statement: 500,
+        timeout: TIMEOUT,
+        content: ContentSpec::in_dir(dir.path()),
+        retry: quick_retry(),
+    })
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("customers"), "{err}");
+    assert_eq!(
+        pg_texts(&url, "SELECT count(*)::text FROM customers"),
+        ["1"]
+    );
+    let blobs = pg_texts(&url, "SELECT coalesce(to_regclass('blobs')::text, 'none')");
+    assert_eq!(blobs, ["none"], "nothing created either");
+}

@@ -48,7 +48,11 @@ pub use reader::PgReader;
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "views", include_str!("migrations/0001_views.sql")),
     (2, "deltas", include_str!("migrations/0002_deltas.sql")),
-    (3, "providers", include_str!("migrations/0003_providers.sql")),
+    (
+        3,
+        "providers",
+        include_str!("migrations/0003_providers.sql"),
+    ),
 ];
 
 pub use crate::OpenMode;

@@ -350,12 +350,11 @@ impl Dispatcher {
         self.report.timeouts = stats.timeouts.load(Ordering::Relaxed);
         self.report.memo_hits = stats.memo_hits.load(Ordering::Relaxed);
         let pending = self.pending.lock().expect("pending lock");
+        let still_pending: FxHashSet<Uuid> = pending.values().map(|p| p.request_id).collect();
         self.report.superseded = self
             .seen
             .iter()
-            .filter(|id| {
-                !self.answered.contains(id) && !pending.values().any(|p| p.request_id == **id)
-            })
+            .filter(|id| !self.answered.contains(id) && !still_pending.contains(id))
             .count() as u64;
         self.report.waiting_for_external_workers = pending
             .values()

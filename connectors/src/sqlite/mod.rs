@@ -17,6 +17,7 @@
 
 mod reader;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -24,7 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use studio_model::{
     AppliedRow, DeadLetter, DepthRow, EdgeRow, EventRow, Keyed, KeyedChanges, ProcessedRow,
-    ReachRow, RejectedEdgeRow, Timestamp, UserDepthRow, Uuid, ViewBatch,
+    ReachRow, RejectedEdgeRow, Timestamp, TransformRequest, UserDepthRow, Uuid, ViewBatch,
 };
 
 use crate::content::{ContentCodec, ContentSpec, EncodedBlob};
@@ -432,29 +433,61 @@ async fn write_provider_tables(
     conn: &mut SqliteConnection,
     batch: &ViewBatch,
 ) -> Result<(), SinkError> {
+    // The net status of each request the batch touched, in order: a `+1` (new, or its
+    // payload changed) leaves it pending, a `-1` alone supersedes it.
+    let mut last: BTreeMap<Uuid, (&TransformRequest, bool)> = BTreeMap::new();
     for (request, diff) in &batch.requests {
-        let query = if *diff > 0 {
-            sqlx::query(
-                "INSERT INTO transform_requests (request_id, provider_id, blob_id, version, fingerprint, created_at, status) \
-                 VALUES (?, ?, ?, ?, ?, ?, 'pending') \
-                 ON CONFLICT (request_id) DO UPDATE SET status = 'pending' WHERE status = 'superseded'",
-            )
-            .bind(text(request.request_id))
-            .bind(request.provider_id.clone())
-            .bind(text(request.blob_id))
-            .bind(request.version as i64)
-            .bind(request.fingerprint.to_string())
-            .bind(time(request.created_at))
-        } else {
-            sqlx::query(
-                "UPDATE transform_requests SET status = 'superseded' WHERE request_id = ? AND status = 'pending'",
-            )
-            .bind(text(request.request_id))
-        };
+        let pending = *diff > 0;
+        last.entry(request.request_id)
+            .and_modify(|e| *e = (if pending { request } else { e.0 }, pending))
+            .or_insert((request, pending));
+    }
+    let appeared: std::collections::HashSet<Uuid> = batch
+        .requests
+        .iter()
+        .filter(|(_, diff)| *diff > 0)
+        .map(|(r, _)| r.request_id)
+        .collect();
+    let inserts: Vec<&(&TransformRequest, bool)> = last
+        .iter()
+        .filter(|(id, _)| appeared.contains(id))
+        .map(|(_, e)| e)
+        .collect();
+    insert_rows(
+        conn,
+        "INSERT INTO transform_requests (request_id, provider_id, blob_id, version, fingerprint, created_at, status) ",
+        7,
+        " ON CONFLICT (request_id) DO UPDATE SET status = excluded.status \
+          WHERE transform_requests.status IN ('pending', 'superseded')",
+        &inserts,
+        &|b: &mut Binder<'_>, (r, pending): &(&TransformRequest, bool)| {
+            b.push_bind(text(r.request_id))
+                .push_bind(r.provider_id.clone())
+                .push_bind(text(r.blob_id))
+                .push_bind(r.version as i64)
+                .push_bind(r.fingerprint.to_string())
+                .push_bind(time(r.created_at))
+                .push_bind(if *pending { "pending" } else { "superseded" });
+        },
+    )
+    .await?;
+    let superseded: Vec<String> = last
+        .iter()
+        .filter(|(id, (_, pending))| !pending && !appeared.contains(id))
+        .map(|(id, _)| text(*id))
+        .collect();
+    for chunk in superseded.chunks(MAX_BINDS) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "UPDATE transform_requests SET status = 'superseded' WHERE status = 'pending' AND request_id IN ",
+        );
+        query.push_tuples(chunk, |mut b, id| {
+            b.push_bind(id.clone());
+        });
         query
+            .build()
             .execute(&mut *conn)
             .await
-            .map_err(db_error("writing transform_requests"))?;
+            .map_err(db_error("superseding transform_requests"))?;
     }
     for r in &batch.processing {
         sqlx::query(

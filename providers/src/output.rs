@@ -54,9 +54,10 @@ pub fn output_deltas(
             vec![record(
                 request,
                 provider,
-                request.blob_id,
-                "transform",
-                request.version + 1,
+                Target::Transform {
+                    blob: request.blob_id,
+                    version: request.version + 1,
+                },
                 patch.clone(),
                 metadata,
             )]
@@ -67,17 +68,16 @@ pub fn output_deltas(
                 .iter()
                 .find(|d| d.provider_id == provider.id)
             else {
-                let mut created = record(
+                return vec![record(
                     request,
                     provider,
-                    derived_blob_id(&provider.id, request.blob_id),
-                    "create",
-                    1,
+                    Target::Create {
+                        blob: derived_blob_id(&provider.id, request.blob_id),
+                        parent: request.blob_id,
+                    },
                     doc.clone(),
                     json!({"content_type": content_type}),
-                );
-                created.record = with_parent(&created.record, request.blob_id);
-                return vec![created];
+                )];
             };
             if existing.deleted || existing.doc.value() == doc {
                 return Vec::new();
@@ -86,9 +86,10 @@ pub fn output_deltas(
             vec![record(
                 request,
                 provider,
-                existing.blob_id,
-                "transform",
-                existing.version + 1,
+                Target::Transform {
+                    blob: existing.blob_id,
+                    version: existing.version + 1,
+                },
                 serde_json::to_value(patch).expect("a JSON Patch serialises"),
                 json!({"patch_format": "json-patch"}),
             )]
@@ -96,24 +97,34 @@ pub fn output_deltas(
     }
 }
 
+/// What an output delta does.
+enum Target {
+    /// Creates the derived blob `blob` (version 1) from `parent`.
+    Create { blob: Uuid, parent: Uuid },
+    /// Transforms `blob` into `version`.
+    Transform { blob: Uuid, version: u64 },
+}
+
 fn record(
     request: &TransformRequest,
     provider: &Provider,
-    target: Uuid,
-    operation: &str,
-    version: u64,
+    target: Target,
     patch: Value,
     mut metadata: Value,
 ) -> OutputDelta {
-    let id = output_delta_id(request.request_id, target, version);
+    let (blob, operation, version, parent) = match target {
+        Target::Create { blob, parent } => (blob, "create", 1, Some(parent)),
+        Target::Transform { blob, version } => (blob, "transform", version, None),
+    };
+    let id = output_delta_id(request.request_id, blob, version);
     let extra = metadata.as_object_mut().expect("metadata is an object");
     extra.insert("request_id".into(), json!(request.request_id));
     extra.insert("source_blob_id".into(), json!(request.blob_id));
     extra.insert("source_version".into(), json!(request.version));
     extra.insert("fingerprint".into(), json!(request.fingerprint));
-    let record = json!({
+    let mut record = json!({
         "id": id,
-        "blob_id": target,
+        "blob_id": blob,
         "user_id": request.user_id,
         "operation": operation,
         "version": version,
@@ -123,15 +134,12 @@ fn record(
         "patch": patch,
         "metadata": metadata,
     });
+    if let Some(parent) = parent {
+        record["parent_id"] = json!(parent);
+    }
     OutputDelta {
         id,
-        blob_id: target,
+        blob_id: blob,
         record: record.to_string(),
     }
-}
-
-fn with_parent(record: &str, parent: Uuid) -> String {
-    let mut value: Value = serde_json::from_str(record).expect("our own record");
-    value["parent_id"] = json!(parent);
-    value.to_string()
 }

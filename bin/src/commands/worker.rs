@@ -10,7 +10,6 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use studio_config::Config;
@@ -78,7 +77,7 @@ pub fn run(config_file: Option<&Path>, args: WorkerArgs) -> anyhow::Result<()> {
     let (mut outputs, mut completed, mut failed) = (0u64, 0u64, 0u64);
     for _ in 0..submitted {
         let answer = answers
-            .recv_timeout(Duration::from_secs(24 * 3600))
+            .recv()
             .context("the provider runtime stopped answering")?;
         let Some(outcome) = answer.outcome else {
             continue;

@@ -323,10 +323,13 @@ impl BlobLedger {
     /// Records the latest change, and the settlement an output delta carries.
     fn track(&mut self, delta: &Delta, fx: &mut Effects) {
         let state = self.state.as_mut().expect("an accepted delta has a blob");
-        let metadata = delta.metadata_json();
+        // Parsed once: for the keys (required_metadata) and for a settlement.
+        let metadata = delta
+            .metadata_json()
+            .and_then(|m| serde_json::from_str::<serde_json::Map<String, Value>>(m).ok());
         let mut metadata_keys: Vec<String> = metadata
-            .and_then(|m| serde_json::from_str::<serde_json::Map<String, Value>>(m).ok())
-            .map(|m| m.into_iter().map(|(k, _)| k).collect())
+            .as_ref()
+            .map(|m| m.keys().cloned().collect())
             .unwrap_or_default();
         metadata_keys.sort();
         if delta.operation == Operation::Create {
@@ -339,8 +342,10 @@ impl BlobLedger {
             provider: delta.provider_id.clone(),
             metadata_keys,
         });
-        fx.settled
-            .extend(Settled::from_output(delta.provider_id.as_deref(), metadata));
+        fx.settled.extend(Settled::from_output(
+            delta.provider_id.as_deref(),
+            metadata.as_ref(),
+        ));
     }
 
     fn apply(&mut self, delta: &Delta) -> Result<(), Reason> {

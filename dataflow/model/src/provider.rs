@@ -338,22 +338,24 @@ pub struct Settled {
 }
 
 impl Settled {
-    /// The settlement an accepted output delta carries in its metadata, if it is one.
-    pub fn from_output(provider_id: Option<&str>, metadata_json: Option<&str>) -> Option<Self> {
-        #[derive(Deserialize)]
-        struct Keys {
-            source_blob_id: Uuid,
-            fingerprint: Fingerprint,
-            #[serde(default)]
-            output_fingerprint: Option<Fingerprint>,
-        }
-        let provider_id = provider_id?;
-        let keys: Keys = serde_json::from_str(metadata_json?).ok()?;
+    /// The settlement an accepted output delta carries in its (parsed) metadata, if it
+    /// is one: `source_blob_id` and `fingerprint` present and valid, and
+    /// `output_fingerprint` absent, null or valid.
+    pub fn from_output(
+        provider_id: Option<&str>,
+        metadata: Option<&serde_json::Map<String, Value>>,
+    ) -> Option<Self> {
+        let (provider_id, metadata) = (provider_id?, metadata?);
+        let text = |key: &str| metadata.get(key).and_then(Value::as_str);
+        let output_fingerprint = match metadata.get("output_fingerprint") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_str()?.parse().ok()?),
+        };
         Some(Settled {
             provider_id: provider_id.to_owned(),
-            blob_id: keys.source_blob_id,
-            fingerprint: keys.fingerprint,
-            output_fingerprint: keys.output_fingerprint,
+            blob_id: text("source_blob_id")?.parse().ok()?,
+            fingerprint: text("fingerprint")?.parse().ok()?,
+            output_fingerprint,
         })
     }
 

@@ -30,7 +30,7 @@
 
 use std::time::Duration;
 
-use studio_model::{SourcePos, ViewBatch};
+use studio_model::{Checkpoint, SourcePos, ViewBatch};
 
 pub mod content;
 #[cfg(feature = "file")]
@@ -54,6 +54,8 @@ pub const VIEW_TABLES: &[&str] = &[
     "blobs",
     "deltas_applied",
     "deltas",
+    "deltas_waiting",
+    "checkpoints",
     "processed_by",
     "dead_letters",
     "blob_edges",
@@ -235,6 +237,38 @@ pub trait ViewSink {
     fn finish(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// Reads back what a restart needs (`studio run`): hands every stored delta (the
+    /// accepted ones and those waiting for a gap) to `each`, in log order, and returns
+    /// `source`'s last committed checkpoint. Stores that are not durable refuse.
+    fn recover(
+        &mut self,
+        source: &str,
+        each: &mut dyn FnMut(SourcePos, &str),
+    ) -> Result<Option<Checkpoint>, SinkError> {
+        let _ = (source, each);
+        Err(SinkError::Refused(
+            "this view store keeps no delta store to recover from".into(),
+        ))
+    }
+}
+
+/// A checkpoint's positions as stored: `[[part, offset], ...]`.
+pub fn positions_json(positions: &[SourcePos]) -> String {
+    let pairs: Vec<(u32, u64)> = positions.iter().map(|p| (p.part, p.offset)).collect();
+    serde_json::to_string(&pairs).expect("positions serialise")
+}
+
+/// Parses [`positions_json`]'s text.
+pub fn positions_from_json(text: &str) -> Result<Vec<SourcePos>, SinkError> {
+    let pairs: Vec<(u32, u64)> = serde_json::from_str(text).map_err(|e| SinkError::Database {
+        context: format!("the stored checkpoint positions {text:?} are not valid"),
+        source: Box::new(e),
+    })?;
+    Ok(pairs
+        .into_iter()
+        .map(|(part, offset)| SourcePos { part, offset })
+        .collect())
 }
 
 /// A sink failed to make a batch durable.

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use differential_dataflow::{AsCollection, VecCollection};
 use studio_model::{
     AppliedRow, BlobRow, DeadLetter, Delta, DepthRow, EdgeRow, ProcessedRow, ProcessingResult,
-    ReachRow, RejectedEdgeRow, TransformRequest, UserDepthRow,
+    ReachRow, RejectedEdgeRow, TransformRequest, UserDepthRow, WaitingRow,
 };
 use studio_operators::{
-    ApplyDeltas, CycleGuard, DedupById, Depth, PendingTriggers, ProviderChange, Reachability,
+    ApplyDeltas, ApplyOptions, CycleGuard, DedupById, Depth, PendingTriggers, ProviderChange,
+    Reachability,
 };
 use timely::dataflow::Scope;
 use timely::dataflow::operators::Concat;
@@ -50,6 +51,9 @@ pub struct RenderOptions {
     /// Keep the facts that provider triggers need, and compute the pending requests.
     /// Without it the requests view stays empty (plain replays skip that work).
     pub providers: bool,
+    /// Dead-letter deltas whose gap stays open this many timestamp units (S4.4);
+    /// `None` waits until the input ends (a bounded replay).
+    pub gap_timeout: Option<Time>,
 }
 
 /// The maintained views, as collections.
@@ -76,6 +80,8 @@ pub struct ViewStreams<'scope> {
     pub requests: VecCollection<'scope, Time, TransformRequest>,
     /// `processing`: the workers' results, insert-only.
     pub processing: VecCollection<'scope, Time, ProcessingResult>,
+    /// `deltas_waiting`: deltas waiting for a gap (S4.1).
+    pub waiting: VecCollection<'scope, Time, WaitingRow>,
 }
 
 /// Builds the delta-to-views dataflow in `scope`; `duplicates` counts S4.2 repeats.
@@ -95,7 +101,10 @@ pub fn render<'scope>(
             duplicates.fetch_add(batch.len() as u64, Ordering::Relaxed);
         }
     });
-    let applied = unique.apply_deltas(options.providers);
+    let applied = unique.apply_deltas(ApplyOptions {
+        track_facts: options.providers,
+        gap_timeout: options.gap_timeout,
+    });
     let malformed = malformed.as_collection();
 
     // Providers (S5.3-S5.7): requests settle by accepted outputs or by results.
@@ -151,6 +160,7 @@ pub fn render<'scope>(
             user_depth,
             requests,
             processing,
+            waiting: applied.waiting,
         },
     )
 }

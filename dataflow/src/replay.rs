@@ -200,6 +200,7 @@ pub fn replay(
             };
             let render_options = RenderOptions {
                 providers: options.providers.is_some(),
+                gap_timeout: None,
             };
             let mut inputs = worker.dataflow::<Time, _, _>(|scope| {
                 let (inputs, views) = render(scope, Arc::clone(&duplicates), render_options);

@@ -106,6 +106,7 @@ pub fn sink_views<'scope>(
     let mut user_depth_in = builder.new_input(views.user_depth.inner, Exchange::new(|_: &_| 0));
     let mut requests_in = builder.new_input(views.requests.inner, Exchange::new(|_: &_| 0));
     let mut processing_in = builder.new_input(views.processing.inner, Exchange::new(|_: &_| 0));
+    let mut waiting_in = builder.new_input(views.waiting.inner, Exchange::new(|_: &_| 0));
 
     let (_output, done) = builder.new_output::<Vec<()>>();
 
@@ -120,7 +121,8 @@ pub fn sink_views<'scope>(
             ByTime::new(),
             ByTime::new(),
         );
-        let (mut requests, mut processing) = (ByTime::new(), ByTime::new());
+        let (mut requests, mut processing, mut waiting) =
+            (ByTime::new(), ByTime::new(), ByTime::new());
         move |frontiers| {
             blobs.absorb(&mut blobs_in, &mut held);
             processed.absorb(&mut processed_in, &mut held);
@@ -133,6 +135,7 @@ pub fn sink_views<'scope>(
             user_depth.absorb(&mut user_depth_in, &mut held);
             requests.absorb(&mut requests_in, &mut held);
             processing.absorb(&mut processing_in, &mut held);
+            waiting.absorb(&mut waiting_in, &mut held);
 
             loop {
                 let next = [
@@ -147,6 +150,7 @@ pub fn sink_views<'scope>(
                     user_depth.first_time(),
                     requests.first_time(),
                     processing.first_time(),
+                    waiting.first_time(),
                 ]
                 .into_iter()
                 .flatten()
@@ -168,6 +172,8 @@ pub fn sink_views<'scope>(
                     requests: requests.changes(time),
                     processing: processing.inserts(time),
                     events: Vec::new(),
+                    waiting: waiting.keyed(time),
+                    checkpoint: None,
                 };
                 batch.dead_letters.sort_by_key(|dl| dl.pos);
                 batch.rejected_edges.sort();

@@ -16,20 +16,25 @@
 //! Deltas still waiting when the input ends are dead-lettered as `S4.4 version gap` at
 //! the last timestamp the input reached: a bounded replay advances its input to one
 //! final timestamp before closing it, so that time is the same on every worker count.
+//! With a gap timeout (the service), a blob whose gap stays open that long (in
+//! timestamp units: the service's timestamps are milliseconds) has its waiting deltas
+//! dead-lettered at the first timestamp the input reaches past the deadline. The
+//! `waiting` output lists the deltas waiting at each time, for the delta store.
 
 use differential_dataflow::{AsCollection, VecCollection};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use studio_model::{
     AppliedRow, BlobFacts, BlobLedger, BlobRow, DeadLetter, Delta, EdgeProposal, Effects,
-    ProcessedRow, Settled, SourcePos, Uuid,
+    ProcessedRow, Settled, SourcePos, Uuid, WaitingRow,
 };
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{OutputBuilder, OutputBuilderSession};
 use timely::order::TotalOrder;
-use timely::progress::Timestamp;
+use timely::progress::{PathSummary, Timestamp};
 
 use crate::stash::Stash;
 
@@ -53,6 +58,20 @@ pub struct AppliedStreams<'scope, T: Timestamp> {
     pub facts: StreamVec<'scope, T, BlobFacts>,
     /// With `track_facts`: what accepted provider outputs settle.
     pub settled: StreamVec<'scope, T, Settled>,
+    /// The deltas waiting for a gap (S4.1), `+1` when one starts waiting and `-1` when
+    /// it applies or becomes a dead letter.
+    pub waiting: VecCollection<'scope, T, WaitingRow>,
+}
+
+/// How [`ApplyDeltas`] runs.
+#[derive(Clone, Debug)]
+pub struct ApplyOptions<T: Timestamp> {
+    /// Also emit what provider triggers need (`facts`, `settled`); else those stay
+    /// empty.
+    pub track_facts: bool,
+    /// Dead-letter a blob's waiting deltas once its gap has stayed open this long
+    /// (S4.4); `None` waits until the input ends.
+    pub gap_timeout: Option<T::Summary>,
 }
 
 /// An edge proposal and its place in acceptance order: the log position of the delta
@@ -62,9 +81,8 @@ pub type OrderedEdge = ((SourcePos, u32), EdgeProposal);
 
 /// Applies deltas to blob state.
 pub trait ApplyDeltas<'scope, T: Timestamp> {
-    /// Folds the (deduplicated) deltas into per-blob state; `track_facts` also emits
-    /// what provider triggers need (`facts`, `settled`), else those stay empty.
-    fn apply_deltas(self, track_facts: bool) -> AppliedStreams<'scope, T>;
+    /// Folds the (deduplicated) deltas into per-blob state.
+    fn apply_deltas(self, options: ApplyOptions<T>) -> AppliedStreams<'scope, T>;
 }
 
 const BLOBS: usize = 0;
@@ -75,11 +93,16 @@ const EDGES: usize = 4;
 const CREATED: usize = 5;
 const FACTS: usize = 6;
 const SETTLED: usize = 7;
+const WAITING: usize = 8;
 
 type Out<D, T> = CapacityContainerBuilder<Vec<(D, T, isize)>>;
 
 impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'scope, T, Delta> {
-    fn apply_deltas(self, track_facts: bool) -> AppliedStreams<'scope, T> {
+    fn apply_deltas(self, options: ApplyOptions<T>) -> AppliedStreams<'scope, T> {
+        let ApplyOptions {
+            track_facts,
+            gap_timeout,
+        } = options;
         let mut builder = OperatorBuilder::new("ApplyDeltas".to_owned(), self.scope());
         let mut input = builder.new_input(self, Exchange::new(|d: &Delta| d.blob_route()));
         let (blobs_out, blobs) = builder.new_output();
@@ -101,14 +124,17 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
             OutputBuilder::<_, CapacityContainerBuilder<Vec<BlobFacts>>>::from(facts_out);
         let mut settled_out =
             OutputBuilder::<_, CapacityContainerBuilder<Vec<Settled>>>::from(settled_out);
+        let (waiting_out, waiting_rows) = builder.new_output();
+        let mut waiting_out = OutputBuilder::<_, Out<WaitingRow, T>>::from(waiting_out);
 
         builder.build(move |initial_caps| {
             // Held at the input frontier, to dead-letter unfilled gaps when the input ends.
             let mut end_caps = Some(initial_caps);
-            let mut stash = Stash::new(8);
+            let mut stash = Stash::new(WAITING + 1);
             let mut facts = Vec::new();
             let mut ledgers: FxHashMap<Uuid, BlobLedger> = FxHashMap::default();
-            let mut waiting: FxHashSet<Uuid> = FxHashSet::default();
+            // Blobs with deltas waiting: since when their gap is open, at which version.
+            let mut waiting: FxHashMap<Uuid, (T, u64)> = FxHashMap::default();
             let mut touched: Vec<Uuid> = Vec::new();
             let mut blob_changes = Vec::new();
             let mut processed_changes = Vec::new();
@@ -123,6 +149,7 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
                 let mut created_session = created_out.activate();
                 let mut facts_session = facts_out.activate();
                 let mut settled_session = settled_out.activate();
+                let mut waiting_session = waiting_out.activate();
 
                 for (caps, mut deltas) in stash.take_complete(&frontiers[0]) {
                     let time = caps[0].time().clone();
@@ -146,12 +173,18 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
                                 .map(|(rank, e)| ((pos, rank as u32), e)),
                         );
                         touched.push(blob);
-                        if ledger.pending_len() > 0 {
-                            waiting.insert(blob);
-                        }
                     }
                     for blob in touched.drain(..) {
                         let ledger = ledgers.get_mut(&blob).expect("touched blobs have ledgers");
+                        if ledger.pending_len() == 0 {
+                            waiting.remove(&blob);
+                        } else if waiting
+                            .get(&blob)
+                            .is_none_or(|(_, v)| *v != ledger.version())
+                        {
+                            // A new gap (or a gap that moved up): its clock starts now.
+                            waiting.insert(blob, (time.clone(), ledger.version()));
+                        }
                         let before = blob_changes.len();
                         ledger.flush(&mut blob_changes, &mut processed_changes);
                         if track_facts && blob_changes.len() > before {
@@ -164,6 +197,11 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
                     settled_session
                         .session(&caps[SETTLED])
                         .give_iterator(std::mem::take(&mut fx.settled).into_iter());
+                    waiting_session.session(&caps[WAITING]).give_iterator(
+                        std::mem::take(&mut fx.waiting)
+                            .into_iter()
+                            .map(|(row, diff)| (row, time.clone(), diff)),
+                    );
                     blobs_session.session(&caps[BLOBS]).give_iterator(
                         blob_changes
                             .drain(..)
@@ -195,22 +233,39 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
                             for cap in caps.iter_mut() {
                                 cap.downgrade(now);
                             }
+                            // Gaps open for longer than the timeout (S4.4).
+                            let expired: Vec<Uuid> = match &gap_timeout {
+                                Some(timeout) => waiting
+                                    .iter()
+                                    .filter(|(_, (since, _))| {
+                                        timeout.results_in(since).is_some_and(|d| d.less_equal(now))
+                                    })
+                                    .map(|(blob, _)| *blob)
+                                    .collect(),
+                                None => Vec::new(),
+                            };
+                            if !expired.is_empty() {
+                                expire(
+                                    expired,
+                                    &mut waiting,
+                                    &mut ledgers,
+                                    caps,
+                                    &mut dead_session,
+                                    &mut waiting_session,
+                                );
+                            }
                         }
                     }
                     None if stash.is_empty() => {
                         if let Some(caps) = end_caps.take() {
-                            let mut fx = Effects::default();
-                            let mut blobs: Vec<Uuid> = waiting.drain().collect();
-                            blobs.sort_unstable();
-                            for blob in blobs {
-                                if let Some(ledger) = ledgers.get_mut(&blob) {
-                                    ledger.expire_pending(&mut fx);
-                                }
-                            }
-                            let time = caps[DEAD].time().clone();
-                            fx.dead_letters.sort_by_key(|dl| dl.pos);
-                            dead_session.session(&caps[DEAD]).give_iterator(
-                                fx.dead_letters.into_iter().map(|dl| (dl, time.clone(), 1)),
+                            let blobs: Vec<Uuid> = waiting.keys().copied().collect();
+                            expire(
+                                blobs,
+                                &mut waiting,
+                                &mut ledgers,
+                                &caps,
+                                &mut dead_session,
+                                &mut waiting_session,
                             );
                         }
                     }
@@ -228,6 +283,45 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
             created: created.as_collection(),
             facts,
             settled,
+            waiting: waiting_rows.as_collection(),
         }
     }
+}
+
+impl<T: Timestamp> Default for ApplyOptions<T> {
+    fn default() -> Self {
+        ApplyOptions {
+            track_facts: false,
+            gap_timeout: None,
+        }
+    }
+}
+
+/// Dead-letters the waiting deltas of `blobs` as gaps never filled (S4.4), in log
+/// order, at the time of `caps`.
+fn expire<T: Timestamp>(
+    mut blobs: Vec<Uuid>,
+    waiting: &mut FxHashMap<Uuid, (T, u64)>,
+    ledgers: &mut FxHashMap<Uuid, BlobLedger>,
+    caps: &[Capability<T>],
+    dead: &mut OutputBuilderSession<'_, T, Out<DeadLetter, T>>,
+    waiting_rows: &mut OutputBuilderSession<'_, T, Out<WaitingRow, T>>,
+) {
+    let mut fx = Effects::default();
+    blobs.sort_unstable();
+    for blob in blobs {
+        waiting.remove(&blob);
+        if let Some(ledger) = ledgers.get_mut(&blob) {
+            ledger.expire_pending(&mut fx);
+        }
+    }
+    let time = caps[DEAD].time().clone();
+    fx.dead_letters.sort_by_key(|dl| dl.pos);
+    dead.session(&caps[DEAD])
+        .give_iterator(fx.dead_letters.into_iter().map(|dl| (dl, time.clone(), 1)));
+    waiting_rows.session(&caps[WAITING]).give_iterator(
+        fx.waiting
+            .into_iter()
+            .map(|(row, diff)| (row, time.clone(), diff)),
+    );
 }

@@ -28,7 +28,7 @@ pub mod pending_triggers;
 pub mod reachability;
 pub mod stash;
 
-pub use apply_deltas::{AppliedStreams, ApplyDeltas, OrderedEdge};
+pub use apply_deltas::{AppliedStreams, ApplyDeltas, ApplyOptions, OrderedEdge};
 pub use cycle_guard::CycleGuard;
 pub use dedup::{DedupById, Duplicate};
 pub use depth::Depth;

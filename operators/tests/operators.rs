@@ -20,7 +20,7 @@ use studio_model::{
     AppliedRow, BlobLedger, BlobRow, DeadLetter, Delta, Effects, Operation, ProcessedRow, Reason,
     SourcePos, Uuid, parse_record,
 };
-use studio_operators::{ApplyDeltas, DedupById, Duplicate};
+use studio_operators::{ApplyDeltas, ApplyOptions, DedupById, Duplicate};
 use timely::dataflow::operators::capture::Event;
 use timely::dataflow::operators::vec::input::{Handle, Input};
 use timely::dataflow::operators::{Capture, Probe};
@@ -295,7 +295,7 @@ fn run_apply(feed: &[Fed], drive: Drive, dedup: bool) -> Views {
             } else {
                 deltas
             };
-            let out = deltas.apply_deltas(false);
+            let out = deltas.apply_deltas(ApplyOptions::default());
             capture(out.blobs.inner, &blobs_tx, &probe);
             capture(out.processed.inner, &processed_tx, &probe);
             capture(out.applied.inner, &applied_tx, &probe);

@@ -20,17 +20,20 @@ mod reader;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use studio_model::{
-    AppliedRow, DeadLetter, DepthRow, EdgeRow, EventRow, Keyed, KeyedChanges, ProcessedRow,
-    ReachRow, RejectedEdgeRow, Timestamp, TransformRequest, UserDepthRow, Uuid, ViewBatch,
+    AppliedRow, Checkpoint, DeadLetter, DepthRow, EdgeRow, EventRow, Keyed, KeyedChanges,
+    ProcessedRow, ReachRow, RejectedEdgeRow, SourcePos, Timestamp, TransformRequest, UserDepthRow,
+    Uuid, ViewBatch, WaitingRow,
 };
 
 use crate::content::{ContentCodec, ContentSpec, EncodedBlob};
 use crate::retry::RetryPolicy;
-use crate::{SinkError, ViewSink};
+use crate::{SinkError, ViewSink, positions_from_json, positions_json};
+use futures_util::TryStreamExt;
 
 pub use crate::VIEW_TABLES;
 pub use crate::query::Rows;
@@ -282,6 +285,22 @@ const PROCESSED: KeyedTable<ProcessedRow> = KeyedTable {
     bind_key: |q, (blob, provider)| q.bind(text(*blob)).bind(provider.clone()),
 };
 
+const WAITING: KeyedTable<WaitingRow> = KeyedTable {
+    insert: "INSERT INTO deltas_waiting (delta_id, blob_id, version, pos_part, pos_offset, record) ",
+    columns: 6,
+    on_conflict: " ON CONFLICT (delta_id) DO NOTHING",
+    bind_row: |b: &mut Binder<'_>, r: &WaitingRow| {
+        b.push_bind(text(r.delta_id))
+            .push_bind(text(r.blob_id))
+            .push_bind(r.version as i64)
+            .push_bind(r.pos.part as i64)
+            .push_bind(r.pos.offset as i64)
+            .push_bind(r.record.to_string());
+    },
+    delete: "DELETE FROM deltas_waiting WHERE delta_id = ?",
+    bind_key: |q, k| q.bind(text(*k)),
+};
+
 const EDGES: KeyedTable<EdgeRow> = KeyedTable {
     insert: "INSERT INTO blob_edges (parent_id, child_id, delta_id) ",
     columns: 3,
@@ -348,6 +367,49 @@ impl ViewSink for SqliteViews {
         let retry = self.retry;
         retry.run("writing a view batch to SQLite", || self.try_write(batch))
     }
+
+    fn recover(
+        &mut self,
+        source: &str,
+        each: &mut dyn FnMut(SourcePos, &str),
+    ) -> Result<Option<Checkpoint>, SinkError> {
+        let conn = &mut self.conn;
+        self.runtime.block_on(async {
+            let mut rows = sqlx::query_as::<_, (i64, i64, String)>(
+                "SELECT pos_part, pos_offset, record FROM deltas \
+                 UNION ALL SELECT pos_part, pos_offset, record FROM deltas_waiting \
+                 ORDER BY 1, 2",
+            )
+            .fetch(&mut *conn);
+            while let Some((part, offset, record)) = rows
+                .try_next()
+                .await
+                .map_err(db_error("reading the delta store"))?
+            {
+                let pos = SourcePos {
+                    part: part as u32,
+                    offset: offset as u64,
+                };
+                each(pos, &record);
+            }
+            drop(rows);
+            let stored: Option<(String, i64)> =
+                sqlx::query_as("SELECT positions, next_seq FROM checkpoints WHERE source = ?")
+                    .bind(source)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(db_error("reading the source checkpoint"))?;
+            stored
+                .map(|(positions, next_seq)| {
+                    Ok(Checkpoint {
+                        source: source.to_owned(),
+                        positions: positions_from_json(&positions)?,
+                        next_seq: next_seq as u64,
+                    })
+                })
+                .transpose()
+        })
+    }
 }
 
 impl SqliteViews {
@@ -382,16 +444,31 @@ impl SqliteViews {
                 &bind_applied,
             )
             .await?;
-            // The delta store; `record` stays NULL until batches carry the full delta.
             insert_rows(
                 &mut tx,
-                "INSERT INTO deltas (delta_id, blob_id, version, operation, user_id, provider_id, caused_by, created_at) ",
-                8,
+                "INSERT INTO deltas (delta_id, blob_id, version, operation, user_id, provider_id, caused_by, created_at, record, pos_part, pos_offset) ",
+                11,
                 "",
                 &applied,
-                &bind_applied,
+                &|b: &mut Binder<'_>, r: &AppliedRow| {
+                    bind_applied(b, r);
+                    b.push_bind(Arc::clone(&r.record))
+                        .push_bind(r.pos.part as i64)
+                        .push_bind(r.pos.offset as i64);
+                },
             )
             .await?;
+            WAITING.write(&mut tx, &batch.waiting).await?;
+            if let Some(checkpoint) = &batch.checkpoint {
+                sqlx::query("INSERT INTO checkpoints (source, positions, next_seq) VALUES (?, ?, ?) \
+                    ON CONFLICT (source) DO UPDATE SET positions = excluded.positions, next_seq = excluded.next_seq")
+                    .bind(&checkpoint.source)
+                    .bind(positions_json(&checkpoint.positions))
+                    .bind(checkpoint.next_seq as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("writing the source checkpoint"))?;
+            }
             insert_rows(
                 &mut tx,
                 "INSERT INTO rejected_edges (delta_id, parent_id, child_id, reason) ",

@@ -26,9 +26,9 @@ CREATE TABLE IF NOT EXISTS deltas_applied (
     caused_by   TEXT,
     created_at  TEXT NOT NULL
 ) WITHOUT ROWID; -- one B-tree keyed by delta_id: small rows, insert-only
--- The delta store: every accepted delta, by blob in version order and by cause. In
--- Postgres it is partitioned by month of created_at. record (the full delta as JSON)
--- stays NULL until the dataflow hands the sinks the full record.
+-- The delta store: every accepted delta, by blob in version order and by cause, with
+-- the full record as read and its log position (pos_part, pos_offset: the order a
+-- restart replays it in). In Postgres it is partitioned by month of created_at.
 CREATE TABLE IF NOT EXISTS deltas (
     delta_id    TEXT NOT NULL,
     blob_id     TEXT NOT NULL,
@@ -38,11 +38,29 @@ CREATE TABLE IF NOT EXISTS deltas (
     provider_id TEXT,
     caused_by   TEXT,
     created_at  TEXT NOT NULL,
-    record      TEXT,
+    record      TEXT NOT NULL,
+    pos_part    INTEGER NOT NULL,
+    pos_offset  INTEGER NOT NULL,
     PRIMARY KEY (delta_id, created_at)
 );
 CREATE INDEX IF NOT EXISTS deltas_by_blob ON deltas (blob_id, version);
 CREATE INDEX IF NOT EXISTS deltas_by_cause ON deltas (caused_by);
+-- Deltas waiting for a gap to fill (S4.1), kept so that a restart does not lose them.
+CREATE TABLE IF NOT EXISTS deltas_waiting (
+    delta_id   TEXT PRIMARY KEY,
+    blob_id    TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    pos_part   INTEGER NOT NULL,
+    pos_offset INTEGER NOT NULL,
+    record     TEXT NOT NULL
+);
+-- Where each live source was when the views were last committed (`studio run`),
+-- written in the same transaction as the views.
+CREATE TABLE IF NOT EXISTS checkpoints (
+    source     TEXT PRIMARY KEY,
+    positions  TEXT NOT NULL,
+    next_seq   INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS processed_by (
     blob_id     TEXT,
     provider_id TEXT,

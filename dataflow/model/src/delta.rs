@@ -2,6 +2,7 @@
 //! still holding its raw line so that a later rejection can dead-letter the exact bytes.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -115,8 +116,9 @@ pub struct Delta {
     pub patch: Option<Range<u32>>,
     /// Where `metadata` sits in `raw`, if present and not `null`.
     pub metadata: Option<Range<u32>>,
-    /// The record exactly as read (valid UTF-8: it parsed as JSON).
-    pub raw: Box<str>,
+    /// The record exactly as read (valid UTF-8: it parsed as JSON); shared with the
+    /// delta store's row when the delta is accepted.
+    pub raw: Arc<str>,
     /// Where the record was read.
     pub pos: SourcePos,
 }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::provider::{BlobFacts, Settled};
 use crate::{
     AppliedRow, BlobRow, DeadLetter, Delta, Doc, Operation, PatchFormat, ProcessedRow, Reason,
-    Timestamp,
+    Timestamp, WaitingRow,
 };
 
 /// What offering deltas to ledgers produced, accumulated across ledgers.
@@ -41,6 +41,9 @@ pub struct Effects {
     /// Provider outputs that settle their requests (S5.4), from ledgers that track
     /// trigger facts ([`BlobLedger::tracking_facts`]).
     pub settled: Vec<Settled>,
+    /// Deltas that started (`+1`) or stopped (`-1`) waiting for a gap (S4.1): the
+    /// service stores them so that a restart does not lose them.
+    pub waiting: Vec<(WaitingRow, isize)>,
 }
 
 /// An edge an accepted delta adds to the blob DAG, before the cycle guard sees it.
@@ -63,7 +66,7 @@ impl Effects {
             delta_id: Some(delta.id),
             blob_id: Some(delta.blob_id),
             reason,
-            raw: delta.raw.into_boxed_bytes().into_vec(),
+            raw: delta.raw.as_bytes().to_vec(),
         });
     }
 }
@@ -196,6 +199,7 @@ impl BlobLedger {
         }
         if delta.version > current + 1 {
             // Offered in log order, so pushing keeps each list in log order.
+            fx.waiting.push((WaitingRow::of(&delta), 1));
             self.pending.entry(delta.version).or_default().push(delta);
             return;
         }
@@ -210,6 +214,7 @@ impl BlobLedger {
         let current = self.version();
         for (version, waiting) in std::mem::take(&mut self.pending) {
             for delta in waiting {
+                fx.waiting.push((WaitingRow::of(&delta), -1));
                 fx.reject(delta, Reason::VersionGap { current, version });
             }
         }
@@ -263,6 +268,7 @@ impl BlobLedger {
             };
             let mut won = false;
             for delta in candidates {
+                fx.waiting.push((WaitingRow::of(&delta), -1));
                 if won {
                     fx.reject(delta, Reason::VersionConflict { version: next });
                 } else {
@@ -310,6 +316,8 @@ impl BlobLedger {
                     provider_id: delta.provider_id,
                     caused_by: delta.caused_by,
                     created_at: delta.created_at,
+                    pos: delta.pos,
+                    record: Arc::clone(&delta.raw),
                 });
                 true
             }

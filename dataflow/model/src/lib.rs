@@ -39,8 +39,8 @@ pub use provider::{
 };
 pub use time::Timestamp;
 pub use views::{
-    AppliedRow, BlobRow, DepthRow, EdgeRow, EventRow, Keyed, KeyedChanges, ProcessedRow, ReachRow,
-    RejectedEdgeRow, UserDepthRow, ViewBatch,
+    AppliedRow, BlobRow, Checkpoint, DepthRow, EdgeRow, EventRow, Keyed, KeyedChanges,
+    ProcessedRow, ReachRow, RejectedEdgeRow, UserDepthRow, ViewBatch, WaitingRow,
 };
 
 /// Identifiers of deltas, blobs and users (SPEC S1: UUIDs).

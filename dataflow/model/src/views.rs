@@ -1,10 +1,14 @@
 //! Rows of the maintained views, as the dataflow emits them and the sinks write them
 //! (README "View schema"), and [`ViewBatch`], one completed timestamp's changes.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{DeadLetter, Doc, Operation, ProcessingResult, Timestamp, TransformRequest};
+use crate::{
+    DeadLetter, Delta, Doc, Operation, ProcessingResult, SourcePos, Timestamp, TransformRequest,
+};
 
 /// A row of `blobs`: the current state of one blob.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -48,6 +52,54 @@ pub struct AppliedRow {
     pub caused_by: Option<Uuid>,
     /// When it was written.
     pub created_at: Timestamp,
+    /// Where it was read: its place in log order, which recovery replays it in.
+    pub pos: SourcePos,
+    /// The full delta as read (the delta store's `record`).
+    pub record: Arc<str>,
+}
+
+/// A row of `deltas_waiting`: a delta ahead of its blob's version, waiting for the gap
+/// to fill (S4.1). Keyed by `delta_id`; the row goes when the delta applies or becomes
+/// a dead letter.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WaitingRow {
+    /// The delta.
+    pub delta_id: Uuid,
+    /// Its blob.
+    pub blob_id: Uuid,
+    /// The version it would make.
+    pub version: u64,
+    /// Where it was read.
+    pub pos: SourcePos,
+    /// The full delta as read.
+    pub record: Arc<str>,
+}
+
+impl WaitingRow {
+    /// The row of a waiting delta.
+    pub fn of(delta: &Delta) -> Self {
+        WaitingRow {
+            delta_id: delta.id,
+            blob_id: delta.blob_id,
+            version: delta.version,
+            pos: delta.pos,
+            record: Arc::clone(&delta.raw),
+        }
+    }
+}
+
+/// Where a live source was when a batch was cut: committed with the batch's views, so
+/// that the views and the positions move together (effectively-once views).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The source's name (`kafka:TOPIC`, `nats:STREAM`): positions of another source
+    /// are never used.
+    pub source: String,
+    /// The last position read in each partition, everything up to it included.
+    pub positions: Vec<SourcePos>,
+    /// The next arrival sequence number: records are numbered in the order Studio
+    /// read them, across restarts, and that number is their log position.
+    pub next_seq: u64,
 }
 
 /// A row of `processed_by`: the latest output of a provider on a blob (S3.3).
@@ -143,6 +195,7 @@ keyed!(ProcessedRow, (Uuid, String), |r| (
 keyed!(EdgeRow, (Uuid, Uuid), |r| (r.parent_id, r.child_id));
 keyed!(ReachRow, (Uuid, Uuid), |r| (r.ancestor_id, r.descendant_id));
 keyed!(DepthRow, Uuid, |r| r.blob_id);
+keyed!(WaitingRow, Uuid, |r| r.delta_id);
 keyed!(UserDepthRow, Uuid, |r| r.user_id);
 
 /// A row of `events` (S5.8): what happened, in the order it was decided.
@@ -311,6 +364,10 @@ pub struct ViewBatch {
     pub processing: Vec<ProcessingResult>,
     /// Events (S5.8), when the run records them.
     pub events: Vec<EventRow>,
+    /// Deltas waiting for a gap (`deltas_waiting`).
+    pub waiting: KeyedChanges<WaitingRow>,
+    /// With a live source: where it was when this batch was cut.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl ViewBatch {
@@ -328,6 +385,8 @@ impl ViewBatch {
             && self.requests.is_empty()
             && self.processing.is_empty()
             && self.events.is_empty()
+            && self.waiting.is_empty()
+            && self.checkpoint.is_none()
     }
 
     /// Fills `events` from the accepted deltas and processing results (S5.8).
@@ -359,5 +418,9 @@ impl ViewBatch {
         self.requests.extend(later.requests);
         self.processing.extend(later.processing);
         self.events.extend(later.events);
+        self.waiting.absorb(later.waiting);
+        if later.checkpoint.is_some() {
+            self.checkpoint = later.checkpoint;
+        }
     }
 }

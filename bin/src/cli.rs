@@ -38,6 +38,10 @@ pub enum Command {
     /// Replay delta logs (JSONL) into the views, as fast as the machine allows, and
     /// print a summary. Exits 0 when the replay completed, dead letters or not.
     Replay(ReplayArgs),
+    /// Run the service: read deltas from Kafka or NATS, keep the views in the view
+    /// store, publish requests, events, applied deltas and dead letters; recover from
+    /// the delta store on start. Stops gracefully on SIGINT/SIGTERM (twice: at once).
+    Run(RunArgs),
     /// Write a synthetic, valid delta log to stdout (or --out).
     Gen(GenArgs),
     /// Ask the views a question.
@@ -48,6 +52,37 @@ pub enum Command {
     /// Publish a generated delta log to Kafka or NATS at a target rate, keyed by
     /// blob_id, and print what rate was achieved.
     Loadgen(LoadgenArgs),
+}
+
+/// `studio run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The view store: a SQLite file or postgres://... [config: run.db].
+    #[arg(long, value_name = "PATH.sqlite|postgres://...")]
+    pub db: Option<String>,
+    /// The bus to read [config: run.source].
+    #[arg(long, value_enum)]
+    pub source: Option<Bus>,
+    /// Timely worker threads [config: run.workers].
+    #[arg(long, short = 'w')]
+    pub workers: Option<usize>,
+    /// Where /metrics and /healthz are served, host:port; "" for nowhere
+    /// [config: run.listen].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Kafka bootstrap brokers [config: kafka.brokers].
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    /// NATS server URL [config: nats.url].
+    #[arg(long, env = "NATS_URL")]
+    pub url: Option<String>,
+    /// Stop gracefully once no record arrived for this many milliseconds (for batch
+    /// jobs and tests).
+    #[arg(long, value_name = "MS")]
+    pub exit_when_idle: Option<u64>,
+    /// Print the summary as JSON on stdout when stopping.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `studio worker`.

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod http;
 mod telemetry;
 
 use clap::Parser;
@@ -14,7 +15,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    telemetry::init(cli.log_format, cli.verbose);
+    // A service logs what it does by default; one-shot commands only warn.
+    let service = matches!(cli.command, cli::Command::Run(_));
+    telemetry::init(cli.log_format, cli.verbose, service);
     match commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

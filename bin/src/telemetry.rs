@@ -5,8 +5,9 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::LogFormat;
 
 /// Installs the global subscriber.
-pub fn init(format: LogFormat, verbose: u8) {
+pub fn init(format: LogFormat, verbose: u8, service: bool) {
     let default = match verbose {
+        0 if service => "info",
         0 => "warn",
         1 => "info",
         2 => "debug",

@@ -23,6 +23,8 @@ pub const DEFAULTS: &str = include_str!("../default.toml");
 pub struct Config {
     /// How replays run.
     pub replay: ReplayConfig,
+    /// How the long-running service runs (`studio run`).
+    pub run: RunConfig,
     /// The SQLite view store.
     pub sqlite: SqliteConfig,
     /// The Kafka bus.
@@ -42,6 +44,58 @@ pub struct Config {
     pub s3: S3Config,
     /// Retries while a store is unavailable.
     pub retry: RetryConfig,
+}
+
+/// The long-running service (`studio run`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The bus the deltas come from.
+    pub source: BusKind,
+    /// The view store: a SQLite file or a `postgres://` URL.
+    pub db: String,
+    /// Timely worker threads (>= 1).
+    pub workers: usize,
+    /// At most this many records go into one timestamp (one view transaction).
+    pub max_batch_records: usize,
+    /// How long a poll waits for the first record of a batch, in ms.
+    pub poll_timeout_ms: u64,
+    /// Batches read but not yet completed by the dataflow before reading pauses.
+    pub max_batches_in_flight: usize,
+    /// Completed batches waiting for the view writer before the dataflow pauses.
+    pub writer_queue_batches: usize,
+    /// A delta waiting for a version gap this long becomes a dead letter (S4.4), in ms.
+    pub gap_timeout_ms: u64,
+    /// Where `/metrics` and `/healthz` are served (`host:port`); empty: nowhere.
+    pub listen: String,
+    /// The output streams published to the bus, after each batch's views commit.
+    pub publish: Vec<PublishedStream>,
+    /// Record events (S5.8) in the view store.
+    pub events: bool,
+}
+
+/// The buses Studio reads from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// Kafka (`[kafka]`).
+    Kafka,
+    /// NATS JetStream (`[nats]`).
+    Nats,
+}
+
+/// The output streams `studio run` can publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishedStream {
+    /// New pending transform requests (S5.7).
+    Requests,
+    /// Events (S5.8).
+    Events,
+    /// Accepted deltas, with `applied_at`.
+    Applied,
+    /// Dead letters, with their reason and raw bytes.
+    DeadLetters,
 }
 
 /// The in-process provider worker runtime.
@@ -273,6 +327,17 @@ impl Config {
             ("replay.batch_records", r.batch_records),
             ("replay.max_batches_in_flight", r.max_batches_in_flight),
             ("replay.writer_queue_batches", r.writer_queue_batches as u64),
+            ("run.workers", self.run.workers as u64),
+            ("run.max_batch_records", self.run.max_batch_records as u64),
+            (
+                "run.max_batches_in_flight",
+                self.run.max_batches_in_flight as u64,
+            ),
+            (
+                "run.writer_queue_batches",
+                self.run.writer_queue_batches as u64,
+            ),
+            ("run.gap_timeout_ms", self.run.gap_timeout_ms),
             (
                 "provider_runtime.threads",
                 self.provider_runtime.threads as u64,

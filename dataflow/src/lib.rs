@@ -21,11 +21,13 @@
 //! - [`render`] builds the dataflow of one worker.
 //! - [`sink`] turns the view collections into [`model::ViewBatch`]es.
 //! - [`replay`] runs a bounded replay of files end to end and reports what happened.
+//! - [`run`] is the long-running service: a bus in, durable views, recovery on start.
 #![forbid(missing_docs)]
 
 pub mod providers;
 pub mod render;
 pub mod replay;
+pub mod run;
 pub mod sink;
 
 pub use studio_model as model;

@@ -7,24 +7,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use differential_dataflow::{AsCollection, VecCollection};
 use studio_model::{
     AppliedRow, BlobRow, DeadLetter, Delta, DepthRow, EdgeRow, ProcessedRow, ProcessingResult,
-    ReachRow, RejectedEdgeRow, TransformRequest, UserDepthRow, WaitingRow,
+    ReachRow, RejectedEdgeRow, SourcePos, TransformRequest, UserDepthRow, WaitingRow, parse_record,
 };
 use studio_operators::{
     ApplyDeltas, ApplyOptions, CycleGuard, DedupById, Depth, PendingTriggers, ProviderChange,
     Reachability,
 };
-use timely::dataflow::Scope;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::Inspect;
+use timely::dataflow::operators::OkErr;
+use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::vec::input::Handle;
 use timely::dataflow::operators::vec::input::Input;
+use timely::dataflow::{Scope, StreamVec};
 
 /// Timestamps are batch numbers of the source (records `t * batch_records ..`).
 pub type Time = u64;
 
 /// Where a worker feeds records.
 pub struct Inputs {
+    /// Raw records, parsed in the dataflow on every worker (exchanged by position): a
+    /// single reader (the service's) still parses in parallel.
+    pub records: Handle<Time, (SourcePos, Vec<u8>)>,
     /// Deltas that passed S1.
     pub deltas: Handle<Time, Delta>,
     /// Records that did not, as dead letters `(letter, time, +1)`.
@@ -38,6 +45,7 @@ pub struct Inputs {
 impl Inputs {
     /// Advances every input to `time`.
     pub fn advance_to(&mut self, time: Time) {
+        self.records.advance_to(time);
         self.deltas.advance_to(time);
         self.malformed.advance_to(time);
         self.providers.advance_to(time);
@@ -84,14 +92,46 @@ pub struct ViewStreams<'scope> {
     pub waiting: VecCollection<'scope, Time, WaitingRow>,
 }
 
+/// Parses raw records (S1) where they land after an exchange by position: deltas, and
+/// dead letters for the records that are not.
+fn parse<'scope>(
+    records: StreamVec<'scope, Time, (SourcePos, Vec<u8>)>,
+) -> (
+    StreamVec<'scope, Time, Delta>,
+    StreamVec<'scope, Time, (DeadLetter, Time, isize)>,
+) {
+    type Parsed = Result<Delta, (DeadLetter, Time, isize)>;
+    records
+        .unary::<CapacityContainerBuilder<Vec<Parsed>>, _, _, _>(
+            Exchange::new(|(pos, _): &(SourcePos, Vec<u8>)| pos.offset / 64),
+            "Parse",
+            |_, _| {
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        let Some(&time) = cap.least() else { return };
+                        let mut session = output.session(&cap);
+                        for (pos, bytes) in data.drain(..) {
+                            session.give(parse_record(&bytes, pos).map_err(|dl| (*dl, time, 1)));
+                        }
+                    });
+                }
+            },
+        )
+        .ok_err(|parsed: Parsed| parsed)
+}
+
 /// Builds the delta-to-views dataflow in `scope`; `duplicates` counts S4.2 repeats.
 pub fn render<'scope>(
     scope: Scope<'scope, Time>,
     duplicates: Arc<AtomicU64>,
     options: RenderOptions,
 ) -> (Inputs, ViewStreams<'scope>) {
+    let (records_in, records) = scope.new_input::<(SourcePos, Vec<u8>)>();
     let (deltas_in, deltas) = scope.new_input::<Delta>();
     let (malformed_in, malformed) = scope.new_input::<(DeadLetter, Time, isize)>();
+    let (parsed, unparsable) = parse(records);
+    let deltas = deltas.concat(parsed);
+    let malformed = malformed.concat(unparsable);
     let (providers_in, providers) = scope.new_input::<ProviderChange>();
     let (results_in, results) = scope.new_input::<(ProcessingResult, Time, isize)>();
 
@@ -143,6 +183,7 @@ pub fn render<'scope>(
 
     (
         Inputs {
+            records: records_in,
             deltas: deltas_in,
             malformed: malformed_in,
             providers: providers_in,

@@ -4,6 +4,7 @@ mod gen_log;
 mod loadgen;
 mod query;
 mod replay;
+mod run;
 mod store;
 mod worker;
 
@@ -13,6 +14,7 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Replay(args) => replay::run(cli.config.as_deref(), args),
+        Command::Run(args) => run::run(cli.config.as_deref(), args),
         Command::Gen(args) => gen_log::run(args),
         Command::Query(args) => query::run(cli.config.as_deref(), args),
         Command::Worker(args) => worker::run(cli.config.as_deref(), args),

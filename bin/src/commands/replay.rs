@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use studio_config::Config;
+use studio_connectors::OpenMode;
 use studio_connectors::file::FileSource;
 use studio_dataflow::providers::{ProviderSetup, read_provider_log};
 use studio_dataflow::replay::{Progress, ReplayOptions, ReplayReport, replay};
@@ -37,7 +38,7 @@ pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
             "--providers and --events need a SQLite --db for now: the Postgres store does not have the transform_requests, processing and events tables yet"
         );
     }
-    let sink = open_sink(&config, &db)?;
+    let sink = open_sink(&config, &db, OpenMode::Rebuild)?;
 
     let options = replay_options(&config, &args)?;
     let progress = Arc::new(Progress::default());

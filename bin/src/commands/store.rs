@@ -91,8 +91,12 @@ fn content_spec(config: &Config, db: &Db<'_>) -> anyhow::Result<ContentSpec> {
     })
 }
 
-/// The sink for a replay (rebuild mode).
-pub fn open_sink(config: &Config, db: &Db<'_>) -> anyhow::Result<Box<dyn ViewSink + Send>> {
+/// The sink: rebuilt for a replay, maintained for the service.
+pub fn open_sink(
+    config: &Config,
+    db: &Db<'_>,
+    mode: OpenMode,
+) -> anyhow::Result<Box<dyn ViewSink + Send>> {
     let content = content_spec(config, db)?;
     let retry = retry_policy(config);
     Ok(match db {
@@ -100,7 +104,7 @@ pub fn open_sink(config: &Config, db: &Db<'_>) -> anyhow::Result<Box<dyn ViewSin
             SqliteViews::open(&SqliteOptions {
                 path: path.to_path_buf(),
                 cache_size_kib: config.sqlite.cache_size_kib,
-                mode: OpenMode::Rebuild,
+                mode,
                 content,
                 retry,
             })
@@ -109,7 +113,7 @@ pub fn open_sink(config: &Config, db: &Db<'_>) -> anyhow::Result<Box<dyn ViewSin
         Db::Postgres(url) => Box::new(
             PgViews::open(PgOptions {
                 url: (*url).to_owned(),
-                mode: OpenMode::Rebuild,
+                mode,
                 rows_per_statement: config.postgres.rows_per_statement,
                 timeout: Duration::from_secs(config.postgres.timeout_secs),
                 content,

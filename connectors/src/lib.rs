@@ -238,9 +238,12 @@ pub trait ViewSink {
         Ok(())
     }
 
-    /// Reads back what a restart needs (`studio run`): hands every stored delta (the
-    /// accepted ones and those waiting for a gap) to `each`, in log order, and returns
-    /// `source`'s last committed checkpoint. Stores that are not durable refuse.
+    /// Reads back what a restart needs (`studio run`): hands `each`, in log order,
+    /// every record whose replay rebuilds the state: the accepted deltas, those waiting
+    /// for a gap, and the rejected deltas (well-formed, not expired gaps: replayed in
+    /// the same order they are rejected again, unwritten, and their ids stay known as
+    /// duplicates, S4.2). Returns `source`'s last committed checkpoint. Stores that are
+    /// not durable refuse.
     fn recover(
         &mut self,
         source: &str,

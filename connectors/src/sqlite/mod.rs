@@ -42,6 +42,14 @@ pub use reader::SqliteReader;
 /// The view tables, created if missing.
 pub const SCHEMA: &str = include_str!("schema.sql");
 
+/// Everything a restart replays, in log order: the accepted deltas, the waiting ones,
+/// and the rejected deltas except expired gaps (see [`crate::ViewSink::recover`]).
+const RECOVERY_QUERY: &str = "SELECT pos_part, pos_offset, record FROM deltas \
+     UNION ALL SELECT pos_part, pos_offset, record FROM deltas_waiting \
+     UNION ALL SELECT pos_part, pos_offset, raw FROM dead_letters \
+         WHERE delta_id IS NOT NULL AND reason NOT LIKE 'S4.4%' \
+     ORDER BY 1, 2";
+
 /// SQLite allows 32766 bound values per statement.
 const MAX_BINDS: usize = 32_000;
 
@@ -375,12 +383,8 @@ impl ViewSink for SqliteViews {
     ) -> Result<Option<Checkpoint>, SinkError> {
         let conn = &mut self.conn;
         self.runtime.block_on(async {
-            let mut rows = sqlx::query_as::<_, (i64, i64, String)>(
-                "SELECT pos_part, pos_offset, record FROM deltas \
-                 UNION ALL SELECT pos_part, pos_offset, record FROM deltas_waiting \
-                 ORDER BY 1, 2",
-            )
-            .fetch(&mut *conn);
+            let mut rows =
+                sqlx::query_as::<_, (i64, i64, String)>(RECOVERY_QUERY).fetch(&mut *conn);
             while let Some((part, offset, record)) = rows
                 .try_next()
                 .await
@@ -485,15 +489,17 @@ impl SqliteViews {
             .await?;
             insert_rows(
                 &mut tx,
-                "INSERT INTO dead_letters (delta_id, blob_id, reason, raw) ",
-                4,
+                "INSERT INTO dead_letters (delta_id, blob_id, reason, raw, pos_part, pos_offset) ",
+                6,
                 "",
                 &batch.dead_letters.iter().collect::<Vec<_>>(),
                 &|b: &mut Binder<'_>, r: &DeadLetter| {
                     b.push_bind(r.delta_id.map(text))
                         .push_bind(r.blob_id.map(text))
                         .push_bind(r.reason.to_string())
-                        .push_bind(r.raw_text().into_owned());
+                        .push_bind(r.raw_text().into_owned())
+                        .push_bind(r.pos.part as i64)
+                        .push_bind(r.pos.offset as i64);
                 },
             )
             .await?;

@@ -68,12 +68,17 @@ CREATE TABLE IF NOT EXISTS processed_by (
     delta_id    TEXT,
     PRIMARY KEY (blob_id, provider_id)
 );
+-- Rejected records in the order they were decided, with their log position: a
+-- restart replays the rejected deltas (not the malformed records, not the expired
+-- gaps) so that a later copy of one is still a duplicate (S4.2).
 CREATE TABLE IF NOT EXISTS dead_letters (
-    seq      INTEGER PRIMARY KEY,
-    delta_id TEXT,
-    blob_id  TEXT,
-    reason   TEXT NOT NULL,
-    raw      TEXT NOT NULL
+    seq        INTEGER PRIMARY KEY,
+    delta_id   TEXT,
+    blob_id    TEXT,
+    reason     TEXT NOT NULL,
+    raw        TEXT NOT NULL,
+    pos_part   INTEGER NOT NULL,
+    pos_offset INTEGER NOT NULL
 );
 -- The blob DAG (S5.1, S5.2): edges whose two ends exist, the closure with shortest
 -- distances, each blob's longest path from a root, each user's deepest blob.

@@ -1,0 +1,486 @@
+//! End-to-end tests of `studio run` against the real brokers (`KAFKA_BROKERS`,
+//! `NATS_URL`; `.ci/run` starts them and these tests fail, saying so, without them).
+//!
+//! Each test publishes a generated log with faults (duplicates, malformed records,
+//! out-of-order arrival, poison bytes) to its own topic or stream, runs the service
+//! (killing it with SIGKILL at random points, or stopping it with SIGTERM), and holds
+//! the final views to a `studio replay` of the same log: identical tables, so no delta
+//! was applied twice and none was lost. Topics have one partition so that the log
+//! order the replay sees is the order the service reads (S4.3 orders per partition).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use studio_config::Config;
+use studio_connectors::kafka::{KafkaPublisher, KafkaSource};
+use studio_connectors::nats::{NatsPublisher, NatsSource};
+use studio_connectors::{LiveSource, OutputStream, RecordPublisher};
+use studio_tests::views::{read_tables, text_rows};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: these tests need the brokers that `.ci/run` starts \
+             (tansu for KAFKA_BROKERS, nats-server -js for NATS_URL)"
+        )
+    })
+}
+
+fn unique(test: &str) -> String {
+    format!(
+        "{test}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bus {
+    Kafka,
+    Nats,
+}
+
+/// One test's bus: its own topics (or streams and subjects), as a config for this
+/// process and as `STUDIO_*` variables for the service.
+struct Setup {
+    bus: Bus,
+    config: Config,
+    vars: Vec<(String, String)>,
+}
+
+impl Setup {
+    fn new(bus: Bus, test: &str) -> Setup {
+        let name = unique(test);
+        let mut config = Config::default();
+        let mut vars = vec![
+            ("STUDIO_RUN__LISTEN".to_owned(), String::new()),
+            ("STUDIO_RUN__MAX_BATCH_RECORDS".into(), "400".into()),
+            // No gap in these logs stays open; a restart must not expire any.
+            ("STUDIO_RUN__GAP_TIMEOUT_MS".into(), "600000".into()),
+        ];
+        let mut set = |key: &str, value: String| vars.push((key.to_owned(), value));
+        match bus {
+            Bus::Kafka => {
+                let k = &mut config.kafka;
+                k.brokers = env("KAFKA_BROKERS");
+                k.partitions = 1;
+                k.group_id = name.clone();
+                k.topics.deltas = format!("{name}.deltas");
+                k.topics.requests = format!("{name}.requests");
+                k.topics.events = format!("{name}.events");
+                k.topics.applied = format!("{name}.applied");
+                k.topics.dead_letters = format!("{name}.dead");
+                set("STUDIO_RUN__SOURCE", "kafka".into());
+                set("STUDIO_KAFKA__BROKERS", k.brokers.clone());
+                set("STUDIO_KAFKA__PARTITIONS", "1".into());
+                set("STUDIO_KAFKA__GROUP_ID", k.group_id.clone());
+                set("STUDIO_KAFKA__TOPICS__DELTAS", k.topics.deltas.clone());
+                set("STUDIO_KAFKA__TOPICS__REQUESTS", k.topics.requests.clone());
+                set("STUDIO_KAFKA__TOPICS__EVENTS", k.topics.events.clone());
+                set("STUDIO_KAFKA__TOPICS__APPLIED", k.topics.applied.clone());
+                set(
+                    "STUDIO_KAFKA__TOPICS__DEAD_LETTERS",
+                    k.topics.dead_letters.clone(),
+                );
+            }
+            Bus::Nats => {
+                let n = &mut config.nats;
+                let id = name.replace(['-', '.'], "_");
+                n.url = env("NATS_URL");
+                n.stream = format!("IN_{id}");
+                n.output_stream = format!("OUT_{id}");
+                n.durable = format!("d_{id}");
+                n.subjects.deltas = format!("{id}.deltas");
+                n.subjects.requests = format!("{id}.requests");
+                n.subjects.events = format!("{id}.events");
+                n.subjects.applied = format!("{id}.applied");
+                n.subjects.dead_letters = format!("{id}.dead");
+                set("STUDIO_RUN__SOURCE", "nats".into());
+                set("STUDIO_NATS__URL", n.url.clone());
+                set("STUDIO_NATS__STREAM", n.stream.clone());
+                set("STUDIO_NATS__OUTPUT_STREAM", n.output_stream.clone());
+                set("STUDIO_NATS__DURABLE", n.durable.clone());
+                set("STUDIO_NATS__SUBJECTS__DELTAS", n.subjects.deltas.clone());
+                set(
+                    "STUDIO_NATS__SUBJECTS__REQUESTS",
+                    n.subjects.requests.clone(),
+                );
+                set("STUDIO_NATS__SUBJECTS__EVENTS", n.subjects.events.clone());
+                set("STUDIO_NATS__SUBJECTS__APPLIED", n.subjects.applied.clone());
+                set(
+                    "STUDIO_NATS__SUBJECTS__DEAD_LETTERS",
+                    n.subjects.dead_letters.clone(),
+                );
+            }
+        }
+        Setup { bus, config, vars }
+    }
+
+    /// Publishes `lines` to the deltas topic, keyed by blob id (malformed ones by "").
+    fn publish(&self, lines: &[Vec<u8>]) {
+        let mut publisher: Box<dyn RecordPublisher> = match self.bus {
+            Bus::Kafka => {
+                Box::new(KafkaPublisher::open(&self.config.kafka, &[OutputStream::Deltas]).unwrap())
+            }
+            Bus::Nats => {
+                Box::new(NatsPublisher::open(&self.config.nats, &[OutputStream::Deltas]).unwrap())
+            }
+        };
+        for line in lines {
+            let key = serde_json::from_slice::<Value>(line)
+                .ok()
+                .and_then(|v| v.get("blob_id").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_default();
+            publisher
+                .publish(OutputStream::Deltas, key.as_bytes(), line)
+                .unwrap();
+        }
+        publisher.flush(Duration::from_secs(60)).unwrap();
+    }
+
+    /// Reads every record of an output stream (waiting up to a few seconds for more).
+    fn read_output(&self, stream: OutputStream) -> Vec<Vec<u8>> {
+        let mut source: Box<dyn LiveSource> = match self.bus {
+            Bus::Kafka => {
+                let mut kafka = self.config.kafka.clone();
+                kafka.topics.deltas = studio_connectors::kafka::topic_of(&kafka, stream).to_owned();
+                kafka.group_id = unique("reader");
+                Box::new(KafkaSource::open(&kafka, &[]).unwrap())
+            }
+            Bus::Nats => {
+                let mut nats = self.config.nats.clone();
+                nats.stream = nats.output_stream.clone();
+                nats.subjects.deltas =
+                    studio_connectors::nats::subject_of(&nats, stream).to_owned();
+                nats.durable = unique("reader").replace(['-', '.'], "_");
+                Box::new(NatsSource::open(&nats, &[]).unwrap())
+            }
+        };
+        let mut got = Vec::new();
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_secs(3) {
+            let batch = source.poll(10_000, Duration::from_millis(500)).unwrap();
+            if !batch.is_empty() {
+                quiet_since = Instant::now();
+            }
+            got.extend(batch.into_iter().map(|r| r.bytes));
+        }
+        got
+    }
+
+    fn service(&self, db: &Path, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_studio"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("STUDIO_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .env_remove("KAFKA_BROKERS")
+            .env_remove("NATS_URL")
+            .arg("run")
+            .arg("--db")
+            .arg(db)
+            .args(extra);
+        cmd
+    }
+
+    /// Runs the service until it has been idle for 3 s; returns its report.
+    fn run_to_idle(&self, db: &Path) -> Value {
+        let out = self
+            .service(db, &["--exit-when-idle", "3000", "--json"])
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "studio run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn spawn(&self, db: &Path) -> Child {
+        self.service(db, &[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// A generated log with every kind of fault, plus poison records.
+fn faulty_log(deltas: u64, seed: u64) -> Vec<Vec<u8>> {
+    let out = Command::new(env!("CARGO_BIN_EXE_studio"))
+        .args(["gen", "--blobs", &(deltas / 10).to_string()])
+        .args(["--deltas", &deltas.to_string(), "--seed", &seed.to_string()])
+        .args(["--duplicate-rate", "0.05", "--malformed-rate", "0.02"])
+        .args(["--shuffle-window", "8"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut lines: Vec<Vec<u8>> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    // Poison: bytes that are not UTF-8, a truncated record, an empty one, a huge one.
+    let third = lines.len() / 3;
+    lines.insert(third, vec![0xff, 0xfe, 0x00, 0x7b]);
+    let victim = &lines[third + 5];
+    let truncated = victim[..victim.len() / 2].to_vec();
+    lines.insert(third + 1, truncated);
+    lines.insert(2 * third, Vec::new());
+    lines.insert(
+        2 * third + 1,
+        format!("{{\"id\":\"{}\"}}", "x".repeat(200_000)).into_bytes(),
+    );
+    lines
+}
+
+/// Replays `lines` into a fresh database.
+fn replay(lines: &[Vec<u8>], dir: &Path) -> std::path::PathBuf {
+    let log = dir.join("log.jsonl");
+    std::fs::write(&log, lines.join(&b'\n')).unwrap();
+    let db = dir.join("replay.sqlite");
+    let out = Command::new(env!("CARGO_BIN_EXE_studio"))
+        .env_clear()
+        .arg("replay")
+        .arg(&log)
+        .arg("--db")
+        .arg(&db)
+        .arg("--no-progress")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    db
+}
+
+/// Every view of the service's database equals the replay's (the dead letters as a
+/// multiset: each is decided once either way, but batches cut them differently).
+fn assert_same_views(service: &Path, replay: &Path) {
+    let (got, want) = (read_tables(service).unwrap(), read_tables(replay).unwrap());
+    assert_eq!(got.blobs, want.blobs, "blobs");
+    assert_eq!(got.applied, want.applied, "deltas_applied");
+    assert_eq!(got.processed, want.processed, "processed_by");
+    assert_eq!(
+        got.unordered().dead_letters,
+        want.unordered().dead_letters,
+        "dead letters"
+    );
+    for sql in [
+        "SELECT parent_id, child_id, delta_id FROM blob_edges ORDER BY 1, 2",
+        "SELECT ancestor_id, descendant_id, CAST(distance AS TEXT) FROM blob_reach ORDER BY 1, 2",
+        "SELECT blob_id, CAST(depth AS TEXT) FROM blob_depth ORDER BY 1",
+        "SELECT user_id, CAST(max_depth AS TEXT) FROM user_depth ORDER BY 1",
+        "SELECT delta_id, parent_id, child_id, reason FROM rejected_edges ORDER BY 1, 2, 3",
+        "SELECT delta_id, record FROM deltas ORDER BY 1",
+    ] {
+        assert_eq!(text_rows(service, sql), text_rows(replay, sql), "{sql}");
+    }
+    let waiting = text_rows(service, "SELECT count(*) FROM deltas_waiting");
+    assert_eq!(
+        waiting,
+        vec![vec![Some("0".to_owned())]],
+        "every gap filled"
+    );
+}
+
+fn checkpoint(db: &Path) -> Vec<Vec<Option<String>>> {
+    text_rows(
+        db,
+        "SELECT source, positions, CAST(next_seq AS TEXT) FROM checkpoints",
+    )
+}
+
+/// Publishes a faulty log, runs the service to idle, and checks everything it owes:
+/// the views of a replay, counts that add up, the output streams, and positions
+/// committed to the bus.
+fn run_matches_replay(bus: Bus) {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::new(bus, "e2e");
+    let lines = faulty_log(6_000, 7);
+    setup.publish(&lines);
+    let db = dir.path().join("service.sqlite");
+    let report = setup.run_to_idle(&db);
+    let n = |key: &str| report[key].as_u64().unwrap();
+    assert_eq!(n("records_read"), lines.len() as u64, "{report}");
+    assert_eq!(
+        n("accepted") + n("duplicates") + n("dead_letters"),
+        n("records_read"),
+        "counts add up: {report}"
+    );
+    assert!(
+        n("dead_letters") >= 4,
+        "poison records are dead letters: {report}"
+    );
+    assert_same_views(&db, &replay(&lines, dir.path()));
+
+    // Outputs: one applied delta per accepted delta, one dead letter per rejection,
+    // each carrying what it should.
+    let applied = setup.read_output(OutputStream::Applied);
+    assert_eq!(applied.len() as u64, n("accepted"));
+    let first: Value = serde_json::from_slice(&applied[0]).unwrap();
+    assert!(
+        first["applied_at"].is_string() && first["id"].is_string(),
+        "{first}"
+    );
+    let dead = setup.read_output(OutputStream::DeadLetters);
+    assert_eq!(dead.len() as u64, n("dead_letters"));
+    let raws: Vec<Vec<u8>> = dead
+        .iter()
+        .map(|d| {
+            let d: Value = serde_json::from_slice(d).unwrap();
+            assert!(d["rule"].as_str().unwrap().starts_with('S'), "{d}");
+            studio_model::dead_letter::raw_bytes(d["raw"].as_str().unwrap()).unwrap()
+        })
+        .collect();
+    assert!(
+        raws.contains(&vec![0xff, 0xfe, 0x00, 0x7b]),
+        "raw bytes kept"
+    );
+
+    // The stored position is the last record's, and the bus was told.
+    let last = (lines.len() - 1) as u64;
+    let stored = checkpoint(&db);
+    let positions = stored[0][1].clone().unwrap();
+    match bus {
+        Bus::Kafka => {
+            assert_eq!(positions, format!("[[0,{last}]]"));
+            let source = KafkaSource::open(&setup.config.kafka, &[]).unwrap();
+            let on_broker = source.committed_on_broker().unwrap();
+            assert_eq!(on_broker, vec![studio_model::SourcePos::at(last)]);
+        }
+        // Stream sequences start at 1.
+        Bus::Nats => assert_eq!(positions, format!("[[0,{}]]", last + 1)),
+    }
+
+    // A restart recovers everything and reads nothing new.
+    let again = setup.run_to_idle(&db);
+    assert_eq!(again["records_read"], 0, "{again}");
+    assert!(
+        again["recovered"].as_u64().unwrap() >= n("accepted"),
+        "{again}"
+    );
+    assert_eq!(checkpoint(&db), stored);
+}
+
+/// Kills the service with SIGKILL at random points while it works through a log,
+/// restarts it each time, and requires the views of an uninterrupted replay.
+fn crash_loop(bus: Bus, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::new(bus, "crash");
+    let lines = faulty_log(20_000, seed);
+    setup.publish(&lines);
+    let db = dir.path().join("service.sqlite");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut progress = Vec::new();
+    for _ in 0..5 {
+        let mut child = setup.spawn(&db);
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..2500)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        if db.exists() {
+            progress.push(checkpoint(&db));
+        }
+    }
+    let report = setup.run_to_idle(&db);
+    assert_same_views(&db, &replay(&lines, dir.path()));
+    let stored = checkpoint(&db);
+    assert_eq!(stored.len(), 1);
+    eprintln!("checkpoints after each kill: {progress:?}; final report: {report}");
+}
+
+/// SIGTERM stops the service gracefully: it exits 0, what it read is committed (the
+/// checkpoint and the bus agree), and a restart finishes the log.
+fn graceful_stop(bus: Bus) {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::new(bus, "sigterm");
+    let lines = faulty_log(20_000, 3);
+    setup.publish(&lines);
+    let db = dir.path().join("service.sqlite");
+    let child = setup
+        .service(&db, &["--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the first commit, then ask it to stop.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(db.exists() && text_rows_or_empty(&db).is_some_and(|n| n > 0)) {
+        assert!(Instant::now() < deadline, "no commit within a minute");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "a graceful stop exits 0");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let read = report["records_read"].as_u64().unwrap();
+    assert!(read > 0, "{report}");
+    let stored = checkpoint(&db);
+    let next_seq: u64 = stored[0][2].clone().unwrap().parse().unwrap();
+    assert_eq!(next_seq, read, "every record read is committed: {report}");
+    if bus == Bus::Kafka {
+        let source = KafkaSource::open(&setup.config.kafka, &[]).unwrap();
+        let on_broker = source.committed_on_broker().unwrap();
+        assert_eq!(
+            on_broker,
+            vec![studio_model::SourcePos::at(read - 1)],
+            "the bus follows"
+        );
+    }
+    setup.run_to_idle(&db);
+    assert_same_views(&db, &replay(&lines, dir.path()));
+}
+
+/// Rows of `deltas_applied`, when the database can be read yet.
+fn text_rows_or_empty(db: &Path) -> Option<u64> {
+    std::panic::catch_unwind(|| text_rows(db, "SELECT CAST(count(*) AS TEXT) FROM checkpoints"))
+        .ok()
+        .and_then(|rows| rows.first()?.first()?.clone()?.parse().ok())
+}
+
+#[test]
+fn kafka_run_matches_replay() {
+    run_matches_replay(Bus::Kafka);
+}
+
+#[test]
+fn nats_run_matches_replay() {
+    run_matches_replay(Bus::Nats);
+}
+
+#[test]
+fn kafka_survives_kill_9() {
+    crash_loop(Bus::Kafka, 11);
+}
+
+#[test]
+fn nats_survives_kill_9() {
+    crash_loop(Bus::Nats, 12);
+}
+
+#[test]
+fn kafka_graceful_stop_commits_everything() {
+    graceful_stop(Bus::Kafka);
+}
+
+#[test]
+fn nats_graceful_stop_commits_everything() {
+    graceful_stop(Bus::Nats);
+}

@@ -13,15 +13,19 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use studio_config::ReplayConfig;
+use studio_config::{Config, ReplayConfig};
 use studio_connectors::content::s3::S3Options;
 use studio_connectors::content::{ContentOptions, ContentReader, ContentSpec, LargeStoreSpec};
 use studio_connectors::postgres::{PgOptions, PgReader, PgViews};
 use studio_connectors::retry::RetryPolicy;
 use studio_connectors::sqlite::{SqliteOptions, SqliteReader, SqliteViews};
 use studio_connectors::{OpenMode, Rows, VIEW_TABLES, ViewReader, ViewSink};
-use studio_dataflow::replay::{Progress, ReplayReport, replay};
+use studio_dataflow::providers::ProviderSetup;
+use studio_dataflow::replay::{Progress, ReplayOptions, ReplayReport, replay};
 use studio_model::generate::{Faults, GenSpec, generate};
+use studio_model::{
+    AppliedRow, Checkpoint, KeyedChanges, SourcePos, ViewBatch, WaitingRow, parse_record,
+};
 use studio_tests::services::{
     FlakyProxy, fresh_bucket, fresh_database, host_port, pg_texts, s3_endpoint, with_host_port,
 };
@@ -295,11 +299,26 @@ fn deltas_land_in_monthly_partitions_and_blob_queries_use_the_index() {
         &format!("SELECT version::text FROM deltas WHERE caused_by = '{cause}'"),
     );
     assert_eq!(caused, ["4"]);
-    let record = pg_texts(
+    // Every delta's record is stored exactly as read, at its log position.
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .expect("read the log")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let records = pg_texts(
         &url,
-        "SELECT count(*)::text FROM deltas WHERE record IS NULL",
+        "SELECT record FROM deltas ORDER BY pos_part, pos_offset",
     );
-    assert_eq!(record, ["4000"], "record stays NULL until batches carry it");
+    assert_eq!(records.len(), 4000);
+    assert!(
+        records == lines,
+        "records equal the log lines, in log order"
+    );
+    let positions = pg_texts(
+        &url,
+        "SELECT count(*)::text FROM deltas WHERE pos_part = 0 AND record IS NOT NULL",
+    );
+    assert_eq!(positions, ["4000"]);
 }
 
 /// Runs `replay` in a thread, cuts `proxy` once the first batch committed, restores it
@@ -469,4 +488,269 @@ fn a_replay_refuses_a_postgres_schema_holding_foreign_tables() {
     );
     let blobs = pg_texts(&url, "SELECT coalesce(to_regclass('blobs')::text, 'none')");
     assert_eq!(blobs, ["none"], "nothing created either");
+}
+
+/// `replay --providers` of the bundled documents, as the CLI runs it.
+fn replay_with_providers(sink: impl ViewSink + Send + 'static) -> ReplayReport {
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples");
+    let config = Config::load(Some(&samples.join("providers.toml"))).expect("the config");
+    let options = ReplayOptions {
+        providers: Some(ProviderSetup {
+            providers: config.providers,
+            threads: 2,
+            requests_out: None,
+            each_batch: false,
+            transformers: Vec::new(),
+        }),
+        events: true,
+    };
+    let report = replay(
+        &[samples.join("documents.jsonl")],
+        &replay_config(1000),
+        Box::new(sink),
+        Arc::new(Progress::default()),
+        &options,
+    )
+    .expect("replay");
+    assert!(report.counts_add_up(), "{report:?}");
+    report
+}
+
+/// The provider tables, without the wall-clock columns (processing times, and the
+/// `at` of processing events, which is when processing ended), rows sorted.
+fn provider_tables(reader: &mut dyn ViewReader) -> Vec<(String, Rows)> {
+    [
+        ("transform_requests", "SELECT * FROM transform_requests"),
+        (
+            "processing",
+            "SELECT request_id, provider_id, blob_id, version, status, attempts, error FROM processing",
+        ),
+        (
+            "events",
+            "SELECT type, blob_id, delta_id, provider_id, payload FROM events",
+        ),
+        (
+            "events.at",
+            "SELECT delta_id, at FROM events WHERE type NOT LIKE 'processing.%'",
+        ),
+        (
+            "events.seq",
+            "SELECT count(*) AS n, min(seq) AS first, max(seq) AS last FROM events",
+        ),
+    ]
+    .into_iter()
+    .map(|(name, sql)| {
+        let mut rows = reader
+            .rows(sql, &[])
+            .unwrap_or_else(|e| panic!("reading {name}: {e}"));
+        rows.sort_by_cached_key(|r| serde_json::to_string(r).expect("JSON"));
+        (name.to_owned(), rows)
+    })
+    .collect()
+}
+
+#[test]
+fn providers_and_events_in_postgres_equal_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut content = ContentSpec::in_dir(dir.path().join("large"));
+    content.options.compress = false;
+    let db = dir.path().join("views.sqlite");
+    let from_sqlite = replay_with_providers(sqlite_sink(&db, content.clone()));
+    let url = fresh_database("providers");
+    let from_pg = replay_with_providers(pg_sink(&url, content));
+    assert_eq!(from_sqlite.accepted, from_pg.accepted);
+
+    let sqlite =
+        provider_tables(&mut SqliteReader::open(&db, ContentReader::local()).expect("open"));
+    let pg = provider_tables(&mut pg_reader(&url, ContentReader::local()));
+    let count = |tables: &[(String, Rows)], name: &str| {
+        tables
+            .iter()
+            .find(|(t, _)| t == name)
+            .expect("table")
+            .1
+            .len()
+    };
+    // 3 text blobs + 2 rendered pages for grammar, 2 markdown blobs for render-html.
+    assert_eq!(count(&pg, "transform_requests"), 7);
+    assert_eq!(count(&pg, "processing"), 7);
+    assert!(count(&pg, "events") > 7, "delta and processing events");
+    assert_same_tables(&sqlite, &pg, "provider tables, SQLite vs Postgres");
+    let seq = &pg.iter().find(|(t, _)| t == "events.seq").expect("seq").1[0];
+    assert_eq!(
+        seq[0].1, seq[2].1,
+        "events.seq is 1..n without gaps: {seq:?}"
+    );
+    assert_eq!(seq[1].1, json!(1));
+    let completed = pg_texts(
+        &url,
+        "SELECT count(*)::text FROM transform_requests WHERE status = 'completed'",
+    );
+    assert_eq!(completed, ["7"]);
+
+    // The other views agree too (the provider outputs are deltas like any other). An
+    // output's log position is the order the answers arrived in, which differs from
+    // run to run: `deltas` is compared without it.
+    let deltas = "SELECT delta_id, version, record FROM deltas";
+    let mut sqlite_reader = SqliteReader::open(&db, ContentReader::local()).expect("open");
+    let mut pg_reader = pg_reader(&url, ContentReader::local());
+    let mut sqlite_deltas = sqlite_reader.rows(deltas, &[]).expect("deltas");
+    let mut pg_deltas = pg_reader.rows(deltas, &[]).expect("deltas");
+    sqlite_deltas.sort_by_cached_key(|r| serde_json::to_string(r).expect("JSON"));
+    pg_deltas.sort_by_cached_key(|r| serde_json::to_string(r).expect("JSON"));
+    assert_eq!(
+        sqlite_deltas, pg_deltas,
+        "the delta store with provider outputs"
+    );
+    let sqlite = dump(&mut sqlite_reader);
+    let pg = dump(&mut pg_reader);
+    let skip = ["processing", "events", "deltas"];
+    let keep = |t: &[(String, Rows)]| -> Vec<(String, Rows)> {
+        t.iter()
+            .filter(|(n, _)| !skip.contains(&n.as_str()))
+            .cloned()
+            .collect()
+    };
+    assert_same_tables(&keep(&sqlite), &keep(&pg), "views with providers");
+}
+
+/// An accepted delta's row, from its record.
+fn applied(record: &str, pos: SourcePos) -> AppliedRow {
+    let d = parse_record(record.as_bytes(), pos).expect("a valid delta");
+    AppliedRow {
+        delta_id: d.id,
+        blob_id: d.blob_id,
+        version: d.version,
+        operation: d.operation,
+        user_id: d.user_id,
+        provider_id: d.provider_id.clone(),
+        caused_by: d.caused_by,
+        created_at: d.created_at,
+        pos,
+        record: Arc::clone(&d.raw),
+    }
+}
+
+fn waiting(record: &str, pos: SourcePos) -> WaitingRow {
+    WaitingRow::of(&parse_record(record.as_bytes(), pos).expect("a valid delta"))
+}
+
+/// Two batches written through the sink API: the first applies a create and leaves two
+/// deltas waiting for a gap, the second fills the gap with version 2 (one waiting delta
+/// applies and leaves `deltas_waiting`), the other still waits. Each carries a checkpoint.
+fn recovery_batches() -> (Vec<ViewBatch>, Vec<(SourcePos, String)>) {
+    let blob = "0000000b-0000-4000-8000-000000000001";
+    let user = "0000000a-0000-4000-8000-000000000001";
+    // Odd key order and whitespace: the store must keep the bytes.
+    let create = format!(
+        r#"{{"version": 1,  "id":"0000000d-0000-4000-8000-000000000001","blob_id":"{blob}","user_id":"{user}","operation":"create","created_at":"2026-01-05T10:00:00.123Z","content_type":"text/plain","patch":{{"content":"é \u00e9"}}}}"#
+    );
+    let v3 = format!(
+        r#"{{ "id":"0000000d-0000-4000-8000-000000000003", "blob_id":"{blob}","user_id":"{user}","operation":"update","version":3,"created_at":"2026-01-05T10:00:03Z","patch":{{"n" : 3}} }}"#
+    );
+    let v4 = format!(
+        r#"{{"id":"0000000d-0000-4000-8000-000000000004","blob_id":"{blob}","user_id":"{user}","operation":"update","version":4,"created_at":"2026-02-05T10:00:04Z","patch":{{"n":4}}}}"#
+    );
+    let v2 = format!(
+        r#"{{"id":"0000000d-0000-4000-8000-000000000002","blob_id":"{blob}","user_id":"{user}","operation":"update","version":2,"created_at":"2026-01-05T10:00:02Z","patch":{{"n":2}}}}"#
+    );
+    let pos = |part, offset| SourcePos { part, offset };
+    let first = ViewBatch {
+        applied: vec![applied(&create, pos(0, 0))],
+        waiting: KeyedChanges {
+            upserts: vec![waiting(&v3, pos(1, 0)), waiting(&v4, pos(0, 1))],
+            deletes: Vec::new(),
+        },
+        checkpoint: Some(Checkpoint {
+            source: "kafka:deltas".into(),
+            positions: vec![pos(0, 1), pos(1, 0)],
+            next_seq: 3,
+        }),
+        ..ViewBatch::default()
+    };
+    let v3_row = waiting(&v3, pos(1, 0));
+    let second = ViewBatch {
+        applied: vec![applied(&v2, pos(0, 2)), applied(&v3, pos(1, 0))],
+        waiting: KeyedChanges {
+            upserts: Vec::new(),
+            deletes: vec![v3_row.delta_id],
+        },
+        checkpoint: Some(Checkpoint {
+            source: "kafka:deltas".into(),
+            positions: vec![pos(0, 2), pos(1, 0)],
+            next_seq: 4,
+        }),
+        ..ViewBatch::default()
+    };
+    let expected = vec![
+        (pos(0, 0), create),
+        (pos(0, 1), v4),
+        (pos(0, 2), v2),
+        (pos(1, 0), v3),
+    ];
+    (vec![first, second], expected)
+}
+
+fn recovered(
+    sink: &mut dyn ViewSink,
+    source: &str,
+) -> (Vec<(SourcePos, String)>, Option<Checkpoint>) {
+    let mut deltas = Vec::new();
+    let checkpoint = sink
+        .recover(source, &mut |pos, record| {
+            deltas.push((pos, record.to_owned()))
+        })
+        .expect("recover");
+    (deltas, checkpoint)
+}
+
+#[test]
+fn recover_reads_the_same_deltas_and_checkpoint_from_postgres_and_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let content = ContentSpec::in_dir(dir.path().join("large"));
+    let (batches, expected) = recovery_batches();
+    let mut sqlite = sqlite_sink(&dir.path().join("views.sqlite"), content.clone());
+    let url = fresh_database("recover");
+    let mut pg = pg_sink(&url, content);
+    // Nothing stored yet: no deltas, no checkpoint.
+    assert_eq!(recovered(&mut pg, "kafka:deltas"), (Vec::new(), None));
+    for batch in &batches {
+        sqlite.write(batch).expect("SQLite write");
+        pg.write(batch).expect("Postgres write");
+    }
+    let from_sqlite = recovered(&mut sqlite, "kafka:deltas");
+    let from_pg = recovered(&mut pg, "kafka:deltas");
+    assert_eq!(from_pg, from_sqlite, "both stores recover the same");
+    assert_eq!(
+        from_pg.0, expected,
+        "every delta, exactly as read, in log order"
+    );
+    assert_eq!(
+        from_pg.1,
+        Some(Checkpoint {
+            source: "kafka:deltas".into(),
+            positions: vec![
+                SourcePos { part: 0, offset: 2 },
+                SourcePos { part: 1, offset: 0 }
+            ],
+            next_seq: 4,
+        })
+    );
+    assert_eq!(
+        recovered(&mut pg, "nats:other").1,
+        None,
+        "another source's checkpoint"
+    );
+    assert_eq!(
+        pg_texts(&url, "SELECT version::text FROM deltas_waiting"),
+        ["4"],
+        "the delta still waiting"
+    );
+    // The same rows in every table of the delta store.
+    let sqlite_dump = dump(
+        &mut SqliteReader::open(&dir.path().join("views.sqlite"), ContentReader::local())
+            .expect("open"),
+    );
+    let pg_dump = dump(&mut pg_reader(&url, ContentReader::local()));
+    assert_same_tables(&sqlite_dump, &pg_dump, "delta store, SQLite vs Postgres");
 }

@@ -33,11 +33,6 @@ pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
         }
     }
     let db = Db::parse(&args.db)?;
-    if matches!(db, Db::Postgres(_)) && (args.providers || args.events) {
-        bail!(
-            "--providers and --events need a SQLite --db for now: the Postgres store does not have the transform_requests, processing and events tables yet"
-        );
-    }
     let sink = open_sink(&config, &db, OpenMode::Rebuild)?;
 
     let options = replay_options(&config, &args)?;

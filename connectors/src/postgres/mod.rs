@@ -13,6 +13,12 @@
 //!   is a migration, a `PgTable` and a bind function.
 //! - **The delta store:** `deltas`, partitioned by month of `created_at`; the sink
 //!   creates a month's partition in the transaction of the first delta that needs it.
+//!   Each row keeps the delta's record exactly as read (`text`) and its log position;
+//!   `deltas_waiting` holds the deltas waiting for a gap, `checkpoints` each live
+//!   source's positions, both written in the batch's transaction.
+//!   [`ViewSink::recover`] reads them back, as SQLite's sink does.
+//! - **Providers:** `transform_requests`, `processing` and `events`, with SQLite's
+//!   rules (`write_provider_tables`), one `UNNEST` statement per table and chunk.
 //! - **Rebuild** (`studio replay`): drops Studio's own tables ([`crate::VIEW_TABLES`],
 //!   the partitions of `deltas`, `_studio_migrations`) in the connection's current
 //!   schema and migrates anew. It refuses when that schema holds any other table, so
@@ -25,21 +31,23 @@
 
 mod reader;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
+use futures_util::TryStreamExt;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Postgres};
 use studio_model::{
-    AppliedRow, DeadLetter, DepthRow, EdgeRow, KeyedChanges, ProcessedRow, ReachRow,
-    RejectedEdgeRow, UserDepthRow, Uuid, ViewBatch,
+    AppliedRow, Checkpoint, DeadLetter, DepthRow, EdgeRow, EventRow, KeyedChanges, ProcessedRow,
+    ProcessingResult, ReachRow, RejectedEdgeRow, SourcePos, TransformRequest, UserDepthRow, Uuid,
+    ViewBatch, WaitingRow,
 };
 
 use crate::content::{ContentCodec, ContentSpec, EncodedBlob};
 use crate::retry::RetryPolicy;
-use crate::{SinkError, ViewSink};
+use crate::{SinkError, ViewSink, positions_from_json, positions_json};
 
 pub use reader::PgReader;
 
@@ -52,6 +60,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "providers",
         include_str!("migrations/0003_providers.sql"),
+    ),
+    (
+        4,
+        "delta_store",
+        include_str!("migrations/0004_delta_store.sql"),
     ),
 ];
 
@@ -190,15 +203,21 @@ impl PgTable {
         format!("SELECT * FROM UNNEST({})", arrays.join(", "))
     }
 
-    /// `INSERT ... SELECT * FROM UNNEST(...) [ON CONFLICT (key) DO UPDATE SET ...]`.
-    pub fn insert_sql(&self) -> String {
+    /// `INSERT ... SELECT * FROM UNNEST(...)`, without a conflict clause.
+    fn plain_insert_sql(&self) -> String {
         let names: Vec<&str> = self.columns.iter().map(|(c, _)| *c).collect();
-        let mut sql = format!(
+        format!(
             "INSERT INTO {} ({}) {}",
             self.name,
             names.join(", "),
             Self::unnest(self.columns)
-        );
+        )
+    }
+
+    /// `INSERT ... SELECT * FROM UNNEST(...) [ON CONFLICT (key) DO UPDATE SET ...]`.
+    pub fn insert_sql(&self) -> String {
+        let names: Vec<&str> = self.columns.iter().map(|(c, _)| *c).collect();
+        let mut sql = self.plain_insert_sql();
         if self.ignore_duplicates {
             sql.push_str(" ON CONFLICT DO NOTHING");
         } else if !self.key.is_empty() {
@@ -245,12 +264,37 @@ impl PgTable {
         chunk: usize,
         bind: for<'q> fn(PgQuery<'q>, &[R]) -> PgQuery<'q>,
     ) -> Result<(), SinkError> {
+        self.run(conn, &self.insert_sql(), rows, chunk, bind).await
+    }
+
+    /// Inserts `rows` in chunks with `on_conflict` after the `UNNEST` (a conflict rule
+    /// that [`PgTable::insert_sql`] does not generate).
+    async fn insert_with<R>(
+        &self,
+        conn: &mut PgConnection,
+        on_conflict: &str,
+        rows: &[R],
+        chunk: usize,
+        bind: for<'q> fn(PgQuery<'q>, &[R]) -> PgQuery<'q>,
+    ) -> Result<(), SinkError> {
+        let sql = format!("{} {on_conflict}", self.plain_insert_sql());
+        self.run(conn, &sql, rows, chunk, bind).await
+    }
+
+    /// Runs `sql` over `rows` in chunks.
+    async fn run<R>(
+        &self,
+        conn: &mut PgConnection,
+        sql: &str,
+        rows: &[R],
+        chunk: usize,
+        bind: for<'q> fn(PgQuery<'q>, &[R]) -> PgQuery<'q>,
+    ) -> Result<(), SinkError> {
         if rows.is_empty() {
             return Ok(());
         }
-        let sql = self.insert_sql();
         for part in rows.chunks(chunk.max(1)) {
-            bind(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), part)
+            bind(sqlx::query(sqlx::AssertSqlSafe(sql)), part)
                 .execute(&mut *conn)
                 .await
                 .map_err(pg_error(format!("writing {}", self.name)))?;
@@ -433,13 +477,178 @@ const APPLIED: PgTable = PgTable {
     ignore_duplicates: true,
 };
 
-/// The delta store; `record` is left NULL (not bound) until batches carry it.
+/// The delta store: the columns of `deltas_applied`, the record as read and its log
+/// position.
 const DELTAS: PgTable = PgTable {
     name: "deltas",
-    columns: APPLIED_COLUMNS,
+    columns: &[
+        ("delta_id", "uuid"),
+        ("blob_id", "uuid"),
+        ("version", "int8"),
+        ("operation", "text"),
+        ("user_id", "uuid"),
+        ("provider_id", "text"),
+        ("caused_by", "uuid"),
+        ("created_at", "timestamptz"),
+        ("record", "text"),
+        ("pos_part", "int8"),
+        ("pos_offset", "int8"),
+    ],
     key: &[],
     ignore_duplicates: true,
 };
+
+fn bind_deltas<'q>(q: PgQuery<'q>, rows: &[&AppliedRow]) -> PgQuery<'q> {
+    bind_applied(q, rows)
+        .bind(col(rows, |r| r.record.to_string()))
+        .bind(col(rows, |r| i64::from(r.pos.part)))
+        .bind(col(rows, |r| int(r.pos.offset)))
+}
+
+/// Deltas waiting for a gap: inserted when they start waiting, deleted when they are
+/// applied or dead-lettered.
+const WAITING: PgTable = PgTable {
+    name: "deltas_waiting",
+    columns: &[
+        ("delta_id", "uuid"),
+        ("blob_id", "uuid"),
+        ("version", "int8"),
+        ("pos_part", "int8"),
+        ("pos_offset", "int8"),
+        ("record", "text"),
+    ],
+    key: &["delta_id"],
+    ignore_duplicates: true,
+};
+
+fn bind_waiting<'q>(q: PgQuery<'q>, rows: &[&WaitingRow]) -> PgQuery<'q> {
+    q.bind(col(rows, |r| r.delta_id))
+        .bind(col(rows, |r| r.blob_id))
+        .bind(col(rows, |r| int(r.version)))
+        .bind(col(rows, |r| i64::from(r.pos.part)))
+        .bind(col(rows, |r| int(r.pos.offset)))
+        .bind(col(rows, |r| r.record.to_string()))
+}
+
+const REQUESTS: PgTable = PgTable {
+    name: "transform_requests",
+    columns: &[
+        ("request_id", "uuid"),
+        ("provider_id", "text"),
+        ("blob_id", "uuid"),
+        ("version", "int8"),
+        ("fingerprint", "text"),
+        ("created_at", "timestamptz"),
+        ("status", "text"),
+    ],
+    key: &["request_id"],
+    ignore_duplicates: false,
+};
+
+/// A request that appeared keeps a settled status (`completed`, `failed`) already
+/// written; otherwise it takes the batch's (`pending`, or `superseded`).
+const REQUESTS_ON_CONFLICT: &str = "ON CONFLICT (request_id) DO UPDATE SET status = EXCLUDED.status \
+    WHERE transform_requests.status IN ('pending', 'superseded')";
+
+fn bind_requests<'q>(q: PgQuery<'q>, rows: &[(&TransformRequest, bool)]) -> PgQuery<'q> {
+    q.bind(col(rows, |r| r.0.request_id))
+        .bind(col(rows, |r| r.0.provider_id.clone()))
+        .bind(col(rows, |r| r.0.blob_id))
+        .bind(col(rows, |r| int(r.0.version)))
+        .bind(col(rows, |r| r.0.fingerprint.to_string()))
+        .bind(col(rows, |r| r.0.created_at.0))
+        .bind(col(rows, |r| {
+            if r.1 { "pending" } else { "superseded" }.to_owned()
+        }))
+}
+
+const PROCESSING: PgTable = PgTable {
+    name: "processing",
+    columns: &[
+        ("request_id", "uuid"),
+        ("provider_id", "text"),
+        ("blob_id", "uuid"),
+        ("version", "int8"),
+        ("status", "text"),
+        ("attempts", "int8"),
+        ("error", "text"),
+        ("started_at", "timestamptz"),
+        ("finished_at", "timestamptz"),
+    ],
+    key: &["request_id"],
+    ignore_duplicates: false,
+};
+
+/// A request answered again (a later round) adds its attempts to the earlier ones. The
+/// same result written again (a batch retried after a commit whose acknowledgement was
+/// lost) has the same `finished_at` and adds nothing: the statement stays idempotent.
+const PROCESSING_ON_CONFLICT: &str = "ON CONFLICT (request_id) DO UPDATE SET status = EXCLUDED.status, \
+    attempts = CASE WHEN processing.finished_at = EXCLUDED.finished_at THEN processing.attempts \
+    ELSE processing.attempts + EXCLUDED.attempts END, \
+    error = EXCLUDED.error, finished_at = EXCLUDED.finished_at";
+
+fn bind_processing<'q>(q: PgQuery<'q>, rows: &[ProcessingResult]) -> PgQuery<'q> {
+    q.bind(col(rows, |r| r.request_id))
+        .bind(col(rows, |r| r.provider_id.clone()))
+        .bind(col(rows, |r| r.blob_id))
+        .bind(col(rows, |r| int(r.version)))
+        .bind(col(rows, |r| r.status.as_str().to_owned()))
+        .bind(col(rows, |r| i64::from(r.attempts)))
+        .bind(col(rows, |r| {
+            r.error.as_ref().map(|e| e.replace('\0', "\u{FFFD}"))
+        }))
+        .bind(col(rows, |r| r.started_at.0))
+        .bind(col(rows, |r| r.finished_at.0))
+}
+
+/// `events.seq` is numbered by the sink, like `dead_letters.seq`.
+const EVENTS: PgTable = PgTable {
+    name: "events",
+    columns: &[
+        ("seq", "int8"),
+        ("type", "text"),
+        ("blob_id", "uuid"),
+        ("delta_id", "uuid"),
+        ("provider_id", "text"),
+        ("at", "timestamptz"),
+        ("payload", "jsonb"),
+    ],
+    key: &[],
+    ignore_duplicates: true,
+};
+
+fn bind_events<'q>(q: PgQuery<'q>, rows: &[(i64, &EventRow)]) -> PgQuery<'q> {
+    q.bind(col(rows, |r| r.0))
+        .bind(col(rows, |r| r.1.event_type.to_owned()))
+        .bind(col(rows, |r| r.1.blob_id))
+        .bind(col(rows, |r| r.1.delta_id))
+        .bind(col(rows, |r| r.1.provider_id.clone()))
+        .bind(col(rows, |r| r.1.at.0))
+        .bind(col(rows, |r| jsonb_text(&r.1.payload))) // text[], cast to jsonb[] by the SQL
+}
+
+/// JSON text that `jsonb` accepts: a string holding NUL (`\u0000`, which `jsonb`
+/// refuses) has it replaced by U+FFFD, as in `dead_letters.reason`.
+fn jsonb_text(json: &str) -> String {
+    fn scrub(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => *s = s.replace('\0', "\u{FFFD}"),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(scrub),
+            serde_json::Value::Object(map) => map.values_mut().for_each(scrub),
+            _ => {}
+        }
+    }
+    if !json.contains("\\u0000") {
+        return json.to_owned();
+    }
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(mut value) => {
+            scrub(&mut value);
+            value.to_string()
+        }
+        Err(_) => json.to_owned(),
+    }
+}
 
 fn bind_applied<'q>(q: PgQuery<'q>, rows: &[&AppliedRow]) -> PgQuery<'q> {
     q.bind(col(rows, |r| r.delta_id))
@@ -639,6 +848,8 @@ pub struct PgViews {
     content: Option<ContentCodec>,
     /// The next `dead_letters.seq`.
     next_seq: i64,
+    /// The next `events.seq`.
+    next_event_seq: i64,
     /// Partitions of `deltas` known to exist.
     partitions: HashSet<NaiveDate>,
 }
@@ -653,6 +864,7 @@ impl PgViews {
             conn: None,
             content: None,
             next_seq: 1,
+            next_event_seq: 1,
             partitions: HashSet::new(),
         };
         let retry = sink.options.retry;
@@ -669,7 +881,7 @@ impl PgViews {
         if self.content.is_none() {
             self.content = Some(self.runtime.block_on(options.content.connect())?);
         }
-        let (next_seq, partitions) = self
+        let (next_seq, next_event_seq, partitions) = self
             .runtime
             .block_on(async {
                 let mut conn = connect(&options.url, options.timeout).await?;
@@ -683,6 +895,11 @@ impl PgViews {
                         .fetch_one(&mut conn)
                         .await
                         .map_err(pg_error("reading dead_letters"))?;
+                let next_event_seq: i64 =
+                    sqlx::query_scalar("SELECT coalesce(max(seq), 0) + 1 FROM events")
+                        .fetch_one(&mut conn)
+                        .await
+                        .map_err(pg_error("reading events"))?;
                 let partitions: Vec<String> = sqlx::query_scalar(
                 "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
                  WHERE i.inhparent = 'deltas'::regclass",
@@ -690,13 +907,14 @@ impl PgViews {
             .fetch_all(&mut conn)
             .await
             .map_err(pg_error("listing the partitions of deltas"))?;
-                Ok::<_, SinkError>((next_seq, partitions, conn))
+                Ok::<_, SinkError>((next_seq, next_event_seq, partitions, conn))
             })
-            .map(|(seq, parts, conn)| {
+            .map(|(seq, event_seq, parts, conn)| {
                 self.conn = Some(conn);
-                (seq, parts)
+                (seq, event_seq, parts)
             })?;
         self.next_seq = next_seq;
+        self.next_event_seq = next_event_seq;
         self.partitions = partitions
             .iter()
             .filter_map(|name| {
@@ -735,7 +953,10 @@ impl PgViews {
                 batch,
                 &blobs,
                 &months,
-                self.next_seq,
+                Seqs {
+                    dead_letter: self.next_seq,
+                    event: self.next_event_seq,
+                },
                 options.rows_per_statement,
                 options.mode,
             );
@@ -747,6 +968,7 @@ impl PgViews {
         match result {
             Ok(months) => {
                 self.next_seq += batch.dead_letters.len() as i64;
+                self.next_event_seq += batch.events.len() as i64;
                 self.partitions.extend(months);
                 Ok(())
             }
@@ -761,12 +983,19 @@ impl PgViews {
     }
 }
 
+/// The first `seq` of a batch's dead letters and of its events.
+#[derive(Clone, Copy)]
+struct Seqs {
+    dead_letter: i64,
+    event: i64,
+}
+
 async fn write_batch(
     conn: &mut PgConnection,
     batch: &ViewBatch,
     blobs: &[EncodedBlob<'_>],
     new_months: &[NaiveDate],
-    next_seq: i64,
+    seqs: Seqs,
     chunk: usize,
     mode: OpenMode,
 ) -> Result<(), SinkError> {
@@ -835,9 +1064,19 @@ async fn write_batch(
     APPLIED
         .insert(&mut tx, &applied, chunk, bind_applied)
         .await?;
-    DELTAS
-        .insert(&mut tx, &applied, chunk, bind_applied)
-        .await?;
+    DELTAS.insert(&mut tx, &applied, chunk, bind_deltas).await?;
+    write_keyed(
+        &mut tx,
+        &WAITING,
+        &batch.waiting,
+        chunk,
+        bind_waiting,
+        bind_uuid_keys,
+    )
+    .await?;
+    if let Some(checkpoint) = &batch.checkpoint {
+        write_checkpoint(&mut tx, checkpoint).await?;
+    }
     let rejected: Vec<&RejectedEdgeRow> = batch.rejected_edges.iter().collect();
     REJECTED
         .insert(&mut tx, &rejected, chunk, bind_rejected)
@@ -846,16 +1085,149 @@ async fn write_batch(
         .dead_letters
         .iter()
         .enumerate()
-        .map(|(i, d)| (next_seq + i as i64, d))
+        .map(|(i, d)| (seqs.dead_letter + i as i64, d))
         .collect();
     DEAD.insert(&mut tx, &dead, chunk, bind_dead).await?;
+    write_provider_tables(&mut tx, batch, seqs.event, chunk).await?;
     tx.commit().await.map_err(pg_error("COMMIT"))
+}
+
+async fn write_checkpoint(
+    conn: &mut PgConnection,
+    checkpoint: &Checkpoint,
+) -> Result<(), SinkError> {
+    sqlx::query(
+        "INSERT INTO checkpoints (source, positions, next_seq) VALUES ($1, $2::jsonb, $3) \
+         ON CONFLICT (source) DO UPDATE SET positions = EXCLUDED.positions, next_seq = EXCLUDED.next_seq",
+    )
+    .bind(&checkpoint.source)
+    .bind(positions_json(&checkpoint.positions))
+    .bind(int(checkpoint.next_seq))
+    .execute(&mut *conn)
+    .await
+    .map_err(pg_error("writing the source checkpoint"))?;
+    Ok(())
+}
+
+/// `transform_requests`, `processing` and `events`, as SQLite writes them (one
+/// `UNNEST` statement per table and chunk): a request is inserted `pending` when it
+/// first appears; a retraction marks it `superseded` unless a result already settled
+/// it; a result sets `completed` or `failed`.
+async fn write_provider_tables(
+    conn: &mut PgConnection,
+    batch: &ViewBatch,
+    first_event_seq: i64,
+    chunk: usize,
+) -> Result<(), SinkError> {
+    // The net status of each request the batch touched, in order: a `+1` (new, or its
+    // payload changed) leaves it pending, a `-1` alone supersedes it.
+    let mut last: BTreeMap<Uuid, (&TransformRequest, bool)> = BTreeMap::new();
+    for (request, diff) in &batch.requests {
+        let pending = *diff > 0;
+        last.entry(request.request_id)
+            .and_modify(|e| *e = (if pending { request } else { e.0 }, pending))
+            .or_insert((request, pending));
+    }
+    let appeared: HashSet<Uuid> = batch
+        .requests
+        .iter()
+        .filter(|(_, diff)| *diff > 0)
+        .map(|(r, _)| r.request_id)
+        .collect();
+    let inserts: Vec<(&TransformRequest, bool)> = last
+        .iter()
+        .filter(|(id, _)| appeared.contains(id))
+        .map(|(_, e)| *e)
+        .collect();
+    REQUESTS
+        .insert_with(conn, REQUESTS_ON_CONFLICT, &inserts, chunk, bind_requests)
+        .await?;
+    let superseded: Vec<Uuid> = last
+        .iter()
+        .filter(|(id, (_, pending))| !pending && !appeared.contains(id))
+        .map(|(id, _)| *id)
+        .collect();
+    for part in superseded.chunks(chunk.max(1)) {
+        sqlx::query(
+            "UPDATE transform_requests SET status = 'superseded' \
+             WHERE status = 'pending' AND request_id = ANY($1::uuid[])",
+        )
+        .bind(part)
+        .execute(&mut *conn)
+        .await
+        .map_err(pg_error("superseding transform_requests"))?;
+    }
+    // Results in order, one row per request (an upsert cannot touch a row twice in one
+    // statement): the attempts add up, the last result's status, error and end stand.
+    let mut results: Vec<ProcessingResult> = Vec::with_capacity(batch.processing.len());
+    let mut at: BTreeMap<Uuid, usize> = BTreeMap::new();
+    for r in &batch.processing {
+        match at.get(&r.request_id) {
+            Some(&i) => {
+                let merged = &mut results[i];
+                merged.status = r.status;
+                merged.attempts += r.attempts;
+                merged.error = r.error.clone();
+                merged.finished_at = r.finished_at;
+            }
+            None => {
+                at.insert(r.request_id, results.len());
+                results.push(r.clone());
+            }
+        }
+    }
+    PROCESSING
+        .insert_with(
+            conn,
+            PROCESSING_ON_CONFLICT,
+            &results,
+            chunk,
+            bind_processing,
+        )
+        .await?;
+    for part in results.chunks(chunk.max(1)) {
+        sqlx::query(
+            "UPDATE transform_requests t SET status = u.status \
+             FROM UNNEST($1::uuid[], $2::text[]) AS u(request_id, status) \
+             WHERE t.request_id = u.request_id",
+        )
+        .bind(col(part, |r| r.request_id))
+        .bind(col(part, |r| r.status.as_str().to_owned()))
+        .execute(&mut *conn)
+        .await
+        .map_err(pg_error("writing transform_requests"))?;
+    }
+    let events: Vec<(i64, &EventRow)> = batch
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (first_event_seq + i as i64, e))
+        .collect();
+    EVENTS.insert(conn, &events, chunk, bind_events).await
 }
 
 impl ViewSink for PgViews {
     fn write(&mut self, batch: &ViewBatch) -> Result<(), SinkError> {
         let retry = self.options.retry;
         retry.run("writing a view batch to Postgres", || self.try_write(batch))
+    }
+
+    fn recover(
+        &mut self,
+        source: &str,
+        each: &mut dyn FnMut(SourcePos, &str),
+    ) -> Result<Option<Checkpoint>, SinkError> {
+        let result = self.runtime.block_on(async {
+            if self.conn.is_none() {
+                self.conn = Some(connect(&self.options.url, self.options.timeout).await?);
+            }
+            let conn = self.conn.as_mut().expect("connected");
+            recover(conn, source, each).await
+        });
+        if matches!(result, Err(SinkError::Unavailable { .. })) {
+            self.conn = None;
+        }
+        result
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
@@ -880,6 +1252,54 @@ impl ViewSink for PgViews {
         }
         Ok(())
     }
+}
+
+/// Streams the delta store in log order to `each`, then reads `source`'s checkpoint.
+async fn recover(
+    conn: &mut PgConnection,
+    source: &str,
+    each: &mut dyn FnMut(SourcePos, &str),
+) -> Result<Option<Checkpoint>, SinkError> {
+    let mut rows = sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<String>)>(
+        "SELECT pos_part, pos_offset, record FROM deltas \
+         UNION ALL SELECT pos_part, pos_offset, record FROM deltas_waiting \
+         ORDER BY 1, 2",
+    )
+    .fetch(&mut *conn);
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(pg_error("reading the delta store"))?
+    {
+        let (Some(part), Some(offset), Some(record)) = row else {
+            return Err(SinkError::Refused(
+                "the delta store holds deltas written before it kept their records \
+                 (migration 4); rebuild the views with `studio replay`"
+                    .into(),
+            ));
+        };
+        let pos = SourcePos {
+            part: part as u32,
+            offset: offset as u64,
+        };
+        each(pos, &record);
+    }
+    drop(rows);
+    let stored: Option<(String, i64)> =
+        sqlx::query_as("SELECT positions::text, next_seq FROM checkpoints WHERE source = $1")
+            .bind(source)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(pg_error("reading the source checkpoint"))?;
+    stored
+        .map(|(positions, next_seq)| {
+            Ok(Checkpoint {
+                source: source.to_owned(),
+                positions: positions_from_json(&positions)?,
+                next_seq: next_seq as u64,
+            })
+        })
+        .transpose()
 }
 
 #[cfg(test)]

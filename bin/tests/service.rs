@@ -289,7 +289,7 @@ fn assert_same_views(service: &Path, replay: &Path) {
     ] {
         assert_eq!(text_rows(service, sql), text_rows(replay, sql), "{sql}");
     }
-    let waiting = text_rows(service, "SELECT count(*) FROM deltas_waiting");
+    let waiting = text_rows(service, "SELECT CAST(count(*) AS TEXT) FROM deltas_waiting");
     assert_eq!(
         waiting,
         vec![vec![Some("0".to_owned())]],

@@ -688,6 +688,8 @@ const DEAD: PgTable = PgTable {
         ("blob_id", "uuid"),
         ("reason", "text"),
         ("raw", "text"),
+        ("pos_part", "int8"),
+        ("pos_offset", "int8"),
     ],
     key: &[],
     ignore_duplicates: true,
@@ -716,6 +718,8 @@ fn bind_dead<'q>(q: PgQuery<'q>, rows: &[(i64, &DeadLetter)]) -> PgQuery<'q> {
             r.1.reason.to_string().replace('\0', "\u{FFFD}")
         }))
         .bind(col(rows, |r| pg_raw(r.1)))
+        .bind(col(rows, |r| i64::from(r.1.pos.part)))
+        .bind(col(rows, |r| int(r.1.pos.offset)))
 }
 
 /// Writes one keyed view's net changes: upserts sorted by key, then deletes.
@@ -1263,6 +1267,8 @@ async fn recover(
     let mut rows = sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<String>)>(
         "SELECT pos_part, pos_offset, record FROM deltas \
          UNION ALL SELECT pos_part, pos_offset, record FROM deltas_waiting \
+         UNION ALL SELECT pos_part, pos_offset, raw FROM dead_letters \
+             WHERE delta_id IS NOT NULL AND reason NOT LIKE 'S4.4%' \
          ORDER BY 1, 2",
     )
     .fetch(&mut *conn);

@@ -10,6 +10,8 @@
 -- (Since this version the sink also writes the provider tables of 0003.)
 ALTER TABLE deltas ALTER COLUMN record TYPE text USING record::text;
 ALTER TABLE deltas ADD COLUMN pos_part bigint, ADD COLUMN pos_offset bigint;
+-- Rejected deltas are replayed too, so that a later copy stays a duplicate (S4.2).
+ALTER TABLE dead_letters ADD COLUMN pos_part bigint, ADD COLUMN pos_offset bigint;
 CREATE TABLE deltas_waiting (
     delta_id   uuid PRIMARY KEY,
     blob_id    uuid NOT NULL,

@@ -139,6 +139,14 @@ pub struct LoadgenArgs {
     /// The JetStream stream to create for it, when missing [config: nats.stream].
     #[arg(long)]
     pub stream: Option<String>,
+    /// The view store of a `studio run` reading this topic: wait until it has
+    /// committed every record published, and report the end-to-end latency (publish to
+    /// view commit) and the sustained throughput.
+    #[arg(long, value_name = "PATH.sqlite|postgres://...")]
+    pub wait_db: Option<String>,
+    /// Give up waiting for --wait-db after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub wait_secs: u64,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -60,7 +60,8 @@ pub struct PublishStats {
 
 /// Publishes `records` to `stream` at `rate` records per second (0: as fast as the
 /// publisher takes them), then flushes (waiting at most `flush_timeout`). `progress` is
-/// called every 1,024 records with the number sent so far.
+/// called every 1,024 records with the number sent so far; `sent_at`, when given,
+/// gets the instant each record was handed to the client.
 pub fn publish_paced(
     publisher: &mut dyn RecordPublisher,
     stream: OutputStream,
@@ -68,6 +69,7 @@ pub fn publish_paced(
     rate: f64,
     flush_timeout: Duration,
     progress: &mut dyn FnMut(u64),
+    mut sent_at: Option<&mut Vec<Instant>>,
 ) -> Result<PublishStats, SinkError> {
     let started = Instant::now();
     let mut bytes = 0u64;
@@ -80,6 +82,9 @@ pub fn publish_paced(
             }
         }
         publisher.publish(stream, &record.key, &record.bytes)?;
+        if let Some(sent_at) = sent_at.as_deref_mut() {
+            sent_at.push(Instant::now());
+        }
         bytes += record.bytes.len() as u64;
         if i % 1024 == 1023 {
             progress(i as u64 + 1);
@@ -96,4 +101,49 @@ pub fn publish_paced(
         seconds,
         records_per_second: records.len() as f64 / seconds.max(1e-9),
     })
+}
+
+/// End-to-end latencies, publish to view commit, in microseconds: record `i` was
+/// sent at `sent_at[i]`, and `commits` lists when the service's committed record count
+/// (its checkpoint's `next_seq`, less `base`) reached each value, in time order.
+/// Record `i` counts as committed at the first commit whose count exceeds `i`: exact
+/// when the service reads records in the order they were sent (one partition), an
+/// approximation across partitions. Records never committed are left out.
+pub fn end_to_end_micros(sent_at: &[Instant], commits: &[(Instant, u64)], base: u64) -> Vec<u64> {
+    let mut latencies = Vec::with_capacity(sent_at.len());
+    let mut next = commits.iter().peekable();
+    for (i, sent) in sent_at.iter().enumerate() {
+        while next
+            .peek()
+            .is_some_and(|(_, count)| count.saturating_sub(base) <= i as u64)
+        {
+            next.next();
+        }
+        let Some((at, _)) = next.peek() else { break };
+        latencies.push(at.saturating_duration_since(*sent).as_micros() as u64);
+    }
+    latencies
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_record_takes_the_first_commit_that_covers_it() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let sent = [ms(0), ms(1), ms(2), ms(3)];
+        // Counts from a base of 10: records 0-1 commit at 5 ms, 2-3 at 9 ms.
+        let commits = [(ms(5), 12), (ms(9), 14)];
+        assert_eq!(
+            end_to_end_micros(&sent, &commits, 10),
+            vec![5000, 4000, 7000, 6000]
+        );
+        // A record never committed has no latency.
+        assert_eq!(
+            end_to_end_micros(&sent, &commits[..1], 10),
+            vec![5000, 4000]
+        );
+    }
 }

@@ -172,6 +172,7 @@ fn kafka(args: &Args, run: &str, records: &[KeyedRecord], bytes: u64) -> anyhow:
         0.0,
         Duration::from_secs(300),
         &mut |_| {},
+        None,
     )?;
     line("studio produce", records.len(), bytes, stats.seconds);
 
@@ -281,6 +282,7 @@ fn nats(args: &Args, run: &str, records: &[KeyedRecord], bytes: u64) -> anyhow::
         0.0,
         Duration::from_secs(300),
         &mut |_| {},
+        None,
     )?;
     line("studio produce", records.len(), bytes, stats.seconds);
 

@@ -455,6 +455,82 @@ fn text_rows_or_empty(db: &Path) -> Option<u64> {
         .and_then(|rows| rows.first()?.first()?.clone()?.parse().ok())
 }
 
+/// `GET path` on a loopback port: (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// `/healthz` answers while the service runs; `/metrics` has the seed's metrics and
+/// counts what was read.
+#[test]
+fn metrics_and_health_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(Bus::Kafka, "metrics");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    setup.vars.retain(|(k, _)| k != "STUDIO_RUN__LISTEN");
+    setup
+        .vars
+        .push(("STUDIO_RUN__LISTEN".into(), format!("127.0.0.1:{port}")));
+    let lines = faulty_log(2_000, 5);
+    setup.publish(&lines);
+    let db = dir.path().join("service.sqlite");
+    let mut child = setup.spawn(&db);
+    let names = [
+        "studio_deltas_applied_total",
+        "studio_blob_processing_duration_seconds_bucket",
+        "studio_dag_depth",
+        "studio_dead_letters_total{reason=\"S1.1 malformed\"}",
+        "studio_consumer_lag{partition=\"0\"}",
+        "studio_batch_latency_seconds_bucket",
+    ];
+    // Everything read and committed: every metric is there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let (_, body) = http_get(port, "/metrics");
+        let read = body
+            .lines()
+            .find_map(|l| l.strip_prefix("studio_records_read_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let missing: Vec<&str> = names
+            .iter()
+            .filter(|n| !body.contains(*n))
+            .copied()
+            .collect();
+        if read == Some(lines.len() as u64) && missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after a minute: read {read:?} of {}, missing {missing:?} from:\n{body}",
+            lines.len()
+        );
+    }
+    let (status, health) = http_get(port, "/healthz");
+    assert!(status.contains("200"), "{status} {health}");
+    assert!(health.contains("\"running\""), "{health}");
+    let (status, _) = http_get(port, "/nope");
+    assert!(status.contains("404"), "{status}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn kafka_run_matches_replay() {
     run_matches_replay(Bus::Kafka);

@@ -560,3 +560,127 @@ fn kafka_graceful_stop_commits_everything() {
 fn nats_graceful_stop_commits_everything() {
     graceful_stop(Bus::Nats);
 }
+
+/// A nats-server of the test's own (file storage, so that it keeps its streams across
+/// a restart), on a free loopback port.
+struct OwnNats {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnNats {
+    fn start() -> OwnNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = OwnNats {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        nats.restart();
+        nats
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH (.ci/run installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The NATS server restarts under the running service: it waits, resumes, and ends
+/// with the views of a replay.
+#[test]
+fn nats_server_restart_under_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = OwnNats::start();
+    // Setup reads NATS_URL; point this test's bus at its own server.
+    let mut setup = Setup::new(Bus::Nats, "restart");
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    setup.config.nats.url = url.clone();
+    setup.vars.retain(|(k, _)| k != "STUDIO_NATS__URL");
+    setup.vars.push(("STUDIO_NATS__URL".into(), url));
+    let lines = faulty_log(8_000, 21);
+    let half = lines.len() / 2;
+    setup.publish(&lines[..half]);
+    let db = dir.path().join("service.sqlite");
+    let child = setup
+        .service(&db, &["--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let committed = |db: &Path| -> u64 {
+        std::panic::catch_unwind(|| checkpoint(db))
+            .ok()
+            .and_then(|rows| rows.first()?.get(2)?.clone()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let wait_for = |n: u64, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while committed(&db) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} of {n} committed",
+                committed(&db)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(1, "before the restart");
+    nats.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    nats.restart();
+    setup.publish(&lines[half..]);
+    wait_for(lines.len() as u64, "after the restart");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_views(&db, &replay(&lines, dir.path()));
+}

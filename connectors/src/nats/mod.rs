@@ -376,6 +376,8 @@ pub struct NatsPublisher {
     js: Context,
     subjects: BTreeMap<u8, String>,
     pending: VecDeque<PublishAckFuture>,
+    /// How long the acks of a full window may take (`nats.request_timeout_ms`).
+    ack_timeout: Duration,
     failed: u64,
     first_error: Option<String>,
 }
@@ -426,17 +428,39 @@ impl NatsPublisher {
             js,
             subjects,
             pending: VecDeque::new(),
+            ack_timeout: Duration::from_millis(config.request_timeout_ms),
             failed: 0,
             first_error: None,
         })
     }
 
-    fn settle_one(&mut self) {
-        if let Some(ack) = self.pending.pop_front()
-            && let Err(error) = self.runtime.block_on(ack.into_future())
+    /// Waits for every pending acknowledgement at once: each ack's timeout runs from
+    /// when it is awaited, so awaiting them one by one would take the timeout times the
+    /// number of acks lost in a server restart.
+    /// Gives up on the acks still missing after `timeout`.
+    fn settle_all(&mut self, timeout: Duration) {
+        let acks: Vec<_> = self
+            .pending
+            .drain(..)
+            .map(IntoFuture::into_future)
+            .collect();
+        let count = acks.len();
+        let all = futures_util::future::join_all(acks);
+        match self
+            .runtime
+            .block_on(async { tokio::time::timeout(timeout, all).await })
         {
-            self.failed += 1;
-            self.first_error.get_or_insert_with(|| error.to_string());
+            Ok(results) => {
+                for error in results.into_iter().filter_map(Result::err) {
+                    self.failed += 1;
+                    self.first_error.get_or_insert_with(|| error.to_string());
+                }
+            }
+            Err(_) => {
+                self.failed += count as u64;
+                self.first_error
+                    .get_or_insert_with(|| format!("no acknowledgement within {timeout:?}"));
+            }
         }
     }
 
@@ -468,8 +492,8 @@ fn key_header(key: &[u8]) -> String {
 
 impl RecordPublisher for NatsPublisher {
     fn publish(&mut self, stream: OutputStream, key: &[u8], bytes: &[u8]) -> Result<(), SinkError> {
-        while self.pending.len() >= MAX_PENDING_ACKS {
-            self.settle_one();
+        if self.pending.len() >= MAX_PENDING_ACKS {
+            self.settle_all(self.ack_timeout);
         }
         let subject = self.subjects[&(stream as u8)].clone();
         let mut headers = HeaderMap::new();
@@ -488,16 +512,7 @@ impl RecordPublisher for NatsPublisher {
     }
 
     fn flush(&mut self, timeout: Duration) -> Result<(), SinkError> {
-        let deadline = Instant::now() + timeout;
-        while !self.pending.is_empty() {
-            if Instant::now() >= deadline {
-                return Err(SinkError::bus(
-                    format!("{} record(s) unacknowledged", self.pending.len()),
-                    format!("timed out after {timeout:?}"),
-                ));
-            }
-            self.settle_one();
-        }
+        self.settle_all(timeout);
         self.check_failures()
     }
 }

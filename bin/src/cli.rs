@@ -260,6 +260,11 @@ pub struct ReplayArgs {
     /// Record events (S5.8) in the `events` table (always on with --providers).
     #[arg(long)]
     pub events: bool,
+    /// Keep every accepted delta's full record in the delta store (`deltas.record`),
+    /// as `studio run` does, so that the service can take over the database
+    /// [config: replay.store_records].
+    #[arg(long)]
+    pub store_records: bool,
 }
 
 /// `studio gen`.

@@ -245,18 +245,23 @@ fn faulty_log(deltas: u64, seed: u64) -> Vec<Vec<u8>> {
     lines
 }
 
-/// Replays `lines` into a fresh database.
+/// Replays `lines` into a fresh database, keeping the records as the service does.
 fn replay(lines: &[Vec<u8>], dir: &Path) -> std::path::PathBuf {
-    let log = dir.join("log.jsonl");
+    replay_to(lines, &dir.join("replay.sqlite"), &["--store-records"])
+}
+
+/// Replays `lines` into `db` with `extra` flags.
+fn replay_to(lines: &[Vec<u8>], db: &Path, extra: &[&str]) -> std::path::PathBuf {
+    let log = db.with_extension("jsonl");
     std::fs::write(&log, lines.join(&b'\n')).unwrap();
-    let db = dir.join("replay.sqlite");
     let out = Command::new(env!("CARGO_BIN_EXE_studio"))
         .env_clear()
         .arg("replay")
         .arg(&log)
         .arg("--db")
-        .arg(&db)
+        .arg(db)
         .arg("--no-progress")
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -264,7 +269,7 @@ fn replay(lines: &[Vec<u8>], dir: &Path) -> std::path::PathBuf {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    db
+    db.to_path_buf()
 }
 
 /// Every view of the service's database equals the replay's (the dead letters as a
@@ -681,6 +686,50 @@ fn nats_server_restart_under_the_service() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_views(&db, &replay(&lines, dir.path()));
+}
+
+/// A database replayed with `--store-records` is one the service can take over: it
+/// continues with the rest of the log from the bus and ends with the views of a replay
+/// of the whole log. Without `--store-records` it refuses, saying what to do.
+#[test]
+fn the_service_takes_over_a_replayed_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::new(Bus::Kafka, "takeover");
+    // In order (no shuffle): no gap is open where the log is cut.
+    let out = Command::new(env!("CARGO_BIN_EXE_studio"))
+        .args(["gen", "--blobs", "300", "--deltas", "3000", "--seed", "9"])
+        .args(["--duplicate-rate", "0.05", "--malformed-rate", "0.02"])
+        .output()
+        .unwrap();
+    let lines: Vec<Vec<u8>> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    let half = lines.len() / 2;
+
+    let bare = replay_to(&lines[..half], &dir.path().join("bare.sqlite"), &[]);
+    let refused = setup
+        .service(&bare, &["--exit-when-idle", "1000"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("--store-records"), "{message}");
+
+    let db = replay_to(
+        &lines[..half],
+        &dir.path().join("taken.sqlite"),
+        &["--store-records"],
+    );
+    setup.publish(&lines[half..]);
+    let report = setup.run_to_idle(&db);
+    assert_eq!(
+        report["records_read"].as_u64(),
+        Some((lines.len() - half) as u64)
     );
     assert_same_views(&db, &replay(&lines, dir.path()));
 }

@@ -186,6 +186,8 @@ pub struct ReplayConfig {
     pub max_batches_in_flight: u64,
     /// Completed batches queued for the view writer before the dataflow waits (>= 1).
     pub writer_queue_batches: usize,
+    /// Keep every accepted delta's full record in the delta store.
+    pub store_records: bool,
 }
 
 /// The SQLite view store.

@@ -256,6 +256,11 @@ pub trait ViewSink {
     }
 }
 
+/// Why [`ViewSink::recover`] refuses a delta store whose deltas lack their records.
+pub const NO_RECORDS: &str = "the delta store holds deltas without their full records \
+    (written by `studio replay` without --store-records, or before records were kept): \
+    replay the log again with --store-records, or start `studio run` on an empty database";
+
 /// A checkpoint's positions as stored: `[[part, offset], ...]`.
 pub fn positions_json(positions: &[SourcePos]) -> String {
     let pairs: Vec<(u32, u64)> = positions.iter().map(|p| (p.part, p.offset)).collect();

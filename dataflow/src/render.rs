@@ -62,6 +62,8 @@ pub struct RenderOptions {
     /// Dead-letter deltas whose gap stays open this many timestamp units (S4.4);
     /// `None` waits until the input ends (a bounded replay).
     pub gap_timeout: Option<Time>,
+    /// Keep accepted deltas' full records for the delta store.
+    pub keep_records: bool,
 }
 
 /// The maintained views, as collections.
@@ -92,15 +94,21 @@ pub struct ViewStreams<'scope> {
     pub waiting: VecCollection<'scope, Time, WaitingRow>,
 }
 
+/// A malformed record's dead letter, as a collection update.
+type Malformed = (DeadLetter, Time, isize);
+
 /// Parses raw records (S1) where they land after an exchange by position: deltas, and
 /// dead letters for the records that are not.
+// A pair of streams; `ok_err` splits them by a `Result` whose error is the large one.
+#[allow(clippy::type_complexity, clippy::result_large_err)]
 fn parse<'scope>(
     records: StreamVec<'scope, Time, (SourcePos, Vec<u8>)>,
 ) -> (
     StreamVec<'scope, Time, Delta>,
-    StreamVec<'scope, Time, (DeadLetter, Time, isize)>,
+    StreamVec<'scope, Time, Malformed>,
 ) {
-    type Parsed = Result<Delta, (DeadLetter, Time, isize)>;
+    // Boxed: a dead letter is large and rare, a delta small and common.
+    type Parsed = Result<Delta, Box<Malformed>>;
     records
         .unary::<CapacityContainerBuilder<Vec<Parsed>>, _, _, _>(
             Exchange::new(|(pos, _): &(SourcePos, Vec<u8>)| pos.offset / 64),
@@ -111,13 +119,15 @@ fn parse<'scope>(
                         let Some(&time) = cap.least() else { return };
                         let mut session = output.session(&cap);
                         for (pos, bytes) in data.drain(..) {
-                            session.give(parse_record(&bytes, pos).map_err(|dl| (*dl, time, 1)));
+                            session.give(
+                                parse_record(&bytes, pos).map_err(|dl| Box::new((*dl, time, 1))),
+                            );
                         }
                     });
                 }
             },
         )
-        .ok_err(|parsed: Parsed| parsed)
+        .ok_err(|parsed: Parsed| parsed.map_err(|malformed| *malformed))
 }
 
 /// Builds the delta-to-views dataflow in `scope`; `duplicates` counts S4.2 repeats.
@@ -144,6 +154,7 @@ pub fn render<'scope>(
     let applied = unique.apply_deltas(ApplyOptions {
         track_facts: options.providers,
         gap_timeout: options.gap_timeout,
+        keep_records: options.keep_records,
     });
     let malformed = malformed.as_collection();
 

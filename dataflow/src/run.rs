@@ -209,7 +209,7 @@ enum Recovered {
 }
 
 enum ToWriter {
-    Batch(ViewBatch, Instant),
+    Batch(Box<ViewBatch>, Instant),
     End,
 }
 
@@ -309,6 +309,7 @@ pub fn run(
             let render_options = RenderOptions {
                 providers: !options.providers.is_empty(),
                 gap_timeout: Some(options.gap_timeout.as_millis() as Time),
+                keep_records: true, // recovery replays them
             };
             let mut inputs = worker.dataflow::<Time, _, _>(|scope| {
                 let (inputs, views) = render(scope, Arc::clone(&duplicates), render_options);
@@ -336,7 +337,7 @@ pub fn run(
                         batch.record_events();
                     }
                     let read_at = read_at.unwrap_or_else(Instant::now);
-                    let _ = to_writer.send(ToWriter::Batch(batch, read_at));
+                    let _ = to_writer.send(ToWriter::Batch(Box::new(batch), read_at));
                 })
                 .probe_with(&probe);
                 inputs
@@ -578,7 +579,9 @@ impl Lead<'_> {
                 checkpoint: Some(checkpoint),
                 ..ViewBatch::default()
             };
-            let _ = self.to_writer.send(ToWriter::Batch(batch, read_at));
+            let _ = self
+                .to_writer
+                .send(ToWriter::Batch(Box::new(batch), read_at));
         }
     }
 
@@ -726,14 +729,15 @@ fn write_views(
     let mut ended = false;
     while !ended {
         let Ok(first) = batches.recv() else { break };
-        let ToWriter::Batch(mut merged, first_read) = first else {
+        let ToWriter::Batch(first_batch, first_read) = first else {
             break;
         };
+        let mut merged = *first_batch;
         let mut read_at = vec![first_read];
         while read_at.len() < MAX_GROUP {
             match batches.try_recv() {
                 Ok(ToWriter::Batch(next, at)) => {
-                    merged.absorb(next);
+                    merged.absorb(*next);
                     read_at.push(at);
                 }
                 Ok(ToWriter::End) => {
@@ -846,10 +850,11 @@ fn outputs(streams: &[OutputStream], batch: &ViewBatch) -> Vec<(OutputStream, Ve
             OutputStream::Applied => {
                 let applied_at = chrono::Utc::now().to_rfc3339();
                 for row in &batch.applied {
+                    let record = row.record.as_deref().unwrap_or_default();
                     out.push((
                         *stream,
                         key(&row.blob_id),
-                        with_applied_at(&row.record, &applied_at),
+                        with_applied_at(record, &applied_at),
                     ));
                 }
             }

@@ -72,6 +72,9 @@ pub struct ApplyOptions<T: Timestamp> {
     /// Dead-letter a blob's waiting deltas once its gap has stayed open this long
     /// (S4.4); `None` waits until the input ends.
     pub gap_timeout: Option<T::Summary>,
+    /// Keep each accepted delta's full record in its `applied` row (for the delta
+    /// store); without it the record is dropped as soon as the delta applies.
+    pub keep_records: bool,
 }
 
 /// An edge proposal and its place in acceptance order: the log position of the delta
@@ -102,6 +105,7 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
         let ApplyOptions {
             track_facts,
             gap_timeout,
+            keep_records,
         } = options;
         let mut builder = OperatorBuilder::new("ApplyDeltas".to_owned(), self.scope());
         let mut input = builder.new_input(self, Exchange::new(|d: &Delta| d.blob_route()));
@@ -212,6 +216,11 @@ impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'sc
                             .drain(..)
                             .map(|(row, diff)| (row, time.clone(), diff)),
                     );
+                    if !keep_records {
+                        for row in &mut fx.applied {
+                            row.record = None;
+                        }
+                    }
                     applied_session
                         .session(&caps[APPLIED])
                         .give_iterator(fx.applied.into_iter().map(|row| (row, time.clone(), 1)));
@@ -293,6 +302,7 @@ impl<T: Timestamp> Default for ApplyOptions<T> {
         ApplyOptions {
             track_facts: false,
             gap_timeout: None,
+            keep_records: false,
         }
     }
 }

@@ -620,6 +620,7 @@ fn config(workers: usize, batch_records: u64) -> ReplayConfig {
         batch_records,
         max_batches_in_flight: 2,
         writer_queue_batches: 2,
+        store_records: false,
     }
 }
 
@@ -866,6 +867,7 @@ fn random_config(
         },
         max_batches_in_flight: rng.random_range(1..5),
         writer_queue_batches: rng.random_range(1..4),
+        store_records: false,
     }
 }
 

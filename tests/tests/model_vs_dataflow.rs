@@ -104,6 +104,7 @@ fn config_strategy() -> impl Strategy<Value = ReplayConfig> {
                 batch_records,
                 max_batches_in_flight,
                 writer_queue_batches,
+                store_records: false,
             },
         )
 }
@@ -672,6 +673,7 @@ proptest! {
             batch_records,
             max_batches_in_flight,
             writer_queue_batches: 2,
+            store_records: false,
         };
         let (expected, tables) = run_both(&lines, &config)?;
         prop_assert_eq!(tables.unordered(), expected.tables.unordered());
@@ -699,6 +701,7 @@ fn one_batch() -> ReplayConfig {
         batch_records: 1000,
         max_batches_in_flight: 2,
         writer_queue_batches: 2,
+        store_records: false,
     }
 }
 

@@ -46,6 +46,7 @@ fn replay_config(batch_records: u64) -> ReplayConfig {
         batch_records,
         max_batches_in_flight: 1,
         writer_queue_batches: 1,
+        store_records: true,
     }
 }
 
@@ -627,7 +628,7 @@ fn applied(record: &str, pos: SourcePos) -> AppliedRow {
         caused_by: d.caused_by,
         created_at: d.created_at,
         pos,
-        record: Arc::clone(&d.raw),
+        record: Some(Arc::clone(&d.raw)),
     }
 }
 

@@ -25,6 +25,7 @@ pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
     if let Some(batch) = args.batch_records {
         config.replay.batch_records = batch;
     }
+    config.replay.store_records |= args.store_records;
     config.validate()?;
 
     for log in &args.logs {

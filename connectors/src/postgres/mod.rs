@@ -500,7 +500,7 @@ const DELTAS: PgTable = PgTable {
 
 fn bind_deltas<'q>(q: PgQuery<'q>, rows: &[&AppliedRow]) -> PgQuery<'q> {
     bind_applied(q, rows)
-        .bind(col(rows, |r| r.record.to_string()))
+        .bind(col(rows, |r| r.record.as_deref().map(str::to_owned)))
         .bind(col(rows, |r| i64::from(r.pos.part)))
         .bind(col(rows, |r| int(r.pos.offset)))
 }
@@ -1278,11 +1278,7 @@ async fn recover(
         .map_err(pg_error("reading the delta store"))?
     {
         let (Some(part), Some(offset), Some(record)) = row else {
-            return Err(SinkError::Refused(
-                "the delta store holds deltas written before it kept their records \
-                 (migration 4); rebuild the views with `studio replay`"
-                    .into(),
-            ));
+            return Err(SinkError::Refused(crate::NO_RECORDS.into()));
         };
         let pos = SourcePos {
             part: part as u32,

@@ -20,7 +20,6 @@ mod reader;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
@@ -384,12 +383,15 @@ impl ViewSink for SqliteViews {
         let conn = &mut self.conn;
         self.runtime.block_on(async {
             let mut rows =
-                sqlx::query_as::<_, (i64, i64, String)>(RECOVERY_QUERY).fetch(&mut *conn);
+                sqlx::query_as::<_, (i64, i64, Option<String>)>(RECOVERY_QUERY).fetch(&mut *conn);
             while let Some((part, offset, record)) = rows
                 .try_next()
                 .await
                 .map_err(db_error("reading the delta store"))?
             {
+                let Some(record) = record else {
+                    return Err(SinkError::Refused(crate::NO_RECORDS.into()));
+                };
                 let pos = SourcePos {
                     part: part as u32,
                     offset: offset as u64,
@@ -456,7 +458,7 @@ impl SqliteViews {
                 &applied,
                 &|b: &mut Binder<'_>, r: &AppliedRow| {
                     bind_applied(b, r);
-                    b.push_bind(Arc::clone(&r.record))
+                    b.push_bind(r.record.clone())
                         .push_bind(r.pos.part as i64)
                         .push_bind(r.pos.offset as i64);
                 },

@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS deltas (
     provider_id TEXT,
     caused_by   TEXT,
     created_at  TEXT NOT NULL,
-    record      TEXT NOT NULL,
+    record      TEXT,
     pos_part    INTEGER NOT NULL,
     pos_offset  INTEGER NOT NULL,
     PRIMARY KEY (delta_id, created_at)

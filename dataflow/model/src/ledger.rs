@@ -317,7 +317,7 @@ impl BlobLedger {
                     caused_by: delta.caused_by,
                     created_at: delta.created_at,
                     pos: delta.pos,
-                    record: Arc::clone(&delta.raw),
+                    record: Some(Arc::clone(&delta.raw)),
                 });
                 true
             }

@@ -54,8 +54,9 @@ pub struct AppliedRow {
     pub created_at: Timestamp,
     /// Where it was read: its place in log order, which recovery replays it in.
     pub pos: SourcePos,
-    /// The full delta as read (the delta store's `record`).
-    pub record: Arc<str>,
+    /// The full delta as read (the delta store's `record`), when the run keeps
+    /// records (the service always does; a replay with `--store-records`).
+    pub record: Option<Arc<str>>,
 }
 
 /// A row of `deltas_waiting`: a delta ahead of its blob's version, waiting for the gap

@@ -12,6 +12,7 @@ use studio_config::Config;
 use studio_connectors::kafka::KafkaSource;
 use studio_connectors::nats::NatsSource;
 use studio_connectors::{LiveSource, OwnedRecord};
+use studio_tests::services::{required_env, unique_name};
 
 fn studio() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_studio"));
@@ -21,26 +22,6 @@ fn studio() -> Command {
         }
     }
     cmd
-}
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: these tests need the brokers that `.ci/run` starts \
-             (tansu for KAFKA_BROKERS, nats-server -js for NATS_URL); see connectors/tests"
-        )
-    })
-}
-
-fn unique(test: &str) -> String {
-    format!(
-        "{test}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
 }
 
 fn gen_lines(args: &[&str]) -> Vec<Vec<u8>> {
@@ -100,8 +81,8 @@ fn check(got: &[OwnedRecord], want: &[Vec<u8>]) {
 
 #[test]
 fn loadgen_to_kafka_publishes_the_generated_log_keyed_by_blob() {
-    let brokers = env("KAFKA_BROKERS");
-    let topic = unique("loadgen");
+    let brokers = required_env("KAFKA_BROKERS");
+    let topic = unique_name("loadgen");
     let flags = ["--deltas", "600", "--blobs", "40", "--seed", "7"];
     let summary = loadgen(
         &[
@@ -131,8 +112,8 @@ fn loadgen_to_kafka_publishes_the_generated_log_keyed_by_blob() {
 
 #[test]
 fn loadgen_to_nats_publishes_the_generated_log() {
-    let url = env("NATS_URL");
-    let name = unique("loadgen").replace('-', "_");
+    let url = required_env("NATS_URL");
+    let name = unique_name("loadgen").replace('-', "_");
     let subject = format!("{name}.deltas");
     let stream = format!("S_{name}");
     let flags = ["--deltas", "600", "--blobs", "40", "--seed", "7"];

@@ -8,6 +8,7 @@
 //! was applied twice and none was lost. Topics have one partition so that the log
 //! order the replay sees is the order the service reads (S4.3 orders per partition).
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,27 +19,8 @@ use studio_config::Config;
 use studio_connectors::kafka::{KafkaPublisher, KafkaSource};
 use studio_connectors::nats::{NatsPublisher, NatsSource};
 use studio_connectors::{LiveSource, OutputStream, RecordPublisher};
-use studio_tests::views::{read_tables, text_rows};
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: these tests need the brokers that `.ci/run` starts \
-             (tansu for KAFKA_BROKERS, nats-server -js for NATS_URL)"
-        )
-    })
-}
-
-fn unique(test: &str) -> String {
-    format!(
-        "{test}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
+use studio_tests::services::{fresh_database, required_env, unique_name};
+use studio_tests::views::{assert_same_tables, dump, read_tables, text_rows};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Bus {
@@ -56,7 +38,7 @@ struct Setup {
 
 impl Setup {
     fn new(bus: Bus, test: &str) -> Setup {
-        let name = unique(test);
+        let name = unique_name(test);
         let mut config = Config::default();
         let mut vars = vec![
             ("STUDIO_RUN__LISTEN".to_owned(), String::new()),
@@ -68,7 +50,7 @@ impl Setup {
         match bus {
             Bus::Kafka => {
                 let k = &mut config.kafka;
-                k.brokers = env("KAFKA_BROKERS");
+                k.brokers = required_env("KAFKA_BROKERS");
                 k.partitions = 1;
                 k.group_id = name.clone();
                 k.topics.deltas = format!("{name}.deltas");
@@ -92,7 +74,7 @@ impl Setup {
             Bus::Nats => {
                 let n = &mut config.nats;
                 let id = name.replace(['-', '.'], "_");
-                n.url = env("NATS_URL");
+                n.url = required_env("NATS_URL");
                 n.stream = format!("IN_{id}");
                 n.output_stream = format!("OUT_{id}");
                 n.durable = format!("d_{id}");
@@ -150,7 +132,7 @@ impl Setup {
             Bus::Kafka => {
                 let mut kafka = self.config.kafka.clone();
                 kafka.topics.deltas = studio_connectors::kafka::topic_of(&kafka, stream).to_owned();
-                kafka.group_id = unique("reader");
+                kafka.group_id = unique_name("reader");
                 Box::new(KafkaSource::open(&kafka, &[]).unwrap())
             }
             Bus::Nats => {
@@ -158,7 +140,7 @@ impl Setup {
                 nats.stream = nats.output_stream.clone();
                 nats.subjects.deltas =
                     studio_connectors::nats::subject_of(&nats, stream).to_owned();
-                nats.durable = unique("reader").replace(['-', '.'], "_");
+                nats.durable = unique_name("reader").replace(['-', '.'], "_");
                 Box::new(NatsSource::open(&nats, &[]).unwrap())
             }
         };
@@ -174,7 +156,7 @@ impl Setup {
         got
     }
 
-    fn service(&self, db: &Path, extra: &[&str]) -> Command {
+    fn service(&self, db: impl AsRef<OsStr>, extra: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_studio"));
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("STUDIO_") {
@@ -192,7 +174,7 @@ impl Setup {
     }
 
     /// Runs the service until it has been idle for 3 s; returns its report.
-    fn run_to_idle(&self, db: &Path) -> Value {
+    fn run_to_idle(&self, db: impl AsRef<OsStr>) -> Value {
         let out = self
             .service(db, &["--exit-when-idle", "3000", "--json"])
             .stderr(Stdio::piped())
@@ -206,12 +188,31 @@ impl Setup {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    fn spawn(&self, db: &Path) -> Child {
-        self.service(db, &[])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+    fn spawn(&self, db: impl AsRef<OsStr>) -> Running {
+        Running(
+            self.service(db, &[])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+/// A service process, killed (SIGKILL) when dropped, so that a failing test does not
+/// leave it running.
+struct Running(Child);
+
+impl Running {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -394,8 +395,7 @@ fn crash_loop(bus: Bus, seed: u64) {
     for _ in 0..5 {
         let mut child = setup.spawn(&db);
         std::thread::sleep(Duration::from_millis(rng.random_range(300..2500)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        child.kill(); // SIGKILL
         if db.exists() {
             progress.push(checkpoint(&db));
         }
@@ -532,8 +532,7 @@ fn metrics_and_health_are_served() {
     assert!(health.contains("\"running\""), "{health}");
     let (status, _) = http_get(port, "/nope");
     assert!(status.contains("404"), "{status}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }
 
 #[test]
@@ -732,4 +731,49 @@ fn the_service_takes_over_a_replayed_database() {
         Some((lines.len() - half) as u64)
     );
     assert_same_views(&db, &replay(&lines, dir.path()));
+}
+
+/// `studio run --db postgres://...`: killed with SIGKILL and restarted while it works
+/// through a log, it ends with the tables of a SQLite replay of the same log (every
+/// view, the delta store, the dead letters with their numbering).
+#[test]
+fn postgres_service_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(Bus::Kafka, "pgservice");
+    let large = dir.path().join("large");
+    setup.vars.extend([
+        ("STUDIO_RUN__EVENTS".to_owned(), "false".to_owned()),
+        ("STUDIO_CONTENT__DIR".into(), large.display().to_string()),
+    ]);
+    let lines = faulty_log(8_000, 31);
+    setup.publish(&lines);
+    let url = fresh_database("service");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(31);
+    for _ in 0..3 {
+        let mut child = setup.spawn(&url);
+        std::thread::sleep(Duration::from_millis(rng.random_range(500..2500)));
+        child.kill();
+    }
+    let report = setup.run_to_idle(&url);
+    assert!(report["records_read"].as_u64().is_some(), "{report}");
+
+    let replayed = replay(&lines, dir.path());
+    let without_checkpoints = |tables: Vec<(String, studio_connectors::Rows)>| {
+        tables
+            .into_iter()
+            .filter(|(t, _)| t != "checkpoints")
+            .collect::<Vec<_>>()
+    };
+    let local = studio_connectors::content::ContentReader::local;
+    let sqlite =
+        dump(&mut studio_connectors::sqlite::SqliteReader::open(&replayed, local()).unwrap());
+    let pg = dump(
+        &mut studio_connectors::postgres::PgReader::open(&url, Duration::from_secs(20), local())
+            .unwrap(),
+    );
+    assert_same_tables(
+        &without_checkpoints(sqlite),
+        &without_checkpoints(pg),
+        "a SQLite replay vs the Postgres service",
+    );
 }

@@ -267,6 +267,21 @@ pub fn positions_json(positions: &[SourcePos]) -> String {
     serde_json::to_string(&pairs).expect("positions serialise")
 }
 
+/// A stored checkpoint of `source`: its row (`positions` text, `next_seq`), if any.
+pub fn checkpoint_of(
+    source: &str,
+    row: Option<(String, i64)>,
+) -> Result<Option<Checkpoint>, SinkError> {
+    row.map(|(positions, next_seq)| {
+        Ok(Checkpoint {
+            source: source.to_owned(),
+            positions: positions_from_json(&positions)?,
+            next_seq: next_seq as u64,
+        })
+    })
+    .transpose()
+}
+
 /// Parses [`positions_json`]'s text.
 pub fn positions_from_json(text: &str) -> Result<Vec<SourcePos>, SinkError> {
     let pairs: Vec<(u32, u64)> = serde_json::from_str(text).map_err(|e| SinkError::Database {

@@ -95,6 +95,25 @@ pub struct Latency {
     pub max: f64,
 }
 
+impl Latency {
+    /// The percentiles of a histogram of microseconds.
+    pub fn from_micros(histogram: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50: ms(histogram.value_at_quantile(0.5)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+/// Joins the timely workers; the first failure, if any.
+pub(crate) fn join_workers(
+    guards: timely::communication::initialize::WorkerGuards<Result<(), String>>,
+) -> Option<String> {
+    guards.join().into_iter().find_map(|result| result.err())
+}
+
 impl ReplayReport {
     /// True when accepted + duplicates + dead letters = records read (provider outputs
     /// fed back count as records read).
@@ -306,21 +325,15 @@ pub fn replay(
         })
         .map_err(ReplayError::Worker)?
     };
-    let mut failures = Vec::new();
-    for result in guards.join() {
-        if let Err(e) = result {
-            failures.push(e);
-        }
-    }
+    let failure = join_workers(guards);
     let tally = writer
         .join()
         .map_err(|_| ReplayError::Worker("the view writer panicked".into()))??;
-    if let Some(first) = failures.into_iter().next() {
-        return Err(ReplayError::Worker(first));
+    if let Some(failure) = failure {
+        return Err(ReplayError::Worker(failure));
     }
     let wall = started.elapsed();
     let records_read = records_read.load(Ordering::Relaxed);
-    let ms = |us: u64| us as f64 / 1000.0;
     let providers = provider_report.lock().expect("report lock").take();
     Ok(ReplayReport {
         providers,
@@ -337,11 +350,7 @@ pub fn replay(
         sink_seconds: tally.busy.as_secs_f64(),
         wall_seconds: wall.as_secs_f64(),
         records_per_second: records_read as f64 / wall.as_secs_f64().max(1e-9),
-        batch_latency_ms: Latency {
-            p50: ms(tally.latency_us.value_at_quantile(0.5)),
-            p99: ms(tally.latency_us.value_at_quantile(0.99)),
-            max: ms(tally.latency_us.max()),
-        },
+        batch_latency_ms: Latency::from_micros(&tally.latency_us),
     })
 }
 

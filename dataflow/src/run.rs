@@ -48,7 +48,7 @@ use timely::dataflow::operators::Probe;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
 use crate::render::{Inputs, RenderOptions, Time, render};
-use crate::replay::Latency;
+use crate::replay::{Latency, join_workers};
 use crate::sink::sink_views;
 
 /// How the service runs.
@@ -468,12 +468,7 @@ pub fn run(
         })
         .map_err(RunError::Worker)?
     };
-    let mut failures = Vec::new();
-    for result in guards.join() {
-        if let Err(e) = result {
-            failures.push(e);
-        }
-    }
+    let failure = join_workers(guards);
     let written = writer
         .join()
         .map_err(|_| RunError::Worker("the view writer panicked".into()));
@@ -482,12 +477,11 @@ pub fn run(
         .map_err(|_| RunError::Worker("the source reader panicked".into()));
     let tally_w = written??;
     read??;
-    if let Some(first) = failures.into_iter().next() {
-        return Err(RunError::Worker(first));
+    if let Some(failure) = failure {
+        return Err(RunError::Worker(failure));
     }
     control.set_phase(Phase::Stopped);
     let (recovered, records_read) = *tally.lock().expect("tally");
-    let ms = |us: u64| us as f64 / 1000.0;
     Ok(RunReport {
         recovered,
         records_read,
@@ -500,11 +494,7 @@ pub fn run(
         published: tally_w.published,
         positions: tally_w.positions,
         wall_seconds: started.elapsed().as_secs_f64(),
-        batch_latency_ms: Latency {
-            p50: ms(tally_w.latency_us.value_at_quantile(0.5)),
-            p99: ms(tally_w.latency_us.value_at_quantile(0.99)),
-            max: ms(tally_w.latency_us.max()),
-        },
+        batch_latency_ms: Latency::from_micros(&tally_w.latency_us),
     })
 }
 

@@ -295,7 +295,11 @@ fn run_apply(feed: &[Fed], drive: Drive, dedup: bool) -> Views {
             } else {
                 deltas
             };
-            let out = deltas.apply_deltas(ApplyOptions::default());
+            // Records kept, as the service does: the fold's rows carry them too.
+            let out = deltas.apply_deltas(ApplyOptions {
+                keep_records: true,
+                ..ApplyOptions::default()
+            });
             capture(out.blobs.inner, &blobs_tx, &probe);
             capture(out.processed.inner, &processed_tx, &probe);
             capture(out.applied.inner, &applied_tx, &probe);

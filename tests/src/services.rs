@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex};
 
 use sqlx::Connection;
 
-const HOW: &str = "start the services with `eval \"$(bash .ci/services.sh up /tmp/studio-services)\"` \
-                   (PostgreSQL and moto on 127.0.0.1; .ci/run does this) and run the tests again";
+const HOW: &str = "run .ci/run, which starts them all; or start tansu (KAFKA_BROKERS) and \
+                   `nats-server -js` (NATS_URL) as .ci/run does, and PostgreSQL and moto \
+                   (DATABASE_URL, S3_ENDPOINT) with `eval \"$(bash .ci/services.sh up /tmp/studio-services)\"`, \
+                   then run the tests again";
 
 /// A required environment variable, or a failure that says how to get it.
 pub fn required_env(name: &str) -> String {

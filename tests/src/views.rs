@@ -12,6 +12,7 @@ use base64::Engine as _;
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use studio_connectors::content::{Content, ContentReader};
+use studio_connectors::{Rows, VIEW_TABLES, ViewReader};
 
 /// A row of `blobs`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -342,4 +343,28 @@ pub fn text_rows(path: &Path, sql: &str) -> TextRows {
             })
             .collect()
     })
+}
+
+/// Every view table, rows sorted, as JSON values.
+pub fn dump(reader: &mut dyn ViewReader) -> Vec<(String, Rows)> {
+    VIEW_TABLES
+        .iter()
+        .map(|t| {
+            let mut rows = reader
+                .rows(&format!("SELECT * FROM {t}"), &[])
+                .unwrap_or_else(|e| panic!("reading {t}: {e}"));
+            rows.sort_by_cached_key(|r| serde_json::to_string(r).expect("JSON"));
+            ((*t).to_owned(), rows)
+        })
+        .collect()
+}
+
+/// Every table equal, row by row; `what` names the comparison.
+pub fn assert_same_tables(left: &[(String, Rows)], right: &[(String, Rows)], what: &str) {
+    for ((table, l), (_, r)) in left.iter().zip(right) {
+        assert_eq!(l.len(), r.len(), "{what}: {table} row counts differ");
+        for (a, b) in l.iter().zip(r) {
+            assert_eq!(a, b, "{what}: {table} differs");
+        }
+    }
 }

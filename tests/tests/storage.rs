@@ -19,7 +19,7 @@ use studio_connectors::content::{ContentOptions, ContentReader, ContentSpec, Lar
 use studio_connectors::postgres::{PgOptions, PgReader, PgViews};
 use studio_connectors::retry::RetryPolicy;
 use studio_connectors::sqlite::{SqliteOptions, SqliteReader, SqliteViews};
-use studio_connectors::{OpenMode, Rows, VIEW_TABLES, ViewReader, ViewSink};
+use studio_connectors::{OpenMode, Rows, ViewReader, ViewSink};
 use studio_dataflow::providers::ProviderSetup;
 use studio_dataflow::replay::{Progress, ReplayOptions, ReplayReport, replay};
 use studio_model::generate::{Faults, GenSpec, generate};
@@ -29,6 +29,7 @@ use studio_model::{
 use studio_tests::services::{
     FlakyProxy, fresh_bucket, fresh_database, host_port, pg_texts, s3_endpoint, with_host_port,
 };
+use studio_tests::views::{assert_same_tables, dump};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -119,31 +120,8 @@ fn faults() -> Faults {
     }
 }
 
-/// Every view table, rows sorted, as JSON values.
-fn dump(reader: &mut dyn ViewReader) -> Vec<(String, Rows)> {
-    VIEW_TABLES
-        .iter()
-        .map(|t| {
-            let mut rows = reader
-                .rows(&format!("SELECT * FROM {t}"), &[])
-                .unwrap_or_else(|e| panic!("reading {t}: {e}"));
-            rows.sort_by_cached_key(|r| serde_json::to_string(r).expect("JSON"));
-            ((*t).to_owned(), rows)
-        })
-        .collect()
-}
-
 fn pg_reader(url: &str, content: ContentReader) -> PgReader {
     PgReader::open(url, TIMEOUT, content).expect("open the Postgres reader")
-}
-
-fn assert_same_tables(left: &[(String, Rows)], right: &[(String, Rows)], what: &str) {
-    for ((table, l), (_, r)) in left.iter().zip(right) {
-        assert_eq!(l.len(), r.len(), "{what}: {table} row counts differ");
-        for (a, b) in l.iter().zip(r) {
-            assert_eq!(a, b, "{what}: {table} differs");
-        }
-    }
 }
 
 #[test]

@@ -47,7 +47,7 @@ use studio_model::{
 
 use crate::content::{ContentCodec, ContentSpec, EncodedBlob};
 use crate::retry::RetryPolicy;
-use crate::{SinkError, ViewSink, positions_from_json, positions_json};
+use crate::{SinkError, ViewSink, positions_json};
 
 pub use reader::PgReader;
 
@@ -1293,15 +1293,7 @@ async fn recover(
             .fetch_optional(&mut *conn)
             .await
             .map_err(pg_error("reading the source checkpoint"))?;
-    stored
-        .map(|(positions, next_seq)| {
-            Ok(Checkpoint {
-                source: source.to_owned(),
-                positions: positions_from_json(&positions)?,
-                next_seq: next_seq as u64,
-            })
-        })
-        .transpose()
+    crate::checkpoint_of(source, stored)
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use studio_model::{
 
 use crate::content::{ContentCodec, ContentSpec, EncodedBlob};
 use crate::retry::RetryPolicy;
-use crate::{SinkError, ViewSink, positions_from_json, positions_json};
+use crate::{SinkError, ViewSink, positions_json};
 use futures_util::TryStreamExt;
 
 pub use crate::VIEW_TABLES;
@@ -411,15 +411,7 @@ impl ViewSink for SqliteViews {
                     .fetch_optional(&mut *conn)
                     .await
                     .map_err(db_error("reading the source checkpoint"))?;
-            stored
-                .map(|(positions, next_seq)| {
-                    Ok(Checkpoint {
-                        source: source.to_owned(),
-                        positions: positions_from_json(&positions)?,
-                        next_seq: next_seq as u64,
-                    })
-                })
-                .transpose()
+            crate::checkpoint_of(source, stored)
         })
     }
 }
@@ -447,16 +439,7 @@ impl SqliteViews {
             USER_DEPTH.write(&mut tx, &batch.user_depth).await?;
             let mut applied: Vec<&AppliedRow> = batch.applied.iter().collect();
             applied.sort_unstable_by_key(|r| r.delta_id);
-            insert_rows(
-                &mut tx,
-                "INSERT INTO deltas_applied (delta_id, blob_id, version, operation, user_id, provider_id, caused_by, created_at) ",
-                8,
-                "",
-                &applied,
-                &bind_applied,
-            )
-            .await?;
-            insert_rows(
+insert_rows(
                 &mut tx,
                 "INSERT INTO deltas (delta_id, blob_id, version, operation, user_id, provider_id, caused_by, created_at, record, pos_part, pos_offset) ",
                 11,

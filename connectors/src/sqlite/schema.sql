@@ -16,16 +16,6 @@ CREATE TABLE IF NOT EXISTS blobs (
     updated_at   TEXT NOT NULL,
     deleted_at   TEXT
 );
-CREATE TABLE IF NOT EXISTS deltas_applied (
-    delta_id    TEXT PRIMARY KEY,
-    blob_id     TEXT NOT NULL,
-    version     INTEGER NOT NULL,
-    operation   TEXT NOT NULL,
-    user_id     TEXT NOT NULL,
-    provider_id TEXT,
-    caused_by   TEXT,
-    created_at  TEXT NOT NULL
-) WITHOUT ROWID; -- one B-tree keyed by delta_id: small rows, insert-only
 -- The delta store: every accepted delta, by blob in version order and by cause, with
 -- the full record as read and its log position (pos_part, pos_offset: the order a
 -- restart replays it in). In Postgres it is partitioned by month of created_at.
@@ -45,6 +35,12 @@ CREATE TABLE IF NOT EXISTS deltas (
 );
 CREATE INDEX IF NOT EXISTS deltas_by_blob ON deltas (blob_id, version);
 CREATE INDEX IF NOT EXISTS deltas_by_cause ON deltas (caused_by);
+-- The accepted deltas (the delta.applied events): the delta store's columns without
+-- the record. A view, so that each accepted delta is written once; lookups by
+-- delta_id use the delta store's primary key.
+CREATE VIEW IF NOT EXISTS deltas_applied AS
+    SELECT delta_id, blob_id, version, operation, user_id, provider_id, caused_by, created_at
+    FROM deltas;
 -- Deltas waiting for a gap to fill (S4.1), kept so that a restart does not lose them.
 CREATE TABLE IF NOT EXISTS deltas_waiting (
     delta_id   TEXT PRIMARY KEY,

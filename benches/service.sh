@@ -30,7 +30,9 @@ run_once() { # bus name rate
   export STUDIO_KAFKA__TOPICS__DELTAS="$name.deltas" STUDIO_KAFKA__GROUP_ID="$name"
   export STUDIO_NATS__STREAM="IN_$id" STUDIO_NATS__OUTPUT_STREAM="OUT_$id" \
     STUDIO_NATS__DURABLE="d_$id" STUDIO_NATS__SUBJECTS__DELTAS="$id.deltas"
-  "$bin/studio" run --db "$db" --exit-when-idle 5000 --json >"$work/$name.report" 2>"$work/$name.log" &
+  # Idle for 30 s before it stops: loadgen generates the log in memory before its
+  # first publish, and the service must still be there then.
+  "$bin/studio" run --db "$db" --exit-when-idle 30000 --json >"$work/$name.report" 2>"$work/$name.log" &
   service=$!
   "$bin/studio" loadgen --to "$bus" --deltas "$deltas" --blobs "$blobs" --rate "$rate" \
     --wait-db "$db" --no-progress --json

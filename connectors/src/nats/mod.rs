@@ -54,8 +54,14 @@ pub fn subject_of(config: &NatsConfig, stream: OutputStream) -> &str {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// One background thread per client: the connection's reader and writer run there at
+/// all times, not only while a call is blocked on the runtime. (On a current-thread
+/// runtime a published message could sit in the client's buffer until the next call,
+/// and a delivered one in the socket while the dataflow worked.)
 fn runtime() -> Result<Runtime, std::io::Error> {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("studio-nats")
         .enable_all()
         .build()
 }

@@ -24,6 +24,7 @@
 //! - [`run`] is the long-running service: a bus in, durable views, recovery on start.
 #![forbid(missing_docs)]
 
+mod driver;
 pub mod providers;
 pub mod render;
 pub mod replay;

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use studio_config::ReplayConfig;
 use studio_connectors::file::FileSource;
@@ -28,6 +27,8 @@ use studio_model::{ViewBatch, parse_record};
 use timely::dataflow::operators::Probe;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
+pub use crate::driver::Latency;
+use crate::driver::{CommitTally, LeadClock, join_workers};
 use crate::providers::{Dispatcher, Feed, ProviderReport, ProviderSetup};
 use crate::render::{Inputs, RenderOptions, Time, render};
 use crate::sink::sink_views;
@@ -84,36 +85,6 @@ pub struct ReplayReport {
     pub providers: Option<ProviderReport>,
 }
 
-/// Latency percentiles in milliseconds.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Latency {
-    /// Median.
-    pub p50: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// Maximum.
-    pub max: f64,
-}
-
-impl Latency {
-    /// The percentiles of a histogram of microseconds.
-    pub fn from_micros(histogram: &Histogram<u64>) -> Self {
-        let ms = |us: u64| us as f64 / 1000.0;
-        Latency {
-            p50: ms(histogram.value_at_quantile(0.5)),
-            p99: ms(histogram.value_at_quantile(0.99)),
-            max: ms(histogram.max()),
-        }
-    }
-}
-
-/// Joins the timely workers; the first failure, if any.
-pub(crate) fn join_workers(
-    guards: timely::communication::initialize::WorkerGuards<Result<(), String>>,
-) -> Option<String> {
-    guards.join().into_iter().find_map(|result| result.err())
-}
-
 impl ReplayReport {
     /// True when accepted + duplicates + dead letters = records read (provider outputs
     /// fed back count as records read).
@@ -137,15 +108,12 @@ pub enum ReplayError {
 }
 
 /// What the writer thread counted.
+#[derive(Default)]
 struct WriterTally {
-    accepted: u64,
+    commits: CommitTally,
     edges_accepted: u64,
     edges_rejected: u64,
-    dead_letters: BTreeMap<String, u64>,
-    batches: u64,
-    transactions: u64,
     busy: Duration,
-    latency_us: Histogram<u64>,
 }
 
 struct Committable {
@@ -161,13 +129,6 @@ pub struct ReplayOptions {
     pub providers: Option<ProviderSetup>,
     /// Record events (S5.8) in the view store.
     pub events: bool,
-}
-
-/// The timestamps of the provider phase, published by worker 0 for the others.
-#[derive(Default)]
-struct PhaseClock {
-    time: AtomicU64,
-    done: AtomicBool,
 }
 
 /// Replays `files` into `sink`.
@@ -193,7 +154,7 @@ pub fn replay(
     let records_read = Arc::new(AtomicU64::new(0));
     let duplicates = Arc::new(AtomicU64::new(0));
     let aborted = Arc::new(AtomicBool::new(false));
-    let clock = Arc::new(PhaseClock::default());
+    let clock = Arc::new(LeadClock::default());
     let provider_report: Arc<Mutex<Option<ProviderReport>>> = Arc::default();
     let workers = config.workers;
     let guards = {
@@ -310,13 +271,13 @@ pub fn replay(
                 (None, _) => current + 1,
                 (Some(_), Some(lead)) => {
                     let end = lead.run(worker, &mut inputs, current, None);
-                    lead.clock.time.store(end, Ordering::Release);
-                    lead.clock.done.store(true, Ordering::Release);
+                    lead.clock.publish(end);
+                    lead.clock.finish();
                     *provider_report.lock().expect("report lock") =
                         Some(lead.dispatcher.borrow_mut().report());
                     end
                 }
-                (Some(_), None) => follow_phase(worker, &mut inputs, &clock, current),
+                (Some(_), None) => clock.follow(worker, &mut inputs, current),
             };
             // One last timestamp, the same on every worker, for the S4.4 gap letters.
             inputs.advance_to(end);
@@ -338,19 +299,19 @@ pub fn replay(
     Ok(ReplayReport {
         providers,
         records_read,
-        accepted: tally.accepted,
+        accepted: tally.commits.accepted,
         duplicates: duplicates.load(Ordering::Relaxed),
-        dead_letters: tally.dead_letters.values().sum(),
-        dead_letters_by_reason: tally.dead_letters,
+        dead_letters: tally.commits.dead_letters.values().sum(),
+        dead_letters_by_reason: tally.commits.dead_letters,
         edges_accepted: tally.edges_accepted,
         edges_rejected: tally.edges_rejected,
         workers,
-        batches: tally.batches,
-        transactions: tally.transactions,
+        batches: tally.commits.batches,
+        transactions: tally.commits.transactions,
         sink_seconds: tally.busy.as_secs_f64(),
         wall_seconds: wall.as_secs_f64(),
         records_per_second: records_read as f64 / wall.as_secs_f64().max(1e-9),
-        batch_latency_ms: Latency::from_micros(&tally.latency_us),
+        batch_latency_ms: Latency::from_micros(&tally.commits.latency_us),
     })
 }
 
@@ -358,7 +319,7 @@ pub fn replay(
 /// requests, feed the answers at the next timestamp, and repeat until nothing is
 /// pending that a worker here runs and nothing is in flight.
 struct LeadPhase<'a> {
-    clock: &'a PhaseClock,
+    clock: &'a LeadClock,
     probe: &'a ProbeHandle<Time>,
     dispatcher: &'a RefCell<Dispatcher>,
     aborted: &'a AtomicBool,
@@ -378,7 +339,7 @@ impl LeadPhase<'_> {
         let mut t = after + 1;
         while before.is_none_or(|b| t < b) {
             inputs.advance_to(t);
-            self.clock.time.store(t, Ordering::Release);
+            self.clock.publish(t);
             worker.step_while(|| self.probe.less_than(&t));
             if self.aborted.load(Ordering::Relaxed) {
                 break;
@@ -416,29 +377,6 @@ impl LeadPhase<'_> {
     }
 }
 
-/// The other workers' side of the provider phase: follow worker 0's timestamps until
-/// it is done; returns the final timestamp.
-fn follow_phase(
-    worker: &mut timely::worker::Worker,
-    inputs: &mut Inputs,
-    clock: &PhaseClock,
-    log_end: Time,
-) -> Time {
-    let mut mine = log_end;
-    loop {
-        let done = clock.done.load(Ordering::Acquire);
-        let t = clock.time.load(Ordering::Acquire);
-        if t > mine {
-            inputs.advance_to(t);
-            mine = t;
-        }
-        if done {
-            return mine;
-        }
-        worker.step_or_park(Some(Duration::from_millis(1)));
-    }
-}
-
 /// The writer thread: commits batches in order, merging those that queued up.
 fn write_views(
     mut sink: Box<dyn ViewSink + Send>,
@@ -447,18 +385,7 @@ fn write_views(
 ) -> Result<WriterTally, SinkError> {
     /// At most this many queued batches go into one transaction.
     const MAX_GROUP: usize = 16;
-    let mut tally = WriterTally {
-        accepted: 0,
-        edges_accepted: 0,
-        edges_rejected: 0,
-        dead_letters: BTreeMap::new(),
-        batches: 0,
-        transactions: 0,
-        busy: Duration::ZERO,
-        // Up to an hour in microseconds, 3 significant digits; longer saturates.
-        latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-            .expect("valid histogram bounds"),
-    };
+    let mut tally = WriterTally::default();
     while let Ok(first) = batches.recv() {
         let mut fed = vec![first.fed_at];
         let mut merged = first.batch;
@@ -478,26 +405,13 @@ fn write_views(
             seconds = (now - writing).as_secs_f64(),
             "view transaction committed"
         );
-        for at in &fed {
-            let micros = now
-                .saturating_duration_since(*at)
-                .max(Duration::from_micros(1))
-                .as_micros();
-            tally.latency_us.saturating_record(micros as u64);
-        }
-        tally.accepted += merged.applied.len() as u64;
+        tally.commits.count(&merged, &fed, now);
         tally.edges_accepted += merged.edges.upserts.len() as u64;
         tally.edges_accepted -= merged.edges.deletes.len() as u64;
         tally.edges_rejected += merged.rejected_edges.len() as u64;
-        for letter in &merged.dead_letters {
-            *tally
-                .dead_letters
-                .entry(letter.reason.kind().to_owned())
-                .or_default() += 1;
-        }
-        tally.batches += fed.len() as u64;
-        tally.transactions += 1;
-        progress.accepted.store(tally.accepted, Ordering::Relaxed);
+        progress
+            .accepted
+            .store(tally.commits.accepted, Ordering::Relaxed);
     }
     sink.finish()?;
     Ok(tally)

@@ -38,7 +38,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use studio_connectors::{
     LiveSource, OutputStream, OwnedRecord, RecordPublisher, SinkError, SourceError, ViewSink,
@@ -47,8 +46,8 @@ use studio_model::{Checkpoint, Provider, SourcePos, ViewBatch};
 use timely::dataflow::operators::Probe;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
+use crate::driver::{CommitTally, Latency, LeadClock, join_workers};
 use crate::render::{Inputs, RenderOptions, Time, render};
-use crate::replay::{Latency, join_workers};
 use crate::sink::sink_views;
 
 /// How the service runs.
@@ -213,11 +212,12 @@ enum ToWriter {
     End,
 }
 
-/// The lead's clock, followed by the other workers.
-#[derive(Default)]
-struct Clock {
-    time: AtomicU64,
-    done: AtomicBool,
+/// The last position read in each partition, as a checkpoint lists them.
+fn position_list(positions: &BTreeMap<u32, u64>) -> Vec<SourcePos> {
+    positions
+        .iter()
+        .map(|(&part, &offset)| SourcePos { part, offset })
+        .collect()
 }
 
 fn now_ms() -> u64 {
@@ -287,7 +287,7 @@ pub fn run(
             .expect("spawn the source reader")
     };
 
-    let clock = Arc::new(Clock::default());
+    let clock = Arc::new(LeadClock::default());
     let duplicates = Arc::new(AtomicU64::new(0));
     let tally = Arc::new(Mutex::new((0u64, 0u64))); // (recovered, records read)
     let guards = {
@@ -344,7 +344,7 @@ pub fn run(
             });
 
             if !lead {
-                follow(worker, &mut inputs, &clock);
+                clock.follow(worker, &mut inputs, 0);
                 return Ok(());
             }
             for provider in &options.providers {
@@ -397,12 +397,7 @@ pub fn run(
                 positions = ?positions,
                 "recovered the delta store"
             );
-            let _ = start_tx.send(
-                positions
-                    .iter()
-                    .map(|(&part, &offset)| SourcePos { part, offset })
-                    .collect(),
-            );
+            let _ = start_tx.send(position_list(&positions));
             lead.wait_for(worker, now);
             control.set_phase(Phase::Running);
             tally.lock().expect("tally").0 = recovered;
@@ -430,10 +425,7 @@ pub fn run(
                             time,
                             Checkpoint {
                                 source: options.source.clone(),
-                                positions: positions
-                                    .iter()
-                                    .map(|(&part, &offset)| SourcePos { part, offset })
-                                    .collect(),
+                                positions: position_list(&positions),
                                 next_seq,
                             },
                         );
@@ -485,16 +477,16 @@ pub fn run(
     Ok(RunReport {
         recovered,
         records_read,
-        accepted: tally_w.accepted,
+        accepted: tally_w.commits.accepted,
         duplicates: duplicates.load(Ordering::Relaxed),
-        dead_letters: tally_w.dead_letters.values().sum(),
-        dead_letters_by_reason: tally_w.dead_letters,
-        batches: tally_w.batches,
-        transactions: tally_w.transactions,
+        dead_letters: tally_w.commits.dead_letters.values().sum(),
+        dead_letters_by_reason: tally_w.commits.dead_letters,
+        batches: tally_w.commits.batches,
+        transactions: tally_w.commits.transactions,
         published: tally_w.published,
         positions: tally_w.positions,
         wall_seconds: started.elapsed().as_secs_f64(),
-        batch_latency_ms: Latency::from_micros(&tally_w.latency_us),
+        batch_latency_ms: Latency::from_micros(&tally_w.commits.latency_us),
     })
 }
 
@@ -502,7 +494,7 @@ pub fn run(
 struct Lead<'a> {
     inputs: Inputs,
     probe: ProbeHandle<Time>,
-    clock: &'a Clock,
+    clock: &'a LeadClock,
     /// Checkpoints of the timestamps fed and not yet handed to the writer.
     checkpoints: Rc<RefCell<BTreeMap<Time, Checkpoint>>>,
     /// When each timestamp's first record was read.
@@ -518,7 +510,7 @@ impl Lead<'_> {
     fn advance(&mut self, wanted: Time) -> Time {
         self.time = wanted.max(self.time + 1);
         self.inputs.advance_to(self.time);
-        self.clock.time.store(self.time, Ordering::Release);
+        self.clock.publish(self.time);
         self.time
     }
 
@@ -584,24 +576,7 @@ impl Lead<'_> {
         self.flush_checkpoints();
         *closing.borrow_mut() = true;
         let _ = self.to_writer.send(ToWriter::End);
-        self.clock.done.store(true, Ordering::Release);
-    }
-}
-
-/// The other workers: follow the lead's timestamps until it is done.
-fn follow(worker: &mut timely::worker::Worker, inputs: &mut Inputs, clock: &Clock) {
-    let mut mine = 0;
-    loop {
-        let done = clock.done.load(Ordering::Acquire);
-        let t = clock.time.load(Ordering::Acquire);
-        if t > mine {
-            inputs.advance_to(t);
-            mine = t;
-        }
-        if done {
-            return;
-        }
-        worker.step_or_park(Some(Duration::from_millis(1)));
+        self.clock.finish();
     }
 }
 
@@ -670,14 +645,11 @@ fn read_source(
 }
 
 /// What the writer counted.
+#[derive(Default)]
 struct WriterTally {
-    accepted: u64,
-    dead_letters: BTreeMap<String, u64>,
-    batches: u64,
-    transactions: u64,
+    commits: CommitTally,
     published: u64,
     positions: Vec<SourcePos>,
-    latency_us: Histogram<u64>,
 }
 
 /// The writer thread: recovery first, then every batch: publish, commit, acknowledge.
@@ -705,16 +677,7 @@ fn write_views(
     let _ = recovered.send(Recovered::Done(checkpoint));
     drop(recovered);
 
-    let mut tally = WriterTally {
-        accepted: 0,
-        dead_letters: BTreeMap::new(),
-        batches: 0,
-        transactions: 0,
-        published: 0,
-        positions: Vec::new(),
-        latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-            .expect("valid histogram bounds"),
-    };
+    let mut tally = WriterTally::default();
     let mut dag_depth = 0u32;
     let mut ended = false;
     while !ended {
@@ -749,39 +712,38 @@ fn write_views(
             tally.positions = checkpoint.positions.clone();
             let _ = commits.send(checkpoint.positions.clone());
         }
-        for at in &read_at {
-            let latency = now.saturating_duration_since(*at);
-            tally
-                .latency_us
-                .saturating_record(latency.as_micros().max(1) as u64);
-            metrics::histogram!("studio_batch_latency_seconds").record(latency.as_secs_f64());
-        }
-        let latency = now.saturating_duration_since(read_at[0]).as_secs_f64();
-        let blob_timing = metrics::histogram!("studio_blob_processing_duration_seconds");
-        for _ in &merged.blobs.upserts {
-            blob_timing.record(latency);
-        }
-        dag_depth = merged
-            .depth
-            .upserts
-            .iter()
-            .fold(dag_depth, |d, r| d.max(r.depth));
-        metrics::gauge!("studio_dag_depth").set(dag_depth as f64);
-        metrics::counter!("studio_deltas_applied_total").increment(merged.applied.len() as u64);
-        metrics::gauge!("studio_deltas_waiting")
-            .increment(merged.waiting.upserts.len() as f64 - merged.waiting.deletes.len() as f64);
-        metrics::counter!("studio_batches_committed_total").increment(read_at.len() as u64);
-        metrics::counter!("studio_view_transactions_total").increment(1);
-        for letter in &merged.dead_letters {
-            let kind = letter.reason.kind();
-            *tally.dead_letters.entry(kind.to_owned()).or_default() += 1;
-            metrics::counter!("studio_dead_letters_total", "reason" => kind).increment(1);
-        }
-        tally.accepted += merged.applied.len() as u64;
-        tally.batches += read_at.len() as u64;
-        tally.transactions += 1;
+        tally.commits.count(&merged, &read_at, now);
+        record_metrics(&merged, &read_at, now, &mut dag_depth);
     }
     Ok(tally)
+}
+
+/// Updates the service's metrics for one committed transaction.
+fn record_metrics(merged: &ViewBatch, read_at: &[Instant], now: Instant, dag_depth: &mut u32) {
+    let batch_latency = metrics::histogram!("studio_batch_latency_seconds");
+    for at in read_at {
+        batch_latency.record(now.saturating_duration_since(*at).as_secs_f64());
+    }
+    let latency = now.saturating_duration_since(read_at[0]).as_secs_f64();
+    let blob_timing = metrics::histogram!("studio_blob_processing_duration_seconds");
+    for _ in &merged.blobs.upserts {
+        blob_timing.record(latency);
+    }
+    *dag_depth = merged
+        .depth
+        .upserts
+        .iter()
+        .fold(*dag_depth, |d, r| d.max(r.depth));
+    metrics::gauge!("studio_dag_depth").set(*dag_depth as f64);
+    metrics::counter!("studio_deltas_applied_total").increment(merged.applied.len() as u64);
+    metrics::gauge!("studio_deltas_waiting")
+        .increment(merged.waiting.upserts.len() as f64 - merged.waiting.deletes.len() as f64);
+    metrics::counter!("studio_batches_committed_total").increment(read_at.len() as u64);
+    metrics::counter!("studio_view_transactions_total").increment(1);
+    for letter in &merged.dead_letters {
+        metrics::counter!("studio_dead_letters_total", "reason" => letter.reason.kind())
+            .increment(1);
+    }
 }
 
 /// Publishes a batch's output streams and waits for the bus to take them, retrying

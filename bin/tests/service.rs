@@ -565,6 +565,128 @@ fn nats_graceful_stop_commits_everything() {
     graceful_stop(Bus::Nats);
 }
 
+/// One delta record of blob `blob` (ids and times from small numbers).
+fn delta(id: u64, blob: u64, op: &str, version: u64, patch: &str) -> Vec<u8> {
+    format!(
+        r#"{{"id":"0000000d-0000-4000-8000-{id:012x}","blob_id":"0000000b-0000-4000-8000-{blob:012x}","user_id":"0000000a-0000-4000-8000-000000000001","operation":"{op}","version":{version},"created_at":"2026-01-01T00:00:{:02}Z","patch":{patch}}}"#,
+        id % 60
+    )
+    .into_bytes()
+}
+
+/// Issue 13: records that pass the S1 parser's syntax check but hold values Studio
+/// cannot (a number out of range, nesting past serde_json's limit, a lone surrogate)
+/// used to panic the worker, so the service never committed and crash-looped. Over
+/// Kafka they are dead letters, the records after them apply, and a restart is clean.
+#[test]
+fn kafka_hostile_records_are_dead_letters_and_the_service_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::new(Bus::Kafka, "hostile");
+    let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    let lines = vec![
+        delta(1, 1, "create", 1, r#"{"content":"first"}"#),
+        delta(2, 2, "create", 1, r#"{"content": 1e400}"#),
+        delta(3, 3, "create", 1, &format!(r#"{{"content": {deep}}}"#)),
+        delta(4, 4, "create", 1, r#"{"content": "\ud800"}"#),
+        delta(5, 1, "update", 2, r#"{"content":"after"}"#),
+        delta(6, 5, "create", 1, r#"{"content":"later"}"#),
+    ];
+    setup.publish(&lines);
+    let db = dir.path().join("service.sqlite");
+    let report = setup.run_to_idle(&db);
+    let n = |key: &str| report[key].as_u64().unwrap();
+    assert_eq!(
+        (n("records_read"), n("accepted"), n("dead_letters")),
+        (6, 3, 3),
+        "{report}"
+    );
+    let reasons = text_rows(&db, "SELECT reason FROM dead_letters ORDER BY seq");
+    for reason in &reasons {
+        let reason = reason[0].as_deref().unwrap_or_default();
+        assert!(
+            reason.starts_with("S1.1 malformed: field \"patch\""),
+            "{reason}"
+        );
+    }
+    assert_same_views(&db, &replay(&lines, dir.path()));
+    let dead = setup.read_output(OutputStream::DeadLetters);
+    assert_eq!(dead.len(), 3);
+    // A restart recovers and reads nothing new: no crash loop.
+    let again = setup.run_to_idle(&db);
+    assert_eq!(again["records_read"], 0, "{again}");
+}
+
+/// S4.4 in the service, with a short `gap_timeout_ms`: a delta whose gap stays open
+/// becomes a dead letter `S4.4 version gap` while the service runs; a re-sent copy of
+/// it is a duplicate (S4.2), before a restart and after one alike, and the delta that
+/// fills the gap late applies.
+#[test]
+fn kafka_gap_timeout_is_kept_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(Bus::Kafka, "gaps");
+    setup
+        .vars
+        .push(("STUDIO_RUN__GAP_TIMEOUT_MS".into(), "300".into()));
+    let create = delta(1, 1, "create", 1, r#"{"n":1}"#);
+    let v3 = delta(3, 1, "update", 3, r#"{"n":3}"#);
+    let v2 = delta(2, 1, "update", 2, r#"{"n":2}"#);
+    setup.publish(&[create, v3.clone()]);
+    let db = dir.path().join("service.sqlite");
+    let child = setup
+        .service(&db, &["--exit-when-idle", "3000", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Past the timeout, while the service runs: the re-sent copy.
+    std::thread::sleep(Duration::from_millis(1500));
+    setup.publish(std::slice::from_ref(&v3));
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = |r: &Value, key: &str| r[key].as_u64().unwrap();
+    assert_eq!(n(&first, "records_read"), 3, "{first}");
+    assert_eq!(n(&first, "accepted"), 1, "{first}");
+    assert_eq!(n(&first, "dead_letters"), 1, "{first}");
+    assert_eq!(
+        n(&first, "duplicates"),
+        1,
+        "the copy before a restart: {first}"
+    );
+    let reasons = text_rows(&db, "SELECT reason FROM dead_letters");
+    assert!(
+        reasons[0][0]
+            .as_deref()
+            .unwrap()
+            .starts_with("S4.4 version gap"),
+        "{reasons:?}"
+    );
+
+    // After a restart: the copy is still a duplicate, and the late version 2 applies.
+    setup.publish(&[v3, v2]);
+    let second = setup.run_to_idle(&db);
+    assert_eq!(n(&second, "records_read"), 2, "{second}");
+    assert_eq!(
+        n(&second, "duplicates"),
+        1,
+        "the copy after a restart: {second}"
+    );
+    assert_eq!(n(&second, "accepted"), 1, "{second}");
+    assert_eq!(n(&second, "dead_letters"), 0, "{second}");
+    let blob = text_rows(&db, "SELECT CAST(version AS TEXT) FROM blobs");
+    assert_eq!(blob, vec![vec![Some("2".to_owned())]]);
+    let letters = text_rows(&db, "SELECT CAST(count(*) AS TEXT) FROM dead_letters");
+    assert_eq!(
+        letters,
+        vec![vec![Some("1".to_owned())]],
+        "no second dead letter"
+    );
+}
+
 /// A nats-server of the test's own (file storage, so that it keeps its streams across
 /// a restart), on a free loopback port.
 struct OwnNats {

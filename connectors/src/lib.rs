@@ -228,6 +228,16 @@ impl SourceError {
     }
 }
 
+/// How a record read back by [`ViewSink::recover`] re-enters the dataflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveredAs {
+    /// Replayed: applied, rejected or left waiting again, as when it was first read.
+    Replay,
+    /// Only its delta id counts as seen (S4.2): a delta dead-lettered as an expired gap
+    /// (S4.4) stays decided.
+    KnownId,
+}
+
 /// A store for the maintained views.
 pub trait ViewSink {
     /// Writes one batch of view changes atomically: all of it or none of it.
@@ -240,19 +250,29 @@ pub trait ViewSink {
 
     /// Reads back what a restart needs (`studio run`): hands `each`, in log order,
     /// every record whose replay rebuilds the state: the accepted deltas, those waiting
-    /// for a gap, and the rejected deltas (well-formed, not expired gaps: replayed in
-    /// the same order they are rejected again, unwritten, and their ids stay known as
-    /// duplicates, S4.2). Returns `source`'s last committed checkpoint. Stores that are
-    /// not durable refuse.
+    /// for a gap, and the rejected deltas (well-formed: replayed in the same order they
+    /// are rejected again, unwritten, and their ids stay known as duplicates, S4.2).
+    /// Deltas that expired in a gap (S4.4) come as [`RecoveredAs::KnownId`]: their ids
+    /// stay duplicates, but they must not wait for their gap again. Returns `source`'s
+    /// last committed checkpoint. Stores that are not durable refuse.
     fn recover(
         &mut self,
         source: &str,
-        each: &mut dyn FnMut(SourcePos, &str),
+        each: &mut dyn FnMut(SourcePos, &str, RecoveredAs),
     ) -> Result<Option<Checkpoint>, SinkError> {
         let _ = (source, each);
         Err(SinkError::Refused(
             "this view store keeps no delta store to recover from".into(),
         ))
+    }
+}
+
+/// A recovered row's kind from its "expired in a gap" flag.
+fn recovered_as(expired: bool) -> RecoveredAs {
+    if expired {
+        RecoveredAs::KnownId
+    } else {
+        RecoveredAs::Replay
     }
 }
 

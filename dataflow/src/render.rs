@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use differential_dataflow::{AsCollection, VecCollection};
 use studio_model::{
     AppliedRow, BlobRow, DeadLetter, Delta, DepthRow, EdgeRow, ProcessedRow, ProcessingResult,
-    ReachRow, RejectedEdgeRow, SourcePos, TransformRequest, UserDepthRow, WaitingRow, parse_record,
+    ReachRow, RejectedEdgeRow, SourcePos, TransformRequest, UserDepthRow, Uuid, WaitingRow,
+    parse_record,
 };
 use studio_operators::{
     ApplyDeltas, ApplyOptions, CycleGuard, DedupById, Depth, PendingTriggers, ProviderChange,
@@ -36,6 +37,9 @@ pub struct Inputs {
     pub deltas: Handle<Time, Delta>,
     /// Records that did not, as dead letters `(letter, time, +1)`.
     pub malformed: Handle<Time, (DeadLetter, Time, isize)>,
+    /// Delta ids known to have been read, without their deltas: at a restart, the
+    /// deltas that expired in a gap (S4.4), whose copies stay duplicates (S4.2).
+    pub known_ids: Handle<Time, Uuid>,
     /// Provider registrations and removals (S5.3).
     pub providers: Handle<Time, ProviderChange>,
     /// Provider workers' answers (S5.7).
@@ -48,6 +52,7 @@ impl Inputs {
         self.records.advance_to(time);
         self.deltas.advance_to(time);
         self.malformed.advance_to(time);
+        self.known_ids.advance_to(time);
         self.providers.advance_to(time);
         self.results.advance_to(time);
     }
@@ -145,7 +150,8 @@ pub fn render<'scope>(
     let (providers_in, providers) = scope.new_input::<ProviderChange>();
     let (results_in, results) = scope.new_input::<(ProcessingResult, Time, isize)>();
 
-    let (unique, repeats) = deltas.dedup_by_id();
+    let (known_ids_in, known_ids) = scope.new_input::<Uuid>();
+    let (unique, repeats) = deltas.dedup_by_id(known_ids);
     repeats.inspect_core(move |event| {
         if let Ok((_, batch)) = event {
             duplicates.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -197,6 +203,7 @@ pub fn render<'scope>(
             records: records_in,
             deltas: deltas_in,
             malformed: malformed_in,
+            known_ids: known_ids_in,
             providers: providers_in,
             results: results_in,
         },

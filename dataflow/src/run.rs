@@ -40,9 +40,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 use studio_connectors::{
-    LiveSource, OutputStream, OwnedRecord, RecordPublisher, SinkError, SourceError, ViewSink,
+    LiveSource, OutputStream, OwnedRecord, RecordPublisher, RecoveredAs, SinkError, SourceError,
+    ViewSink,
 };
-use studio_model::{Checkpoint, Provider, SourcePos, ViewBatch};
+use studio_model::{Checkpoint, Provider, SourcePos, ViewBatch, parse_record};
 use timely::dataflow::operators::Probe;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
@@ -203,7 +204,7 @@ const RECOVERY_CHUNK: usize = 4096;
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
 enum Recovered {
-    Records(Vec<(SourcePos, Vec<u8>)>),
+    Records(Vec<(SourcePos, Vec<u8>, RecoveredAs)>),
     Done(Option<Checkpoint>),
 }
 
@@ -372,9 +373,18 @@ pub fn run(
                 match recovered_rx.recv() {
                     Ok(Recovered::Records(records)) => {
                         recovered += records.len() as u64;
-                        for (pos, record) in records {
+                        for (pos, record, kind) in records {
                             next_seq = next_seq.max(pos.offset + 1);
-                            lead.inputs.records.send((pos, record));
+                            match kind {
+                                RecoveredAs::Replay => lead.inputs.records.send((pos, record)),
+                                // Stored as a dead letter of a well-formed delta, so it
+                                // parses; should it not, there is no id to keep.
+                                RecoveredAs::KnownId => {
+                                    if let Ok(delta) = parse_record(&record, pos) {
+                                        lead.inputs.known_ids.send(delta.id);
+                                    }
+                                }
+                            }
                         }
                         worker.step();
                     }
@@ -665,8 +675,8 @@ fn write_views(
     /// At most this many queued batches go into one transaction.
     const MAX_GROUP: usize = 16;
     let mut chunk = Vec::with_capacity(RECOVERY_CHUNK);
-    let checkpoint = sink.recover(&options.source, &mut |pos, record| {
-        chunk.push((pos, record.as_bytes().to_vec()));
+    let checkpoint = sink.recover(&options.source, &mut |pos, record, kind| {
+        chunk.push((pos, record.as_bytes().to_vec(), kind));
         if chunk.len() == RECOVERY_CHUNK {
             let _ = recovered.send(Recovered::Records(std::mem::take(&mut chunk)));
         }

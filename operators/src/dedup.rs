@@ -5,9 +5,14 @@
 //! duplicates stream, to be counted, never dead-lettered. An id counts as seen from
 //! its first well-formed record on, whether that delta is later accepted or rejected:
 //! a re-sent delta never gets a second chance or a second dead letter.
+//!
+//! A second input carries ids that are known without their deltas: at a restart, the
+//! service hands over the ids of deltas that expired in a gap (S4.4), which must stay
+//! duplicates (S4.2) but must not wait for their gap again.
 
 use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
+use studio_model::delta::route;
 use studio_model::{Delta, SourcePos, Uuid};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
@@ -30,14 +35,22 @@ pub struct Duplicate {
 
 /// Removes repeated delta ids.
 pub trait DedupById<'scope, T: Timestamp> {
-    /// Returns the first delta of each id, and the repeats.
-    fn dedup_by_id(self) -> (StreamVec<'scope, T, Delta>, StreamVec<'scope, T, Duplicate>);
+    /// Returns the first delta of each id, and the repeats. Ids in `known` count as
+    /// seen from their timestamp on.
+    fn dedup_by_id(
+        self,
+        known: StreamVec<'scope, T, Uuid>,
+    ) -> (StreamVec<'scope, T, Delta>, StreamVec<'scope, T, Duplicate>);
 }
 
 impl<'scope, T: Timestamp + TotalOrder> DedupById<'scope, T> for StreamVec<'scope, T, Delta> {
-    fn dedup_by_id(self) -> (StreamVec<'scope, T, Delta>, StreamVec<'scope, T, Duplicate>) {
+    fn dedup_by_id(
+        self,
+        known: StreamVec<'scope, T, Uuid>,
+    ) -> (StreamVec<'scope, T, Delta>, StreamVec<'scope, T, Duplicate>) {
         let mut builder = OperatorBuilder::new("DedupById".to_owned(), self.scope());
         let mut input = builder.new_input(self, Exchange::new(|d: &Delta| d.id_route()));
+        let mut known = builder.new_input(known, Exchange::new(|id: &Uuid| route(*id)));
         let (unique_out, unique) = builder.new_output();
         let (dups_out, dups) = builder.new_output();
         let mut unique_out =
@@ -47,12 +60,20 @@ impl<'scope, T: Timestamp + TotalOrder> DedupById<'scope, T> for StreamVec<'scop
 
         builder.build(move |_initial_caps| {
             let mut stash = Stash::new(2);
+            let mut known_stash: Stash<T, Uuid> = Stash::new(0);
             let mut seen: FxHashSet<Uuid> = FxHashSet::default();
             move |frontiers| {
                 stash.absorb(&mut input);
+                known_stash.absorb(&mut known);
                 let mut unique_session = unique_out.activate();
                 let mut dups_session = dups_out.activate();
-                for (caps, mut deltas) in stash.take_complete(&frontiers[0]) {
+                // A time is complete when both inputs have passed it; known ids of a
+                // time count before the deltas of that time.
+                let complete = |t: &T| !frontiers[0].less_equal(t) && !frontiers[1].less_equal(t);
+                for (_, (_, ids)) in known_stash.take_where(complete) {
+                    seen.extend(ids);
+                }
+                for (_, (caps, mut deltas)) in stash.take_where(complete) {
                     deltas.sort_by_key(|d| d.pos);
                     let mut pass = unique_session.session(&caps[0]);
                     let mut drop = dups_session.session(&caps[1]);

@@ -246,7 +246,9 @@ fn run_dedup(feed: &[Fed], drive: Drive) -> DedupOut {
         let probe = ProbeHandle::new();
         let input = worker.dataflow::<Time, _, _>(|scope| {
             let (input, deltas) = scope.new_input::<Delta>();
-            let (unique, dups) = deltas.dedup_by_id();
+            // No known ids: the handle is dropped, which closes that input.
+            let (_, known) = scope.new_input::<Uuid>();
+            let (unique, dups) = deltas.dedup_by_id(known);
             capture(unique, &unique_tx, &probe);
             capture(dups, &dups_tx, &probe);
             input
@@ -289,7 +291,8 @@ fn run_apply(feed: &[Fed], drive: Drive, dedup: bool) -> Views {
         let input = worker.dataflow::<Time, _, _>(|scope| {
             let (input, deltas) = scope.new_input::<Delta>();
             let deltas = if dedup {
-                let (unique, dups) = deltas.dedup_by_id();
+                let (_, known) = scope.new_input::<Uuid>();
+                let (unique, dups) = deltas.dedup_by_id(known);
                 capture(dups, &dups_tx, &probe);
                 unique
             } else {

@@ -433,6 +433,17 @@ fn apply_patch(doc: Value, format: PatchFormat, text: &str, value: &Value) -> Op
             let ops: json_patch::Patch = serde_json::from_str(text).ok()?;
             let mut doc = doc;
             for op in &ops.0 {
+                // Issue 13's decision: no operation may place a value deeper than 127
+                // containers, and the result nests at most 127 (what serde_json reads).
+                if let json_patch::PatchOperation::Add(json_patch::AddOperation { path, value })
+                | json_patch::PatchOperation::Replace(json_patch::ReplaceOperation {
+                    path,
+                    value,
+                }) = op
+                    && path.as_str().matches('/').count() + nesting(value) > 127
+                {
+                    return None;
+                }
                 match op {
                     // RFC 6902 4.6: numbers are equal when their values are.
                     json_patch::PatchOperation::Test(t) => {
@@ -443,8 +454,17 @@ fn apply_patch(doc: Value, format: PatchFormat, text: &str, value: &Value) -> Op
                     other => json_patch::patch(&mut doc, std::slice::from_ref(other)).ok()?,
                 }
             }
-            Some(doc)
+            (nesting(&doc) <= 127).then_some(doc)
         }
+    }
+}
+
+/// Arrays and objects nested in a value (a scalar: 0).
+fn nesting(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(nesting).max().unwrap_or(0),
+        Value::Object(members) => 1 + members.values().map(nesting).max().unwrap_or(0),
+        _ => 0,
     }
 }
 

@@ -676,7 +676,7 @@ fn recovered(
 ) -> (Vec<(SourcePos, String)>, Option<Checkpoint>) {
     let mut deltas = Vec::new();
     let checkpoint = sink
-        .recover(source, &mut |pos, record| {
+        .recover(source, &mut |pos, record, _kind| {
             deltas.push((pos, record.to_owned()))
         })
         .expect("recover");

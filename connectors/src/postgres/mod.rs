@@ -47,7 +47,7 @@ use studio_model::{
 
 use crate::content::{ContentCodec, ContentSpec, EncodedBlob};
 use crate::retry::RetryPolicy;
-use crate::{SinkError, ViewSink, positions_json};
+use crate::{RecoveredAs, SinkError, ViewSink, positions_json};
 
 pub use reader::PgReader;
 
@@ -1219,7 +1219,7 @@ impl ViewSink for PgViews {
     fn recover(
         &mut self,
         source: &str,
-        each: &mut dyn FnMut(SourcePos, &str),
+        each: &mut dyn FnMut(SourcePos, &str, RecoveredAs),
     ) -> Result<Option<Checkpoint>, SinkError> {
         let result = self.runtime.block_on(async {
             if self.conn.is_none() {
@@ -1262,13 +1262,13 @@ impl ViewSink for PgViews {
 async fn recover(
     conn: &mut PgConnection,
     source: &str,
-    each: &mut dyn FnMut(SourcePos, &str),
+    each: &mut dyn FnMut(SourcePos, &str, RecoveredAs),
 ) -> Result<Option<Checkpoint>, SinkError> {
-    let mut rows = sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<String>)>(
-        "SELECT pos_part, pos_offset, record FROM deltas \
-         UNION ALL SELECT pos_part, pos_offset, record FROM deltas_waiting \
-         UNION ALL SELECT pos_part, pos_offset, raw FROM dead_letters \
-             WHERE delta_id IS NOT NULL AND reason NOT LIKE 'S4.4%' \
+    let mut rows = sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<String>, bool)>(
+        "SELECT pos_part, pos_offset, record, false FROM deltas \
+         UNION ALL SELECT pos_part, pos_offset, record, false FROM deltas_waiting \
+         UNION ALL SELECT pos_part, pos_offset, raw, reason LIKE 'S4.4%' FROM dead_letters \
+             WHERE delta_id IS NOT NULL \
          ORDER BY 1, 2",
     )
     .fetch(&mut *conn);
@@ -1277,14 +1277,14 @@ async fn recover(
         .await
         .map_err(pg_error("reading the delta store"))?
     {
-        let (Some(part), Some(offset), Some(record)) = row else {
+        let (Some(part), Some(offset), Some(record), expired) = row else {
             return Err(SinkError::Refused(crate::NO_RECORDS.into()));
         };
         let pos = SourcePos {
             part: part as u32,
             offset: offset as u64,
         };
-        each(pos, &record);
+        each(pos, &record, crate::recovered_as(expired));
     }
     drop(rows);
     let stored: Option<(String, i64)> =

@@ -31,7 +31,7 @@ use studio_model::{
 
 use crate::content::{ContentCodec, ContentSpec, EncodedBlob};
 use crate::retry::RetryPolicy;
-use crate::{SinkError, ViewSink, positions_json};
+use crate::{RecoveredAs, SinkError, ViewSink, positions_json};
 use futures_util::TryStreamExt;
 
 pub use crate::VIEW_TABLES;
@@ -43,10 +43,10 @@ pub const SCHEMA: &str = include_str!("schema.sql");
 
 /// Everything a restart replays, in log order: the accepted deltas, the waiting ones,
 /// and the rejected deltas except expired gaps (see [`crate::ViewSink::recover`]).
-const RECOVERY_QUERY: &str = "SELECT pos_part, pos_offset, record FROM deltas \
-     UNION ALL SELECT pos_part, pos_offset, record FROM deltas_waiting \
-     UNION ALL SELECT pos_part, pos_offset, raw FROM dead_letters \
-         WHERE delta_id IS NOT NULL AND reason NOT LIKE 'S4.4%' \
+const RECOVERY_QUERY: &str = "SELECT pos_part, pos_offset, record, 0 FROM deltas \
+     UNION ALL SELECT pos_part, pos_offset, record, 0 FROM deltas_waiting \
+     UNION ALL SELECT pos_part, pos_offset, raw, reason LIKE 'S4.4%' FROM dead_letters \
+         WHERE delta_id IS NOT NULL \
      ORDER BY 1, 2";
 
 /// SQLite allows 32766 bound values per statement.
@@ -384,13 +384,13 @@ impl ViewSink for SqliteViews {
     fn recover(
         &mut self,
         source: &str,
-        each: &mut dyn FnMut(SourcePos, &str),
+        each: &mut dyn FnMut(SourcePos, &str, RecoveredAs),
     ) -> Result<Option<Checkpoint>, SinkError> {
         let conn = &mut self.conn;
         self.runtime.block_on(async {
-            let mut rows =
-                sqlx::query_as::<_, (i64, i64, Option<String>)>(RECOVERY_QUERY).fetch(&mut *conn);
-            while let Some((part, offset, record)) = rows
+            let mut rows = sqlx::query_as::<_, (i64, i64, Option<String>, bool)>(RECOVERY_QUERY)
+                .fetch(&mut *conn);
+            while let Some((part, offset, record, expired)) = rows
                 .try_next()
                 .await
                 .map_err(db_error("reading the delta store"))?
@@ -402,7 +402,7 @@ impl ViewSink for SqliteViews {
                     part: part as u32,
                     offset: offset as u64,
                 };
-                each(pos, &record);
+                each(pos, &record, crate::recovered_as(expired));
             }
             drop(rows);
             let stored: Option<(String, i64)> =

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::parse::MAX_JSON_DEPTH;
 use crate::provider::{BlobFacts, Settled};
 use crate::{
     AppliedRow, BlobRow, DeadLetter, Delta, Doc, Operation, PatchFormat, ProcessedRow, Reason,
@@ -330,7 +331,9 @@ impl BlobLedger {
 
     /// Records the latest change, and the settlement an output delta carries.
     fn track(&mut self, delta: &Delta, fx: &mut Effects) {
-        let state = self.state.as_mut().expect("an accepted delta has a blob");
+        let Some(state) = self.state.as_mut() else {
+            return; // only called after `apply` accepted the delta, so the blob exists
+        };
         // Parsed once: for the keys (required_metadata) and for a settlement.
         let metadata = delta
             .metadata_json()
@@ -361,7 +364,7 @@ impl BlobLedger {
         let Some(state) = self.state.as_mut() else {
             // Version 1 of a blob that does not exist: `offer` only lets a create here.
             debug_assert_eq!(op, Operation::Create);
-            self.state = Some(Box::new(BlobState::create(delta)));
+            self.state = Some(Box::new(BlobState::create(delta)?));
             return Ok(());
         };
         if state.deleted_at.is_some() && op != Operation::Revert {
@@ -398,7 +401,13 @@ impl BlobLedger {
                         current: state.version,
                     });
                 }
-                state.doc = Arc::new(state.doc_at(to_version));
+                let doc = state
+                    .doc_at(to_version)
+                    .map_err(|detail| Reason::PatchFailed {
+                        operation: op,
+                        detail,
+                    })?;
+                state.doc = Arc::new(doc);
                 // S3.5: deleted_at is cleared when k predates the delete. A revert
                 // never deletes: going back to a version that was deleted only
                 // restores its document.
@@ -412,11 +421,10 @@ impl BlobLedger {
                 Step::Revert(to_version)
             }
         };
-        if op == Operation::Transform {
-            let provider = delta
-                .provider_id
-                .clone()
-                .expect("parse requires provider_id on transform");
+        if op == Operation::Transform
+            && let Some(provider) = delta.provider_id.clone()
+        {
+            // The parser requires provider_id on transform (S3.3).
             state
                 .processed_by
                 .insert(provider, (delta.version, delta.id));
@@ -432,10 +440,13 @@ impl BlobLedger {
 }
 
 impl BlobState {
-    fn create(delta: &Delta) -> Self {
+    /// S3.1. The parser has already checked that the patch is a JSON value Studio can
+    /// hold; should it still not read, the create is a dead letter, never a panic.
+    fn create(delta: &Delta) -> Result<Self, Reason> {
         let text = delta.patch_json().unwrap_or("{}");
-        let doc: Value = serde_json::from_str(text).expect("the record parsed as JSON");
-        BlobState {
+        let doc: Value = serde_json::from_str(text)
+            .map_err(|e| Reason::Malformed(format!("field \"patch\" is not a JSON value: {e}")))?;
+        Ok(BlobState {
             blob_id: delta.blob_id,
             user_id: delta.user_id,
             version: 1,
@@ -454,7 +465,7 @@ impl BlobState {
             deleted_version: None,
             last: None,
             created_by: None,
-        }
+        })
     }
 
     fn row(&self) -> BlobRow {
@@ -471,8 +482,10 @@ impl BlobState {
         }
     }
 
-    /// The document as it was at `version` (1 <= version <= self.version).
-    fn doc_at(&self, version: u64) -> Value {
+    /// The document as it was at `version` (1 <= version <= self.version). Every step
+    /// replayed here applied once, so it applies again; a failure is still reported as
+    /// an error (the revert becomes a dead letter), never a panic.
+    fn doc_at(&self, version: u64) -> Result<Value, String> {
         let mut patches = Vec::new();
         let mut v = version;
         let mut doc = loop {
@@ -480,7 +493,10 @@ impl BlobState {
                 break Value::clone(&self.snapshots[(v / SNAPSHOT_EVERY - 1) as usize]);
             }
             match &self.history[(v - 1) as usize] {
-                Step::Create(doc) => break serde_json::from_str(doc).expect("stored as JSON"),
+                Step::Create(doc) => {
+                    break serde_json::from_str(doc)
+                        .map_err(|e| format!("version 1 could not be read back: {e}"))?;
+                }
                 Step::Patch(format, patch) => {
                     patches.push((*format, patch));
                     v -= 1;
@@ -490,9 +506,10 @@ impl BlobState {
             }
         };
         for (format, patch) in patches.into_iter().rev() {
-            apply_patch(&mut doc, format, patch).expect("a patch that applied once applies again");
+            apply_patch(&mut doc, format, patch)
+                .map_err(|e| format!("a patch of the history did not apply again: {e}"))?;
         }
-        doc
+        Ok(doc)
     }
 }
 
@@ -513,16 +530,36 @@ pub fn apply_patch(doc: &mut Value, format: PatchFormat, patch: &str) -> Result<
         PatchFormat::JsonPatch => {
             let ops: json_patch::Patch = serde_json::from_str(patch)
                 .map_err(|e| format!("not a valid RFC 6902 JSON Patch: {e}"))?;
+            check_nesting(&ops)?;
+            // `copy` and `move` take their value from the document, so only the result
+            // tells how deep it nests: keep the document to restore it.
+            let before = ops
+                .0
+                .iter()
+                .any(|op| {
+                    matches!(
+                        op,
+                        json_patch::PatchOperation::Copy(_) | json_patch::PatchOperation::Move(_)
+                    )
+                })
+                .then(|| doc.clone());
             match json_patch::patch(doc, &ops) {
-                Ok(()) => Ok(()),
+                Ok(()) => {}
                 // `json_patch` compares `test` values with `Value` equality, where 1 and
                 // 1.0 differ; RFC 6902 section 4.6 compares numbers by value. Only a
                 // failed patch with a numeric `test` pays for the slower path.
                 Err(e) if has_numeric_test(&ops) => {
-                    patch_comparing_numbers(doc, &ops).map_err(|_| e.to_string())
+                    patch_comparing_numbers(doc, &ops).map_err(|_| e.to_string())?
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => return Err(e.to_string()),
             }
+            if let Some(before) = before
+                && nesting(doc) > MAX_JSON_DEPTH
+            {
+                *doc = before;
+                return Err(too_deep());
+            }
+            Ok(())
         }
         PatchFormat::MergePatch => {
             let patch: Value = serde_json::from_str(patch).map_err(|e| e.to_string())?;
@@ -530,6 +567,38 @@ pub fn apply_patch(doc: &mut Value, format: PatchFormat, patch: &str) -> Result<
             Ok(())
         }
     }
+}
+
+/// How many arrays and objects nest in a value (a scalar: 0), as serde_json counts
+/// against its recursion limit.
+pub fn nesting(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(nesting).max().unwrap_or(0),
+        Value::Object(members) => 1 + members.values().map(nesting).max().unwrap_or(0),
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => 0,
+    }
+}
+
+fn too_deep() -> String {
+    format!("the document would nest deeper than {MAX_JSON_DEPTH} levels")
+}
+
+/// A value that `add`, `replace` or `test` puts at a path of `k` tokens nests `k` levels
+/// down: the document stays within [`MAX_JSON_DEPTH`] (a merge patch cannot deepen a
+/// document beyond the patch's own nesting, which the parser bounds).
+fn check_nesting(ops: &json_patch::Patch) -> Result<(), String> {
+    use json_patch::PatchOperation as Op;
+    for op in &ops.0 {
+        let (path, value) = match op {
+            Op::Add(a) => (a.path.as_str(), &a.value),
+            Op::Replace(r) => (r.path.as_str(), &r.value),
+            _ => continue,
+        };
+        if path.matches('/').count() + nesting(value) > MAX_JSON_DEPTH {
+            return Err(too_deep());
+        }
+    }
+    Ok(())
 }
 
 fn has_numeric_test(ops: &json_patch::Patch) -> bool {
@@ -660,7 +729,73 @@ mod tests {
         let state = ledger.state.as_ref().unwrap();
         assert_eq!(state.snapshots.len(), 150 / SNAPSHOT_EVERY as usize);
         for k in 1..=150u64 {
-            assert_eq!(state.doc_at(k).to_string(), seen[k as usize], "doc_at({k})");
+            assert_eq!(
+                state.doc_at(k).unwrap().to_string(),
+                seen[k as usize],
+                "doc_at({k})"
+            );
         }
+    }
+
+    /// A stored document reads back as the same value: numbers included (serde_json's
+    /// `float_roundtrip`; the fuzz target found a 61-digit integer that read back as
+    /// another float without it).
+    #[test]
+    fn documents_read_back_exactly() {
+        let mut ledger = BlobLedger::default();
+        let mut fx = Effects::default();
+        let patch = r#","patch":{"a":2222222222222222222222222222222222222222222222222222222222220,"b":2.2222222222222223e60,"c":0.30000000000000004,"d":-0}"#;
+        ledger.offer(delta(1, 1, "create", patch), &mut fx);
+        let (mut rows, mut processed) = (Vec::new(), Vec::new());
+        ledger.flush(&mut rows, &mut processed);
+        let doc = &rows[0].0.doc.0;
+        let text = serde_json::to_string(&**doc).unwrap();
+        assert_eq!(&serde_json::from_str::<Value>(&text).unwrap(), &**doc);
+        assert_eq!(doc["b"].as_f64(), Some(2.2222222222222223e60));
+    }
+
+    /// A JSON Patch that would nest the document past 127 levels is a dead letter and
+    /// leaves the document as it was.
+    #[test]
+    fn a_json_patch_may_not_nest_past_the_limit() {
+        let mut ledger = BlobLedger::default();
+        let mut fx = Effects::default();
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        ledger.offer(
+            delta(
+                1,
+                1,
+                "create",
+                &format!(r#","patch":{{"d":{}}}"#, deep(100)),
+            ),
+            &mut fx,
+        );
+        // The value nests 30 levels at a path of 101 tokens: 131 in all.
+        let add = format!(
+            r#","patch":[{{"op":"add","path":"/d{}","value":{}}}]"#,
+            "/0".repeat(100),
+            deep(30)
+        );
+        ledger.offer(delta(2, 2, "update", &add), &mut fx);
+        let copy = format!(
+            r#","patch":[{{"op":"copy","from":"","path":"/d{}"}}]"#,
+            "/0".repeat(100)
+        );
+        ledger.offer(delta(3, 2, "update", &copy), &mut fx);
+        assert_eq!(fx.dead_letters.len(), 2);
+        for letter in &fx.dead_letters {
+            assert!(
+                letter.reason.to_string().contains("deeper than 127"),
+                "{}",
+                letter.reason
+            );
+        }
+        assert_eq!(ledger.version(), 1);
+        let ok = format!(
+            r#","patch":[{{"op":"add","path":"/e","value":{}}}]"#,
+            deep(125)
+        );
+        ledger.offer(delta(4, 2, "update", &ok), &mut fx);
+        assert_eq!(ledger.version(), 2);
     }
 }

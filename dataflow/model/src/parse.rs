@@ -2,8 +2,11 @@
 //! letter whose reason says exactly what is wrong (`S1.1 malformed: missing field "version"`).
 //!
 //! Parsing borrows: every field is first read as a `&RawValue` slice of the record, then
-//! checked and converted on its own, so that a wrong type is reported per field and the
-//! patch is never materialised here (it stays a range of the record's text).
+//! checked and converted on its own, so that a wrong type is reported per field. The
+//! patch and the metadata stay ranges of the record's text, but this is the one place
+//! that decides they are well-formed JSON values (see [`check_json_value`]): everything
+//! downstream (the ledger, the sinks, both view stores) may then read them without a
+//! fallible step.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -101,6 +104,9 @@ fn parse_fields(raw: &[u8], pos: SourcePos) -> Check<Delta> {
     if provider_id.as_deref() == Some("") {
         return Err("field \"provider_id\" is empty".into());
     }
+    if let Some(p) = &provider_id {
+        no_nul("provider_id", p)?;
+    }
     if operation == Operation::Transform && provider_id.is_none() {
         return Err("missing field \"provider_id\" (required on transform, S3.3)".into());
     }
@@ -127,17 +133,24 @@ fn parse_fields(raw: &[u8], pos: SourcePos) -> Check<Delta> {
         time_field("applied_at", v)?;
     }
 
+    if let Some(p) = w.patch {
+        check_json_value("patch", p)?;
+    }
     let (mut content_type, mut patch_format, mut source_version) = (None, None, None);
     if let Some(m) = w.metadata {
         if !m.get().starts_with('{') {
             return Err("field \"metadata\" must be an object".into());
         }
+        check_json_value("metadata", m)?;
         let meta: MetadataFields<'_> = serde_json::from_str(m.get())
             .map_err(|e| format!("field \"metadata\": {}", describe_json_error(e)))?;
         content_type = meta
             .content_type
             .map(|v| string_field("metadata.content_type", v))
             .transpose()?;
+        if let Some(c) = &content_type {
+            no_nul("metadata.content_type", c)?;
+        }
         if let Some(v) = meta.patch_format {
             let name = string_field("metadata.patch_format", v)?;
             patch_format = Some(PatchFormat::from_wire(&name).ok_or_else(|| {
@@ -179,6 +192,63 @@ fn parse_fields(raw: &[u8], pos: SourcePos) -> Check<Delta> {
         raw: text.into(),
         pos,
     })
+}
+
+/// The deepest nesting (arrays and objects in each other) a document, patch or metadata
+/// value may have: what serde_json's recursion limit lets it read (its limit of 128
+/// stops at the 128th level), so that every value Studio accepts reads back with any
+/// serde_json reader (SQLite's JSON functions allow 1,000, Postgres's `jsonb` more).
+pub const MAX_JSON_DEPTH: usize = 127;
+
+/// S1.1 for a JSON-valued field (`patch`, `metadata`): the text must be a JSON value
+/// that every part of Studio can hold. The record-level parse only checks the syntax
+/// of these fields; here they are read as a [`serde_json::Value`], which rejects
+/// numbers outside the range of an `f64` (`1e400`), nesting deeper than
+/// [`MAX_JSON_DEPTH`] and escapes that are not Unicode (a lone surrogate `"\ud800"`).
+/// A string holding U+0000 is refused too: PostgreSQL's `jsonb` and `text` cannot
+/// store it, and both view stores must hold the same rows.
+fn check_json_value(name: &str, value: &RawValue) -> Check<()> {
+    let parsed: serde_json::Value = serde_json::from_str(value.get()).map_err(|e| {
+        format!(
+            "field \"{name}\" is not a JSON value Studio can hold: {}",
+            strip_position(&e)
+        )
+    })?;
+    if holds_nul(&parsed) {
+        return Err(format!(
+            "field \"{name}\" holds the character U+0000, which the view stores cannot hold"
+        ));
+    }
+    Ok(())
+}
+
+/// serde_json's message without its "at line 1 column N" (a column of the field, not
+/// of the record, would mislead).
+fn strip_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(cut) => text[..cut].to_owned(),
+        None => text,
+    }
+}
+
+fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+fn no_nul(name: &str, text: &str) -> Check<()> {
+    if text.contains('\0') {
+        return Err(format!(
+            "field \"{name}\" holds the character U+0000, which the view stores cannot hold"
+        ));
+    }
+    Ok(())
 }
 
 fn describe_json_error(e: serde_json::Error) -> String {
@@ -265,6 +335,18 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
         v[field] = serde_json::from_str(value).unwrap();
         v.to_string()
+    }
+
+    /// `line` with `field` set to the JSON text `value`, which need not parse as a
+    /// `Value` (the field's old value moves to an ignored field).
+    fn with_text(line: &str, field: &str, value: &str) -> String {
+        let key = format!("\"{field}\":");
+        assert!(line.contains(&key), "{field} in {line}");
+        line.replacen(&key, &format!("{key}{value},\"ignored_{field}\":"), 1)
+    }
+
+    fn with_raw(field: &str, value: &str) -> String {
+        with_text(GOOD, field, value)
     }
 
     fn without(field: &str) -> String {
@@ -365,6 +447,72 @@ mod tests {
         let bad = parse_record(&[b'{', 0xff, b'}'], SourcePos::at(1)).unwrap_err();
         assert!(bad.reason.to_string().contains("not UTF-8"));
         assert_eq!(bad.raw, vec![b'{', 0xff, b'}']);
+    }
+
+    #[test]
+    fn a_patch_or_metadata_studio_cannot_hold_is_malformed() {
+        let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+        let cases = [
+            (
+                "patch",
+                r#"{"content": 1e400}"#.to_owned(),
+                "number out of range",
+            ),
+            (
+                "patch",
+                r#"{"content": -1e400}"#.to_owned(),
+                "number out of range",
+            ),
+            (
+                "patch",
+                format!(r#"{{"content": {deep}}}"#),
+                "recursion limit",
+            ),
+            ("patch", r#"{"content": "\ud800"}"#.to_owned(), "escape"),
+            ("patch", r#"{"content": "\udc00x"}"#.to_owned(), "escape"),
+            ("patch", r#"{"content": "a\u0000b"}"#.to_owned(), "U+0000"),
+            ("patch", r#"{"a\u0000": 1}"#.to_owned(), "U+0000"),
+            (
+                "metadata",
+                r#"{"x": 1e400}"#.to_owned(),
+                "number out of range",
+            ),
+            ("metadata", format!(r#"{{"x": {deep}}}"#), "recursion limit"),
+            ("provider_id", r#""p\u0000""#.to_owned(), "U+0000"),
+            (
+                "metadata",
+                r#"{"content_type": "text/\u0000"}"#.to_owned(),
+                "U+0000",
+            ),
+        ];
+        for operation in ["create", "update", "transform"] {
+            for (field, value, expected) in &cases {
+                let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+                v["operation"] = operation.into();
+                v["provider_id"] = "p".into();
+                let got = reason(&with_text(&v.to_string(), field, value));
+                assert!(
+                    got.starts_with("S1.1 malformed: "),
+                    "{operation} {field}={value}: {got}"
+                );
+                assert!(got.contains(expected), "{operation} {field}={value}: {got}");
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_values_studio_can_hold_are_accepted() {
+        for patch in [
+            r#"{"content": 1e308, "tiny": 5e-324, "neg": -0, "negf": -0.0}"#,
+            r#"{"big": 18446744073709551615, "small": -9223372036854775808}"#,
+            r#"{"content": "\ud83d\ude00 \u0001 \n"}"#,
+        ] {
+            parse_record(with("patch", patch).as_bytes(), SourcePos::at(0)).unwrap();
+        }
+        let deep = format!("{}{}", "[".repeat(127), "]".repeat(127));
+        parse_record(with("patch", &deep).as_bytes(), SourcePos::at(0)).unwrap();
+        let deeper = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        assert!(reason(&with_raw("patch", &deeper)).contains("recursion limit"));
     }
 
     #[test]

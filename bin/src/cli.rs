@@ -49,8 +49,8 @@ pub enum Command {
     /// Run the built-in providers of --config on transform requests from a file and
     /// write their output deltas as a delta log.
     Worker(WorkerArgs),
-    /// Publish a generated delta log to Kafka or NATS at a target rate, keyed by
-    /// blob_id, and print what rate was achieved.
+    /// Publish a delta log, generated or your own (--log), to Kafka or NATS at a target
+    /// rate, keyed by blob_id, and print what rate was achieved.
     Loadgen(LoadgenArgs),
 }
 
@@ -117,6 +117,11 @@ pub struct LoadgenArgs {
     /// Target records per second; 0: as fast as the bus takes them.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Publish this delta log instead of a generated one: every line, byte for byte
+    /// (malformed and empty lines too), keyed by its blob_id (empty when it has no
+    /// readable one). Repeat for several files, published in the order given as one log.
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["deltas", "blobs", "seed"])]
+    pub log: Vec<PathBuf>,
     /// Number of valid deltas (as `studio gen --deltas`).
     #[arg(long, default_value_t = 100_000)]
     pub deltas: u64,

@@ -445,6 +445,57 @@ fn bad_flags_exit_with_2() {
     assert!(text(&out.stderr).contains("batch_records"), "{out:?}");
 }
 
+/// An unknown `STUDIO_*` variable is someone else's: warned about, and the command runs
+/// (with the known variables still applied). An unknown key in a config file is refused.
+#[test]
+fn unknown_studio_env_vars_warn_but_unknown_file_keys_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.jsonl");
+    std::fs::write(&log, join_lines(&tricky_log())).unwrap();
+    let db = dir.path().join("views.sqlite");
+    let out = studio()
+        .args(["replay", p(&log), "--db", p(&db), "--json"])
+        .env("STUDIO_DIR", "/x")
+        .env("STUDIO_REPLAY__BATCH_RECORDS", "0") // known: still applied, and refused
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(text(&out.stderr).contains("batch_records"), "{out:?}");
+
+    let out = studio()
+        .args(["replay", p(&log), "--db", p(&db), "--json"])
+        .env("STUDIO_DIR", "/x")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stderr.contains("WARN"), "{stderr}");
+    assert!(
+        stderr.contains("STUDIO_DIR"),
+        "names the variable: {stderr}"
+    );
+    assert!(
+        stderr.contains("content.dir"),
+        "the closest setting: {stderr}"
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(count(&summary, "records_read"), tricky_log().len() as u64);
+
+    let config = dir.path().join("studio.toml");
+    std::fs::write(&config, "dir = \"/x\"\n").unwrap();
+    let out = run(&["replay", p(&log), "--db", p(&db), "--config", p(&config)]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("unknown field"), "{stderr}");
+    assert!(stderr.contains("`dir`"), "names the key: {stderr}");
+    assert!(stderr.contains("studio.toml"), "names the file: {stderr}");
+    assert_eq!(
+        stderr.matches("unknown field").count(),
+        1,
+        "said once: {stderr}"
+    );
+}
+
 /// `-w 2` gives the same tables as `-w 1`, whatever the batch size.
 #[test]
 fn two_workers_give_the_same_tables_as_one() {

@@ -3,8 +3,10 @@
 //! Studio's typed configuration, loaded in layers: the built-in defaults
 //! (`default.toml` beside this crate), then a TOML file, then `STUDIO_*` environment
 //! variables (`STUDIO_REPLAY__WORKERS=2`: sections and keys joined by `__`), then the
-//! command-line flags that the binary applies last. Unknown keys are errors, so a typo
-//! never passes silently; units are in the names (`cache_size_kib`).
+//! command-line flags that the binary applies last. Unknown keys in a file are errors, so
+//! a typo never passes silently; an unknown `STUDIO_*` variable is only warned about and
+//! ignored (users name their own variables `STUDIO_DIR` and the like), with the closest
+//! setting when one is near. Units are in the names (`cache_size_kib`).
 #![forbid(missing_docs)]
 
 use std::collections::BTreeMap;
@@ -12,6 +14,7 @@ use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Value};
 use serde::{Deserialize, Serialize};
 
 /// The built-in defaults, as TOML.
@@ -293,10 +296,16 @@ pub enum NatsStorage {
 pub enum ConfigError {
     /// A layer could not be read or did not fit the schema.
     #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
+    Invalid(Box<figment::Error>), // not a `#[source]`: the message already holds it
     /// A value is out of range.
     #[error("invalid configuration: {0}")]
     OutOfRange(String),
+}
+
+impl From<Box<figment::Error>> for ConfigError {
+    fn from(error: Box<figment::Error>) -> Self {
+        ConfigError::Invalid(error)
+    }
 }
 
 impl Config {
@@ -306,6 +315,25 @@ impl Config {
     }
 
     fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let known = std::sync::Arc::new(KnownKeys::new());
+        for unknown in known.unknown_env(&env) {
+            match &unknown.suggestion {
+                Some(near) => tracing::warn!(
+                    variable = %unknown.variable,
+                    "ignoring environment variable {}: no setting `{}` (did you mean {}, `{near}`?)",
+                    unknown.variable,
+                    unknown.key,
+                    env_name(near),
+                ),
+                None => tracing::warn!(
+                    variable = %unknown.variable,
+                    "ignoring environment variable {}: no setting `{}`",
+                    unknown.variable,
+                    unknown.key,
+                ),
+            }
+        }
+        let env = env.filter(move |key| known.knows(key.as_str()));
         let mut figment = Figment::from(Toml::string(DEFAULTS));
         if let Some(path) = file {
             if !path.exists() {
@@ -378,6 +406,133 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Variables with the `STUDIO_` prefix that are not settings but are read elsewhere
+/// (`STUDIO_CONFIG` is the binary's `--config`): ignored without a warning.
+const NOT_SETTINGS: &[&str] = &["config"];
+
+/// An environment variable that names no setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct UnknownEnv {
+    /// The variable, as `STUDIO_` and the key's parts joined by `__`, in capitals.
+    variable: String,
+    /// The key it would set, dotted (`content.dir`).
+    key: String,
+    /// The closest known setting, dotted, when one is near.
+    suggestion: Option<String>,
+}
+
+/// `STUDIO_` and `key`'s parts joined by `__`, in capitals: the variable setting `key`.
+fn env_name(key: &str) -> String {
+    format!("STUDIO_{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+/// The settings' key paths, from the defaults: every section and key of [`Config`], and
+/// free maps (a table empty in the defaults, e.g. `kafka.client`) that take any key.
+struct KnownKeys {
+    tree: Dict,
+    /// Every leaf and free map, dotted, for suggestions.
+    paths: Vec<String>,
+}
+
+impl KnownKeys {
+    fn new() -> Self {
+        let tree = match Value::serialize(Config::default()) {
+            Ok(Value::Dict(_, dict)) => dict,
+            _ => unreachable!("Config serializes to a table"),
+        };
+        fn walk(dict: &Dict, prefix: &str, paths: &mut Vec<String>) {
+            for (key, value) in dict {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                match value {
+                    Value::Dict(_, inner) if !inner.is_empty() => walk(inner, &path, paths),
+                    _ => paths.push(path),
+                }
+            }
+        }
+        let mut paths = Vec::new();
+        walk(&tree, "", &mut paths);
+        KnownKeys { tree, paths }
+    }
+
+    /// Whether the dotted `key` (any case) is a section, a setting, or a key of a free
+    /// map. A key below a setting (`replay.workers.x`) is unknown.
+    fn knows(&self, key: &str) -> bool {
+        let key = key.to_ascii_lowercase();
+        if NOT_SETTINGS.contains(&key.as_str()) {
+            return false;
+        }
+        let mut node = &self.tree;
+        let mut parts = key.split('.');
+        while let Some(part) = parts.next() {
+            match node.get(part) {
+                Some(Value::Dict(_, inner)) if inner.is_empty() => return true, // a free map
+                Some(Value::Dict(_, inner)) => node = inner,
+                Some(_) => return parts.next().is_none(),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// The variables of `env` that name no setting, with the closest setting if near.
+    fn unknown_env(&self, env: &Env) -> Vec<UnknownEnv> {
+        env.iter()
+            .map(|(key, _)| key.as_str().to_owned())
+            .filter(|key| !self.knows(key) && !NOT_SETTINGS.contains(&key.as_str()))
+            .map(|key| UnknownEnv {
+                variable: env_name(&key),
+                suggestion: self.closest(&key),
+                key,
+            })
+            .collect()
+    }
+
+    /// The known setting nearest `key`: within a few edits of it, or else the only one
+    /// with the same last part (`dir`: `content.dir`).
+    fn closest(&self, key: &str) -> Option<String> {
+        let best = self
+            .paths
+            .iter()
+            .map(|path| (edit_distance(key, path), path))
+            .min()
+            .filter(|(distance, _)| *distance <= 2.max(key.len() / 4));
+        if let Some((_, path)) = best {
+            return Some(path.clone());
+        }
+        let last = key.rsplit('.').next().unwrap_or(key);
+        let mut same = self
+            .paths
+            .iter()
+            .filter(|path| path.rsplit('.').next() == Some(last));
+        match (same.next(), same.next()) {
+            (Some(path), None) => Some(path.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 impl Default for Config {
@@ -453,5 +608,78 @@ mod tests {
         let err = Config::load(Some(&file)).unwrap_err().to_string();
         assert!(err.contains("replay.workers"), "{err}");
         assert!(Config::load(Some(&dir.path().join("none.toml"))).is_err());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
+    fn unknown_env_vars_are_ignored_and_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STUDIO_DIR", "/somewhere");
+            jail.set_env("STUDIO_REPLAY__WORKRS", "9");
+            jail.set_env("STUDIO_REPLAY__WORKERS__X", "9");
+            jail.set_env("STUDIO_CONFIG", "/not/a/setting.toml");
+            jail.set_env("STUDIO_REPLAY__WORKERS", "3");
+            jail.set_env("STUDIO_KAFKA__CLIENT__ACKS", "all");
+            let c = Config::load(None).expect("unknown variables do not fail a load");
+            assert_eq!(c.replay.workers, 3, "known ones still apply");
+            assert_eq!(c.kafka.client.get("acks").map(String::as_str), Some("all"));
+
+            let known = KnownKeys::new();
+            let mut unknown = known.unknown_env(&Env::prefixed("STUDIO_").split("__"));
+            unknown.sort_by(|a, b| a.variable.cmp(&b.variable));
+            let named: Vec<(&str, &str, Option<&str>)> = unknown
+                .iter()
+                .map(|u| (&*u.variable, &*u.key, u.suggestion.as_deref()))
+                .collect();
+            assert_eq!(
+                named,
+                [
+                    ("STUDIO_DIR", "dir", Some("content.dir")),
+                    (
+                        "STUDIO_REPLAY__WORKERS__X",
+                        "replay.workers.x",
+                        Some("replay.workers")
+                    ),
+                    (
+                        "STUDIO_REPLAY__WORKRS",
+                        "replay.workrs",
+                        Some("replay.workers")
+                    ),
+                ],
+                "STUDIO_CONFIG is --config, not a setting: no warning"
+            );
+            assert!(known.knows("kafka.topics.deltas") && known.knows("KAFKA.TOPICS"));
+            assert!(known.knows("providers") && known.knows("kafka.client.anything"));
+            assert!(!known.knows("kafka.topic") && !known.knows("config"));
+
+            // A known key with a bad value is still an error.
+            jail.set_env("STUDIO_REPLAY__WORKERS", "many");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("REPLAY.WORKERS"), "figment's spelling: {err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn edit_distances() {
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("workrs", "workers"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
+    fn unknown_file_keys_are_still_refused_beside_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("studio.toml");
+        std::fs::write(&file, "dir = \"/x\"\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STUDIO_DIR", "/somewhere");
+            let err = Config::load(Some(&file)).unwrap_err().to_string();
+            assert!(err.contains("`dir`"), "{err}");
+            assert!(err.contains("studio.toml"), "names the file: {err}");
+            Ok(())
+        });
     }
 }

@@ -1,7 +1,9 @@
-//! Load for the bus connectors: a generated delta log held in memory with each record's
-//! key (its `blob_id`), and a paced publisher loop. `studio loadgen` and the
-//! `studio-bus-bench` baseline share it, so that both send the same records.
+//! Load for the bus connectors: a delta log held in memory with each record's key (its
+//! `blob_id`), generated ([`generate_keyed`]) or read from files ([`read_keyed`]), and a
+//! paced publisher loop. `studio loadgen` and the `studio-bus-bench` baseline share it,
+//! so that both send the same records.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use studio_model::generate::{GenSpec, GenStats, generate};
@@ -22,25 +24,49 @@ pub struct KeyedRecord {
 pub fn generate_keyed(spec: &GenSpec) -> std::io::Result<(Vec<KeyedRecord>, GenStats)> {
     let mut text = Vec::new();
     let stats = generate(spec, &mut text)?;
-    #[derive(serde::Deserialize)]
-    struct Key<'a> {
-        #[serde(borrow)]
-        blob_id: Option<&'a str>,
-    }
     let records = text
         .split(|&b| b == b'\n')
         .filter(|line| !line.is_empty())
         .map(|line| KeyedRecord {
-            key: serde_json::from_slice::<Key<'_>>(line)
-                .ok()
-                .and_then(|k| k.blob_id)
-                .unwrap_or_default()
-                .as_bytes()
-                .to_vec(),
+            key: key_of(line),
             bytes: line.to_vec(),
         })
         .collect();
     Ok((records, stats))
+}
+
+/// Reads delta logs into memory as one log, in the order given, one record per line
+/// exactly as `studio replay` reads them (`FileSource`: a line without its `\n`, every
+/// byte kept, empty and malformed lines included), each keyed by its `blob_id`
+/// ([`key_of`]).
+#[cfg(feature = "file")]
+pub fn read_keyed(paths: &[std::path::PathBuf]) -> Result<Vec<KeyedRecord>, crate::SourceError> {
+    use crate::RecordSource;
+    let mut source = crate::file::FileSource::open(paths)?;
+    let mut records = Vec::new();
+    while let Some(record) = source.next_record()? {
+        records.push(KeyedRecord {
+            key: key_of(record.bytes),
+            bytes: record.bytes.to_vec(),
+        });
+    }
+    Ok(records)
+}
+
+/// A record's key: the string value of its top-level `blob_id`, as UTF-8 bytes; empty
+/// when it has none that can be read (a malformed line, not a JSON object, no `blob_id`,
+/// or one that is not a string). Only `blob_id` is kept while parsing.
+pub fn key_of(line: &[u8]) -> Vec<u8> {
+    #[derive(serde::Deserialize)]
+    struct Key<'a> {
+        #[serde(borrow)]
+        blob_id: Option<Cow<'a, str>>, // Cow: an id with escapes cannot be borrowed
+    }
+    serde_json::from_slice::<Key<'_>>(line)
+        .ok()
+        .and_then(|k| k.blob_id)
+        .map(|id| id.into_owned().into_bytes())
+        .unwrap_or_default()
 }
 
 /// What [`publish_paced`] did.
@@ -128,6 +154,54 @@ pub fn end_to_end_micros(sent_at: &[Instant], commits: &[(Instant, u64)], base: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_blob_ids_or_empty() {
+        assert_eq!(key_of(br#"{"blob_id":"b1","version":1}"#), b"b1");
+        assert_eq!(
+            key_of(br#"{"op":"x","blob_id":"bl\u00f6b"}"#),
+            "blöb".as_bytes()
+        );
+        assert_eq!(
+            key_of(r#"{"blob_id":"blöb"}"#.as_bytes()),
+            "blöb".as_bytes()
+        );
+        for unreadable in [
+            &b"{not json"[..],
+            b"",
+            b"[1,2]",
+            br#"{"blob_id":7}"#,
+            br#"{"version":1}"#,
+            b"\xff\xfe",
+        ] {
+            assert_eq!(key_of(unreadable), b"", "{unreadable:?}");
+        }
+    }
+
+    #[test]
+    #[cfg(feature = "file")]
+    fn read_keyed_keeps_every_line_and_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+        std::fs::write(&a, "{\"blob_id\":\"x\"}\r\n{oops\n\n").unwrap();
+        std::fs::write(&b, "{\"blob_id\":\"é\",\"t\":\"ü\"}").unwrap();
+        let got: Vec<(Vec<u8>, Vec<u8>)> = read_keyed(&[a, b])
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key, r.bytes))
+            .collect();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b"x".to_vec(), b"{\"blob_id\":\"x\"}\r".to_vec()),
+            (vec![], b"{oops".to_vec()),
+            (vec![], vec![]),
+            (
+                "é".as_bytes().to_vec(),
+                "{\"blob_id\":\"é\",\"t\":\"ü\"}".as_bytes().to_vec(),
+            ),
+        ];
+        assert_eq!(got, want);
+        assert!(read_keyed(&[dir.path().join("none.jsonl")]).is_err());
+    }
 
     #[test]
     fn each_record_takes_the_first_commit_that_covers_it() {

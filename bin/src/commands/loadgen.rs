@@ -1,14 +1,17 @@
-//! `studio loadgen`: publishes a generated delta log (`studio gen`'s generator) to Kafka
-//! or NATS at a target rate, keyed by `blob_id`, and prints the rate achieved.
+//! `studio loadgen`: publishes a delta log to Kafka or NATS at a target rate, keyed by
+//! `blob_id`, and prints the rate achieved. The log is generated (`studio gen`'s
+//! generator) or, with `--log`, the user's own files, every line byte for byte.
 //!
-//! The log is generated into memory first (≈ 450 bytes a record), so that generating
-//! costs nothing during the timed publish. The clock starts at the first publish and
+//! The log is generated or read into memory first (≈ 450 bytes a generated record), so
+//! that neither costs anything during the timed publish. The clock starts at the first publish and
 //! stops when the bus has acknowledged every record (`RecordPublisher::flush`).
 //!
 //! With `--wait-db`, a watcher thread polls the service's checkpoint (its committed
 //! record count, `checkpoints.next_seq`) every millisecond while the records go out,
 //! and each record's latency runs from its publish to the first commit that covers it
 //! ([`end_to_end_micros`]): publish → view committed, as the service's users see it.
+//! It counts records, not ids, so it works the same with `--log`: every line the
+//! service reads advances its count, malformed ones (dead letters) included.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -19,7 +22,7 @@ use studio_config::Config;
 use studio_connectors::OutputStream;
 use studio_connectors::RecordPublisher;
 use studio_connectors::kafka::KafkaPublisher;
-use studio_connectors::load::{end_to_end_micros, generate_keyed, publish_paced};
+use studio_connectors::load::{end_to_end_micros, generate_keyed, publish_paced, read_keyed};
 use studio_connectors::nats::NatsPublisher;
 use studio_model::generate::{Faults, GenSpec};
 
@@ -31,7 +34,10 @@ pub fn run(config_file: Option<&Path>, args: LoadgenArgs) -> anyhow::Result<()> 
         args.rate >= 0.0 && args.rate.is_finite(),
         "--rate must be 0 or more"
     );
-    ensure!(args.blobs >= 1, "--blobs must be at least 1");
+    ensure!(
+        !args.log.is_empty() || args.blobs >= 1,
+        "--blobs must be at least 1"
+    );
     let mut config = Config::load(config_file)?;
     if let Some(brokers) = args.brokers {
         config.kafka.brokers = brokers;
@@ -47,18 +53,28 @@ pub fn run(config_file: Option<&Path>, args: LoadgenArgs) -> anyhow::Result<()> 
         config.nats.stream = stream;
     }
 
-    let generated = Instant::now();
-    let spec = GenSpec {
-        blobs: args.blobs,
-        deltas: args.deltas,
-        seed: args.seed,
-        faults: Faults::default(),
+    let loaded = Instant::now();
+    let records = if args.log.is_empty() {
+        let spec = GenSpec {
+            blobs: args.blobs,
+            deltas: args.deltas,
+            seed: args.seed,
+            faults: Faults::default(),
+        };
+        generate_keyed(&spec)?.0
+    } else {
+        read_keyed(&args.log)?
     };
-    let (records, _) = generate_keyed(&spec)?;
     tracing::info!(
         records = records.len(),
-        seconds = generated.elapsed().as_secs_f64(),
-        "log generated"
+        unkeyed = records.iter().filter(|r| r.key.is_empty()).count(),
+        seconds = loaded.elapsed().as_secs_f64(),
+        "log {}",
+        if args.log.is_empty() {
+            "generated"
+        } else {
+            "read"
+        }
     );
 
     let (mut publisher, target): (Box<dyn RecordPublisher>, String) = match args.to {

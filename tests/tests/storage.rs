@@ -128,14 +128,7 @@ fn pg_reader(url: &str, content: ContentReader) -> PgReader {
 fn postgres_views_equal_sqlite_views_for_the_same_log() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = generated_log(dir.path(), 300, 4000, faults());
-    // Documents as JSON(B) here; the LZ4 path is compared in the outage tests.
-    let content = ContentSpec {
-        options: ContentOptions {
-            compress: false,
-            large_min_bytes: 1 << 20,
-        },
-        large: LargeStoreSpec::Dir(dir.path().join("large")),
-    };
+    let content = ContentSpec::in_dir(dir.path().join("large"));
     let db = dir.path().join("views.sqlite");
     let from_sqlite = run_replay(&log, sqlite_sink(&db, content.clone()), 700);
     let url = fresh_database("parity");
@@ -159,7 +152,7 @@ fn postgres_views_equal_sqlite_views_for_the_same_log() {
     assert_eq!(
         docs,
         ["300"],
-        "every document is JSONB with compression off"
+        "every document is JSONB"
     );
 
     // The same questions answer the same.
@@ -387,7 +380,6 @@ fn an_s3_outage_mid_replay_pauses_and_resumes_to_the_same_views() {
     // Small threshold: a good share of the generated documents go to S3.
     let content = |endpoint: &str, bucket: &str| ContentSpec {
         options: ContentOptions {
-            compress: true,
             large_min_bytes: 700,
         },
         large: LargeStoreSpec::S3(s3_options(endpoint, bucket)),
@@ -531,8 +523,7 @@ fn provider_tables(reader: &mut dyn ViewReader) -> Vec<(String, Rows)> {
 #[test]
 fn providers_and_events_in_postgres_equal_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut content = ContentSpec::in_dir(dir.path().join("large"));
-    content.options.compress = false;
+    let content = ContentSpec::in_dir(dir.path().join("large"));
     let db = dir.path().join("views.sqlite");
     let from_sqlite = replay_with_providers(sqlite_sink(&db, content.clone()));
     let url = fresh_database("providers");

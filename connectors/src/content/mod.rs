@@ -449,7 +449,11 @@ mod tests {
             let c = codec(dir.path(), 1000);
             let text = format!(r#"{{"content":"{}"}}"#, "the quick fox ".repeat(40));
             let small = c.encode(id, 2, text.clone()).await.unwrap();
-            assert_eq!(small.doc.as_deref(), Some(text.as_str()), "JSON, never packed");
+            assert_eq!(
+                small.doc.as_deref(),
+                Some(text.as_str()),
+                "JSON, never packed"
+            );
             assert!(small.doc_ref.is_none() && small.large_doc.is_none());
             assert_eq!(small.doc_bytes, text.len() as i64);
 

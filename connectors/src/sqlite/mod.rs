@@ -181,11 +181,12 @@ impl SqliteViews {
 /// holding LZ4-compressed documents: turn them back into JSON in `doc` and drop the
 /// column, in one transaction, so that every row's `doc` is readable by SQL.
 async fn inflate_legacy_documents(conn: &mut SqliteConnection) -> Result<(), SinkError> {
-    let legacy: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pragma_table_info('blobs') WHERE name = 'doc_lz4'")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db_error("reading the columns of blobs"))?;
+    let legacy: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pragma_table_info('blobs') WHERE name = 'doc_lz4'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_error("reading the columns of blobs"))?;
     if legacy == 0 {
         return Ok(());
     }

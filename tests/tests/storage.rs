@@ -757,7 +757,9 @@ fn sqlite_documents_are_json_that_json_extract_reads_on_every_row() {
     let content = ContentSpec::in_dir(dir.path().join("large"));
     run_replay(&log, sqlite_sink(&db, content), 700);
 
-    let rows: Vec<(String, Option<String>, Option<String>, Option<String>)> = sqlite_rows(
+    // blob_id, doc, doc_ref, json_extract(doc, '$.content')
+    type Row = (String, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlite_rows(
         &db,
         "SELECT blob_id, doc, doc_ref, json_extract(doc, '$.content') FROM blobs \
          WHERE deleted_at IS NULL",
@@ -919,7 +921,7 @@ fn postgres_documents_are_jsonb_that_sql_reads_and_postgres_compresses_with_lz4(
     let reference = format!("postgres:large_docs/blobs/{blob3}/v1.json");
     assert_eq!(
         pg_texts(&url, "SELECT doc_ref FROM blobs WHERE doc IS NULL"),
-        [reference.clone()]
+        [reference]
     );
     assert_eq!(
         pg_texts(

@@ -121,8 +121,9 @@ pub struct PostgresConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LargeStoreKind {
-    /// The view database's own place: a directory beside a SQLite file
-    /// (`PATH.sqlite.blobs/`), the table `large_docs` of a Postgres database.
+    /// `content.dir` when set; else the view database's own place: a directory beside
+    /// a SQLite file (`PATH.sqlite.blobs/`), the table `large_docs` of a Postgres
+    /// database.
     Auto,
     /// A local directory (`content.dir`; empty: beside a SQLite file).
     Dir,
@@ -140,8 +141,8 @@ pub struct ContentConfig {
     pub large_min_bytes: u64,
     /// Where large documents go.
     pub large_store: LargeStoreKind,
-    /// The directory for `large_store = "dir"`; empty: beside a SQLite file
-    /// (`PATH.sqlite.blobs/`). With Postgres, `dir` needs it set.
+    /// The directory for `large_store = "dir"` or `"auto"`; empty: see
+    /// [`LargeStoreKind::Auto`]. With Postgres, `dir` needs it set.
     pub dir: String,
     /// How long a presigned URL (`studio query blob --url`) is valid, in seconds.
     pub url_expiry_secs: u64,

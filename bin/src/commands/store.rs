@@ -73,7 +73,9 @@ fn content_spec(config: &Config, db: &Db<'_>) -> anyhow::Result<ContentSpec> {
         |path: &Path| LargeStoreSpec::Dir(PathBuf::from(format!("{}.blobs", path.display())));
     let large = match (c.large_store, db) {
         (LargeStoreKind::S3, _) => LargeStoreSpec::S3(s3_options(config)),
-        (LargeStoreKind::Dir, _) if !c.dir.is_empty() => LargeStoreSpec::Dir(PathBuf::from(&c.dir)),
+        (LargeStoreKind::Dir | LargeStoreKind::Auto, _) if !c.dir.is_empty() => {
+            LargeStoreSpec::Dir(PathBuf::from(&c.dir))
+        }
         (LargeStoreKind::Dir | LargeStoreKind::Auto, Db::Sqlite(path)) => beside_sqlite(path),
         (LargeStoreKind::Auto | LargeStoreKind::Postgres, Db::Postgres(_)) => {
             LargeStoreSpec::Postgres

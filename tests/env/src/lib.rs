@@ -71,7 +71,7 @@ pub fn service_env(name: &str) -> String {
     let Some(service) = service_of(name) else {
         panic!("{name} is not set, and no service the tests start provides it");
     };
-    let vars = run_service(service);
+    let vars = run_service(service, name);
     vars.get(name).cloned().unwrap_or_else(|| {
         panic!("the {service} service started for this test run did not report {name}")
     })
@@ -98,7 +98,7 @@ fn runner() -> (u32, String) {
 }
 
 /// The variables of `service` as started for this test run.
-fn run_service(service: &'static str) -> BTreeMap<String, String> {
+fn run_service(service: &'static str, var: &str) -> BTreeMap<String, String> {
     let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(vars) = started.get(service) {
         return vars.clone();
@@ -114,8 +114,7 @@ fn run_service(service: &'static str) -> BTreeMap<String, String> {
         .unwrap_or_else(|e| panic!("cannot lock {}: {e}", lock_path.display()));
     let vars = up(&dir, Some(ppid), &[service], &[]).unwrap_or_else(|e| {
         panic!(
-            "{service} is needed by this test and its variable is not set, and starting it \
-             failed: {e}\n{WHAT_TO_DO}"
+            "{var} is not set, and starting {service} for this test run failed: {e}\n{WHAT_TO_DO}"
         )
     });
     drop(lock);

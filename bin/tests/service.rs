@@ -1,5 +1,6 @@
 //! End-to-end tests of `studio run` against the real brokers (`KAFKA_BROKERS`,
-//! `NATS_URL`; `.ci/run` starts them and these tests fail, saying so, without them).
+//! `NATS_URL`; without them the tests start their own for the run, see
+//! `studio_test_env`, and fail, saying why, if they cannot).
 //!
 //! Each test publishes a generated log with faults (duplicates, malformed records,
 //! out-of-order arrival, poison bytes) to its own topic or stream, runs the service
@@ -19,7 +20,7 @@ use studio_config::Config;
 use studio_connectors::kafka::{KafkaPublisher, KafkaSource};
 use studio_connectors::nats::{NatsPublisher, NatsSource};
 use studio_connectors::{LiveSource, OutputStream, RecordPublisher};
-use studio_tests::services::{fresh_database, required_env, unique_name};
+use studio_tests::services::{OwnServices, fresh_database, program, service_env, unique_name};
 use studio_tests::views::{assert_same_tables, dump, read_tables, text_rows};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +38,17 @@ struct Setup {
 }
 
 impl Setup {
+    /// A setup on the test run's broker (given or started).
     fn new(bus: Bus, test: &str) -> Setup {
+        let address = match bus {
+            Bus::Kafka => service_env("KAFKA_BROKERS"),
+            Bus::Nats => service_env("NATS_URL"),
+        };
+        Setup::at(bus, test, address)
+    }
+
+    /// A setup on the broker at `address` (brokers for Kafka, a URL for NATS).
+    fn at(bus: Bus, test: &str, address: String) -> Setup {
         let name = unique_name(test);
         let mut config = Config::default();
         let mut vars = vec![
@@ -50,7 +61,7 @@ impl Setup {
         match bus {
             Bus::Kafka => {
                 let k = &mut config.kafka;
-                k.brokers = required_env("KAFKA_BROKERS");
+                k.brokers = address;
                 k.partitions = 1;
                 k.group_id = name.clone();
                 k.topics.deltas = format!("{name}.deltas");
@@ -74,7 +85,7 @@ impl Setup {
             Bus::Nats => {
                 let n = &mut config.nats;
                 let id = name.replace(['-', '.'], "_");
-                n.url = required_env("NATS_URL");
+                n.url = address;
                 n.stream = format!("IN_{id}");
                 n.output_stream = format!("OUT_{id}");
                 n.durable = format!("d_{id}");
@@ -712,7 +723,7 @@ impl OwnNats {
     }
 
     fn restart(&mut self) {
-        let child = Command::new("nats-server")
+        let child = Command::new(program("nats"))
             .args([
                 "-js",
                 "-a",
@@ -725,7 +736,7 @@ impl OwnNats {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("nats-server on PATH (.ci/run installs it)");
+            .expect("run nats-server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -759,56 +770,182 @@ impl Drop for OwnNats {
 fn nats_server_restart_under_the_service() {
     let dir = tempfile::tempdir().unwrap();
     let mut nats = OwnNats::start();
-    // Setup reads NATS_URL; point this test's bus at its own server.
-    let mut setup = Setup::new(Bus::Nats, "restart");
     let url = format!("nats://127.0.0.1:{}", nats.port);
-    setup.config.nats.url = url.clone();
-    setup.vars.retain(|(k, _)| k != "STUDIO_NATS__URL");
-    setup.vars.push(("STUDIO_NATS__URL".into(), url));
+    let setup = Setup::at(Bus::Nats, "restart", url);
     let lines = faulty_log(8_000, 21);
+    let db = dir.path().join("service.sqlite");
+    let report =
+        restart_under_the_service(&setup, &lines, db.as_os_str(), &|| committed(&db), || {
+            nats.stop();
+            std::thread::sleep(Duration::from_secs(2));
+            nats.restart();
+        });
+    assert_counts(&report, lines.len());
+    assert_same_views(&db, &replay(&lines, dir.path()));
+}
+
+/// Records committed so far (`next_seq` of the checkpoint), 0 before the first commit.
+fn committed(db: &Path) -> u64 {
+    std::panic::catch_unwind(|| checkpoint(db))
+        .ok()
+        .and_then(|rows| rows.first()?.get(2)?.clone()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Publishes the first half of `lines`, starts the service on `db`, waits for its first
+/// commit, runs `restart` (a service restarting under it), publishes the second half,
+/// waits until every record is committed, stops the service with SIGTERM and returns
+/// its report.
+fn restart_under_the_service(
+    setup: &Setup,
+    lines: &[Vec<u8>],
+    db: &OsStr,
+    committed: &dyn Fn() -> u64,
+    restart: impl FnOnce(),
+) -> Value {
     let half = lines.len() / 2;
     setup.publish(&lines[..half]);
-    let db = dir.path().join("service.sqlite");
+    // The log to a file: a pipe nobody reads while it waits could fill and stall it.
+    let log = tempfile::NamedTempFile::new().unwrap();
     let child = setup
-        .service(&db, &["--json"])
+        .service(db, &["--json"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(log.reopen().unwrap())
         .spawn()
         .unwrap();
-    let committed = |db: &Path| -> u64 {
-        std::panic::catch_unwind(|| checkpoint(db))
-            .ok()
-            .and_then(|rows| rows.first()?.get(2)?.clone()?.parse().ok())
-            .unwrap_or(0)
-    };
-    let wait_for = |n: u64, what: &str| {
+    let mut child = Running(child);
+    let wait_for = |child: &mut Running, n: u64, what: &str| {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while committed(&db) < n {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {} of {n} committed",
-                committed(&db)
-            );
+        while committed() < n {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+                panic!("{what}: the service exited ({status}): {stderr}");
+            }
+            if Instant::now() > deadline {
+                let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+                let tail: String = stderr
+                    .chars()
+                    .rev()
+                    .take(4000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                panic!(
+                    "{what}: {} of {n} committed; the end of its log:\n{tail}",
+                    committed()
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    wait_for(1, "before the restart");
-    nats.stop();
-    std::thread::sleep(Duration::from_secs(2));
-    nats.restart();
+    wait_for(&mut child, 1, "before the restart");
+    restart();
     setup.publish(&lines[half..]);
-    wait_for(lines.len() as u64, "after the restart");
+    wait_for(&mut child, lines.len() as u64, "after the restart");
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let mut stdout = Vec::new();
+    use std::io::Read;
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    let status = child.0.wait().unwrap();
+    let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert!(status.success(), "{status}: {stderr}");
+    serde_json::from_slice(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
+}
+
+/// Every record was read once and decided once.
+fn assert_counts(report: &Value, lines: usize) {
+    let n = |key: &str| report[key].as_u64().unwrap();
+    assert_eq!(n("records_read"), lines as u64, "read once: {report}");
+    assert_eq!(
+        n("accepted") + n("duplicates") + n("dead_letters"),
+        n("records_read"),
+        "counts add up: {report}"
     );
+}
+
+/// A tansu of the test's own whose topics survive its restart (`s3://` storage on a moto
+/// of its own) restarts under the running service: the service waits, resumes, and ends
+/// with the views of a replay, every record read once.
+#[test]
+fn kafka_broker_restart_under_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut own = OwnServices::start_with(&["s3", "kafka"], &[("CI_TANSU_STORAGE", "s3")]);
+    let setup = Setup::at(Bus::Kafka, "brokerrestart", own.var("KAFKA_BROKERS"));
+    let lines = faulty_log(8_000, 22);
+    let db = dir.path().join("service.sqlite");
+    let report =
+        restart_under_the_service(&setup, &lines, db.as_os_str(), &|| committed(&db), || {
+            own.stop(&["kafka"]);
+            std::thread::sleep(Duration::from_secs(2));
+            own.restart(&["kafka"]);
+        });
+    assert_counts(&report, lines.len());
     assert_same_views(&db, &replay(&lines, dir.path()));
+}
+
+/// PostgreSQL (a cluster of the test's own) restarts under `studio run --db
+/// postgres://...`: the service waits, resumes, and ends with the tables of a SQLite
+/// replay of the same log, every record read once.
+#[test]
+fn postgres_restart_under_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut own = OwnServices::start(&["postgres"]);
+    let url = own.var("DATABASE_URL");
+    let mut setup = Setup::new(Bus::Kafka, "pgrestart");
+    let large = dir.path().join("large");
+    setup.vars.extend([
+        ("STUDIO_RUN__EVENTS".to_owned(), "false".to_owned()),
+        ("STUDIO_CONTENT__DIR".into(), large.display().to_string()),
+    ]);
+    let lines = faulty_log(8_000, 23);
+    let committed = || {
+        std::panic::catch_unwind(|| {
+            studio_tests::services::pg_texts(&url, "SELECT next_seq::text FROM checkpoints")
+        })
+        .ok()
+        .and_then(|rows| rows.first()?.parse().ok())
+        .unwrap_or(0)
+    };
+    let report = restart_under_the_service(&setup, &lines, OsStr::new(&url), &committed, || {
+        own.stop(&["postgres"]);
+        std::thread::sleep(Duration::from_secs(3));
+        own.restart(&["postgres"]);
+    });
+    assert_counts(&report, lines.len());
+    assert_pg_matches_replay(&url, &lines, dir.path());
+}
+
+/// The tables of the Postgres database at `url` equal a SQLite replay of `lines`.
+fn assert_pg_matches_replay(url: &str, lines: &[Vec<u8>], dir: &Path) {
+    let replayed = replay(lines, dir);
+    let without_checkpoints = |tables: Vec<(String, studio_connectors::Rows)>| {
+        tables
+            .into_iter()
+            .filter(|(t, _)| t != "checkpoints")
+            .collect::<Vec<_>>()
+    };
+    let local = studio_connectors::content::ContentReader::local;
+    let sqlite =
+        dump(&mut studio_connectors::sqlite::SqliteReader::open(&replayed, local()).unwrap());
+    let pg = dump(
+        &mut studio_connectors::postgres::PgReader::open(url, Duration::from_secs(20), local())
+            .unwrap(),
+    );
+    assert_same_tables(
+        &without_checkpoints(sqlite),
+        &without_checkpoints(pg),
+        "a SQLite replay vs the Postgres service",
+    );
 }
 
 /// A database replayed with `--store-records` is one the service can take over: it
@@ -878,24 +1015,5 @@ fn postgres_service_survives_kill_9() {
     }
     let report = setup.run_to_idle(&url);
     assert!(report["records_read"].as_u64().is_some(), "{report}");
-
-    let replayed = replay(&lines, dir.path());
-    let without_checkpoints = |tables: Vec<(String, studio_connectors::Rows)>| {
-        tables
-            .into_iter()
-            .filter(|(t, _)| t != "checkpoints")
-            .collect::<Vec<_>>()
-    };
-    let local = studio_connectors::content::ContentReader::local;
-    let sqlite =
-        dump(&mut studio_connectors::sqlite::SqliteReader::open(&replayed, local()).unwrap());
-    let pg = dump(
-        &mut studio_connectors::postgres::PgReader::open(&url, Duration::from_secs(20), local())
-            .unwrap(),
-    );
-    assert_same_tables(
-        &without_checkpoints(sqlite),
-        &without_checkpoints(pg),
-        "a SQLite replay vs the Postgres service",
-    );
+    assert_pg_matches_replay(&url, &lines, dir.path());
 }

@@ -3,8 +3,8 @@
 //! that downloads the same bytes, a new version writes a new object and the old one
 //! stays readable; SQLite follows the same rule with a local directory.
 //!
-//! Needs PostgreSQL (`DATABASE_URL`) and S3 (`S3_ENDPOINT`, `AWS_*`); without them the
-//! test fails and says how to start them. `.ci/run` starts both.
+//! Needs PostgreSQL (`DATABASE_URL`) and S3 (`S3_ENDPOINT`, `AWS_*`); when those are not
+//! set the test starts both for the run, and fails, saying why, if it cannot.
 
 use std::path::PathBuf;
 

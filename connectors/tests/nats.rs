@@ -1,8 +1,9 @@
-//! The NATS JetStream source and publisher against a real server (`nats-server -js`;
-//! `.ci/run` starts it). The server's address comes from `NATS_URL`; without it every
-//! test fails and says how to start one. Each test uses streams and subjects of its
-//! own, so they run in parallel. The restart test runs a server of its own (the
-//! `nats-server` binary on PATH, or `NATS_SERVER_BIN`) so that it can stop it.
+//! The NATS JetStream source and publisher against a real server (`nats-server -js`).
+//! The server's address comes from `NATS_URL`; without it the tests start one for the
+//! run (crate studio-test-env), and fail, saying why, if they cannot. Each test uses
+//! streams and subjects of its own, so they run in parallel. The restart test runs a
+//! server of its own (`NATS_SERVER_BIN`, or `nats-server`, installed when missing) so
+//! that it can stop it.
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
@@ -14,10 +15,6 @@ use studio_config::{Config, NatsConfig};
 use studio_connectors::nats::{NatsPublisher, NatsSource};
 use studio_connectors::{LiveSource, OutputStream, OwnedRecord, RecordPublisher};
 use studio_model::SourcePos;
-
-const HOW: &str = "install nats-server (apt-get install nats-server), start it with \
-     `nats-server -js -a 127.0.0.1 -p 14222 -sd DIR`, and export \
-     NATS_URL=nats://127.0.0.1:14222 (`.ci/run` does all of this)";
 
 fn unique(test: &str) -> String {
     format!(
@@ -46,8 +43,8 @@ fn config_at(url: &str, test: &str) -> NatsConfig {
 }
 
 fn config(test: &str) -> NatsConfig {
-    let url = std::env::var("NATS_URL")
-        .unwrap_or_else(|_| panic!("NATS_URL is not set. These tests need NATS JetStream: {HOW}"));
+    // Given, or a nats-server started for the test run (studio-test-env).
+    let url = studio_test_env::service_env("NATS_URL");
     config_at(&url, test)
 }
 
@@ -234,7 +231,9 @@ struct Server {
 
 impl Server {
     fn start(port: u16, dir: &Path) -> Server {
-        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let bin = std::env::var("NATS_SERVER_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| studio_test_env::program("nats"));
         let log = std::fs::File::create(dir.join(format!("nats-{port}.log"))).unwrap();
         let child = Command::new(&bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
@@ -243,7 +242,7 @@ impl Server {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {bin}: {e}. This test needs it: {HOW}"));
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -270,8 +269,6 @@ impl Drop for Server {
 
 #[test]
 fn the_source_recovers_when_the_server_restarts_under_it() {
-    // NATS_URL is not used, but its absence means the environment was not set up.
-    let _ = config("restart-check");
     let dir = tempfile::tempdir().unwrap();
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()

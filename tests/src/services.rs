@@ -1,10 +1,11 @@
-//! The real services the storage tests use: PostgreSQL (`DATABASE_URL`) and an
-//! S3-compatible server (`S3_ENDPOINT`, with `AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`). `.ci/run` starts both; by hand,
-//! `eval "$(bash .ci/services.sh up /tmp/studio-services)"`.
+//! The real services the tests use: a Kafka-compatible broker (`KAFKA_BROKERS`), NATS
+//! JetStream (`NATS_URL`), PostgreSQL (`DATABASE_URL`) and an S3-compatible server
+//! (`S3_ENDPOINT`, with `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`). A variable that is
+//! set wins; otherwise the service is started on loopback for the test run (installed
+//! when missing) and stopped when the run ends: see [`studio_test_env`].
 //!
-//! A test that needs a service and does not find its variable **fails** with that
-//! advice; it never skips silently. Each test gets a database (or bucket) of its own,
+//! A test that needs a service it cannot get **fails**, saying what to do; it never
+//! skips. Each test gets a database (or bucket) of its own,
 //! so tests run in parallel. [`FlakyProxy`] sits between Studio and a service and can
 //! cut every connection and refuse new ones, then let them through again: an outage
 //! of that service as Studio sees it, without stopping a server other tests share.
@@ -15,18 +16,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sqlx::Connection;
+pub use studio_test_env::{OwnServices, program, service_env};
 
-const HOW: &str = "run .ci/run, which starts them all; or start tansu (KAFKA_BROKERS) and \
-                   `nats-server -js` (NATS_URL) as .ci/run does, and PostgreSQL and moto \
-                   (DATABASE_URL, S3_ENDPOINT) with `eval \"$(bash .ci/services.sh up /tmp/studio-services)\"`, \
-                   then run the tests again";
+const HOW: &str = "is the server at that address running? Unset the variable and the \
+                   tests start their own (see .ci/services.sh)";
 
-/// A required environment variable, or a failure that says how to get it.
+/// The same as [`service_env`] (the name callers used when a missing variable failed
+/// the test).
 pub fn required_env(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!("{name} is not set: this test needs a real service; {HOW}"),
-    }
+    service_env(name)
 }
 
 /// A unique lowercase name: `prefix_pid_counter_nanos`.
@@ -95,7 +93,7 @@ fn block_on<T>(f: impl Future<Output = T>) -> T {
 
 /// A new, empty database on the `DATABASE_URL` server; returns its URL.
 pub fn fresh_database(prefix: &str) -> String {
-    let url = required_env("DATABASE_URL");
+    let url = service_env("DATABASE_URL");
     let name = unique_name(prefix);
     block_on(async {
         let mut conn = sqlx::PgConnection::connect(&url)
@@ -131,11 +129,18 @@ pub fn pg_execute(url: &str, sql: &str) {
     })
 }
 
-/// The S3 endpoint (`S3_ENDPOINT`), after checking the credentials are set too.
+/// The S3 endpoint (`S3_ENDPOINT`), after checking the credentials are set too (they
+/// are when the server was started for the run).
 pub fn s3_endpoint() -> String {
-    required_env("AWS_ACCESS_KEY_ID");
-    required_env("AWS_SECRET_ACCESS_KEY");
-    required_env("S3_ENDPOINT")
+    let endpoint = service_env("S3_ENDPOINT");
+    for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        assert!(
+            std::env::var(key).is_ok_and(|v| !v.is_empty()),
+            "S3_ENDPOINT={endpoint} is given but {key} is not: set it (moto takes any, \
+             e.g. test), or unset S3_ENDPOINT and the tests start their own"
+        );
+    }
+    endpoint
 }
 
 /// A new bucket name (S3 rules: lowercase, digits, hyphens).

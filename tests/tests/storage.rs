@@ -4,8 +4,8 @@
 //! `bin/tests/storage_cli.rs`.)
 //!
 //! These tests need PostgreSQL (`DATABASE_URL`) and an S3-compatible server
-//! (`S3_ENDPOINT` and `AWS_*`); without them they fail and say how to start them
-//! (`studio_tests::services`). `.ci/run` starts both.
+//! (`S3_ENDPOINT` and `AWS_*`); when those are not set the tests start both for the run,
+//! and fail, saying why, if they cannot (`studio_tests::services`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -68,7 +68,7 @@ pub struct RenderOptions {
     /// `None` waits until the input ends (a bounded replay).
     pub gap_timeout: Option<Time>,
     /// Keep accepted deltas' full records for the delta store.
-    pub keep_records: bool,
+    pub store_records: bool,
 }
 
 /// The maintained views, as collections.
@@ -160,7 +160,7 @@ pub fn render<'scope>(
     let applied = unique.apply_deltas(ApplyOptions {
         track_facts: options.providers,
         gap_timeout: options.gap_timeout,
-        keep_records: options.keep_records,
+        store_records: options.store_records,
     });
     let malformed = malformed.as_collection();
 

@@ -72,33 +72,53 @@ pub struct RunConfig {
     /// Where `/metrics` and `/healthz` are served (`host:port`); empty: nowhere.
     pub listen: String,
     /// The output streams published to the bus, after each batch's views commit.
-    pub publish: Vec<PublishedStream>,
+    pub publish: Vec<OutputStream>,
     /// Record events (S5.8) in the view store.
     pub events: bool,
 }
 
-/// The buses Studio reads from.
+/// The buses Studio reads from and publishes to (`run.source`, and the binary's
+/// `--source` and `loadgen --to`: with the `clap` feature it is a `clap::ValueEnum`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum BusKind {
-    /// Kafka (`[kafka]`).
+    /// Kafka (or a Kafka-compatible bus): `[kafka]`, the deltas on kafka.topics.deltas.
     Kafka,
-    /// NATS JetStream (`[nats]`).
+    /// NATS JetStream: `[nats]`, the deltas on nats.subjects.deltas.
     Nats,
 }
 
-/// The output streams `studio run` can publish.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The streams Studio reads or writes on a bus, each with its topic (Kafka) or subject
+/// (NATS) in [`BusNames`]. All but `Deltas` are outputs that `studio run` can publish
+/// (`run.publish`); `Deltas` is the input stream (what `studio loadgen` and provider
+/// workers write), so a config file cannot list it there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum PublishedStream {
+pub enum OutputStream {
+    /// The input deltas (what `studio loadgen` and provider workers write; what the
+    /// sources read). Never published by the service.
+    #[serde(skip_deserializing)]
+    Deltas,
     /// New pending transform requests (S5.7).
     Requests,
-    /// Events (S5.8).
+    /// Events (S5.8): `blob.created`, `delta.applied`, ...
     Events,
-    /// Accepted deltas, with `applied_at`.
+    /// Accepted deltas, with `applied_at` (the output deltas).
     Applied,
     /// Dead letters, with their reason and raw bytes.
     DeadLetters,
+}
+
+impl OutputStream {
+    /// Every stream, in a fixed order.
+    pub const ALL: [OutputStream; 5] = [
+        OutputStream::Deltas,
+        OutputStream::Requests,
+        OutputStream::Events,
+        OutputStream::Applied,
+        OutputStream::DeadLetters,
+    ];
 }
 
 /// The in-process provider worker runtime.

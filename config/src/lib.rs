@@ -36,9 +36,11 @@ pub struct Config {
     pub nats: NatsConfig,
     /// How provider workers run.
     pub provider_runtime: ProviderRuntimeConfig,
-    /// Providers registered at start (`[[providers]]` tables; SPEC S5.3).
+    /// Providers registered at start (`[[providers]]` tables; SPEC S5.3), as written:
+    /// `studio_model::Provider::from_tables` checks them and reads them (this crate is
+    /// a leaf and does not know the provider's schema).
     #[serde(default)]
-    pub providers: Vec<studio_model::Provider>,
+    pub providers: Vec<ProviderTable>,
     /// The Postgres view store (`--db postgres://...`).
     pub postgres: PostgresConfig,
     /// How documents are stored: compression, and where large ones go.
@@ -48,6 +50,9 @@ pub struct Config {
     /// Retries while a store is unavailable.
     pub retry: RetryConfig,
 }
+
+/// A `[[providers]]` table: its keys and values, as JSON.
+pub type ProviderTable = serde_json::Map<String, serde_json::Value>;
 
 /// The long-running service (`studio run`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -412,18 +417,6 @@ impl Config {
                 )));
             }
         }
-        let mut ids = std::collections::BTreeSet::new();
-        for p in &self.providers {
-            if p.id.is_empty() {
-                return Err(ConfigError::OutOfRange("a provider has an empty id".into()));
-            }
-            if !ids.insert(&p.id) {
-                return Err(ConfigError::OutOfRange(format!(
-                    "provider {:?} is defined twice",
-                    p.id
-                )));
-            }
-        }
         Ok(())
     }
 }
@@ -678,6 +671,24 @@ mod tests {
             assert!(err.contains("REPLAY.WORKERS"), "figment's spelling: {err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn provider_tables_are_kept_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("studio.toml");
+        std::fs::write(
+            &file,
+            "[[providers]]\nid = \"g\"\ntimeout_ms = 5\n\
+             [providers.processing_rules]\nmax_input_size = 10\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        assert_eq!(c.providers.len(), 1);
+        let p = &c.providers[0];
+        assert_eq!(p["id"], "g");
+        assert_eq!(p["timeout_ms"], 5);
+        assert_eq!(p["processing_rules"]["max_input_size"], 10);
     }
 
     #[test]

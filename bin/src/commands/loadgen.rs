@@ -38,7 +38,7 @@ pub fn run(config_file: Option<&Path>, args: LoadgenArgs) -> anyhow::Result<()> 
         !args.log.is_empty() || args.blobs >= 1,
         "--blobs must be at least 1"
     );
-    let mut config = Config::load(config_file)?;
+    let (mut config, _providers) = super::load_config(config_file)?;
     if let Some(brokers) = args.brokers {
         config.kafka.brokers = brokers;
     }

@@ -18,7 +18,7 @@ use crate::cli::RunArgs;
 use crate::http;
 
 pub fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
-    let mut config = Config::load(config_file)?;
+    let (mut config, providers) = super::load_config(config_file)?;
     apply_flags(&mut config, &args);
     config.validate()?;
     let metrics = http::install_recorder()?;
@@ -86,7 +86,7 @@ pub fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
         max_batches_in_flight: r.max_batches_in_flight,
         writer_queue_batches: r.writer_queue_batches,
         gap_timeout: Duration::from_millis(r.gap_timeout_ms),
-        providers: config.providers.clone(),
+        providers,
         events: r.events,
         publish: streams,
         exit_when_idle: args.exit_when_idle.map(Duration::from_millis),

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use studio_config::BusKind;
 
 /// Studio: a stream-processing dataflow for event-sourced documents.
 #[derive(Debug, Parser)]
@@ -62,7 +63,7 @@ pub struct RunArgs {
     pub db: Option<String>,
     /// The bus to read [config: run.source].
     #[arg(long, value_enum)]
-    pub source: Option<Bus>,
+    pub source: Option<BusKind>,
     /// Timely worker threads [config: run.workers].
     #[arg(long, short = 'w')]
     pub workers: Option<usize>,
@@ -99,21 +100,12 @@ pub struct WorkerArgs {
     pub results: Option<PathBuf>,
 }
 
-/// Buses `studio loadgen` publishes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Bus {
-    /// A Kafka (or Kafka-compatible) topic: kafka.topics.deltas.
-    Kafka,
-    /// A NATS JetStream subject: nats.subjects.deltas.
-    Nats,
-}
-
 /// `studio loadgen`.
 #[derive(Debug, Args)]
 pub struct LoadgenArgs {
     /// Where to publish.
     #[arg(long, value_enum)]
-    pub to: Bus,
+    pub to: BusKind,
     /// Target records per second; 0: as fast as the bus takes them.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,

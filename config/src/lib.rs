@@ -36,9 +36,11 @@ pub struct Config {
     pub nats: NatsConfig,
     /// How provider workers run.
     pub provider_runtime: ProviderRuntimeConfig,
-    /// Providers registered at start (`[[providers]]` tables; SPEC S5.3).
+    /// Providers registered at start (`[[providers]]` tables; SPEC S5.3), as written:
+    /// `studio_model::Provider::from_tables` checks them and reads them (this crate is
+    /// a leaf and does not know the provider's schema).
     #[serde(default)]
-    pub providers: Vec<studio_model::Provider>,
+    pub providers: Vec<ProviderTable>,
     /// The Postgres view store (`--db postgres://...`).
     pub postgres: PostgresConfig,
     /// How documents are stored: where large ones go.
@@ -48,6 +50,9 @@ pub struct Config {
     /// Retries while a store is unavailable.
     pub retry: RetryConfig,
 }
+
+/// A `[[providers]]` table: its keys and values, as JSON.
+pub type ProviderTable = serde_json::Map<String, serde_json::Value>;
 
 /// The long-running service (`studio run`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,33 +77,53 @@ pub struct RunConfig {
     /// Where `/metrics` and `/healthz` are served (`host:port`); empty: nowhere.
     pub listen: String,
     /// The output streams published to the bus, after each batch's views commit.
-    pub publish: Vec<PublishedStream>,
+    pub publish: Vec<OutputStream>,
     /// Record events (S5.8) in the view store.
     pub events: bool,
 }
 
-/// The buses Studio reads from.
+/// The buses Studio reads from and publishes to (`run.source`, and the binary's
+/// `--source` and `loadgen --to`: with the `clap` feature it is a `clap::ValueEnum`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum BusKind {
-    /// Kafka (`[kafka]`).
+    /// Kafka (or a Kafka-compatible bus): `[kafka]`, the deltas on kafka.topics.deltas.
     Kafka,
-    /// NATS JetStream (`[nats]`).
+    /// NATS JetStream: `[nats]`, the deltas on nats.subjects.deltas.
     Nats,
 }
 
-/// The output streams `studio run` can publish.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The streams Studio reads or writes on a bus, each with its topic (Kafka) or subject
+/// (NATS) in [`BusNames`]. All but `Deltas` are outputs that `studio run` can publish
+/// (`run.publish`); `Deltas` is the input stream (what `studio loadgen` and provider
+/// workers write), so a config file cannot list it there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum PublishedStream {
+pub enum OutputStream {
+    /// The input deltas (what `studio loadgen` and provider workers write; what the
+    /// sources read). Never published by the service.
+    #[serde(skip_deserializing)]
+    Deltas,
     /// New pending transform requests (S5.7).
     Requests,
-    /// Events (S5.8).
+    /// Events (S5.8): `blob.created`, `delta.applied`, ...
     Events,
-    /// Accepted deltas, with `applied_at`.
+    /// Accepted deltas, with `applied_at` (the output deltas).
     Applied,
     /// Dead letters, with their reason and raw bytes.
     DeadLetters,
+}
+
+impl OutputStream {
+    /// Every stream, in a fixed order.
+    pub const ALL: [OutputStream; 5] = [
+        OutputStream::Deltas,
+        OutputStream::Requests,
+        OutputStream::Events,
+        OutputStream::Applied,
+        OutputStream::DeadLetters,
+    ];
 }
 
 /// The in-process provider worker runtime.
@@ -396,18 +421,6 @@ impl Config {
                 )));
             }
         }
-        let mut ids = std::collections::BTreeSet::new();
-        for p in &self.providers {
-            if p.id.is_empty() {
-                return Err(ConfigError::OutOfRange("a provider has an empty id".into()));
-            }
-            if !ids.insert(&p.id) {
-                return Err(ConfigError::OutOfRange(format!(
-                    "provider {:?} is defined twice",
-                    p.id
-                )));
-            }
-        }
         Ok(())
     }
 }
@@ -662,6 +675,24 @@ mod tests {
             assert!(err.contains("REPLAY.WORKERS"), "figment's spelling: {err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn provider_tables_are_kept_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("studio.toml");
+        std::fs::write(
+            &file,
+            "[[providers]]\nid = \"g\"\ntimeout_ms = 5\n\
+             [providers.processing_rules]\nmax_input_size = 10\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        assert_eq!(c.providers.len(), 1);
+        let p = &c.providers[0];
+        assert_eq!(p["id"], "g");
+        assert_eq!(p["timeout_ms"], 5);
+        assert_eq!(p["processing_rules"]["max_input_size"], 10);
     }
 
     #[test]

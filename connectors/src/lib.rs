@@ -158,33 +158,9 @@ pub trait LiveSource: Send {
     fn lag(&mut self) -> Result<Vec<(u32, u64)>, SourceError>;
 }
 
-/// The output streams Studio publishes to a bus; each has a configurable topic (Kafka)
-/// or subject (NATS).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OutputStream {
-    /// The input deltas (what `studio loadgen` and provider workers write; what the
-    /// sources read).
-    Deltas,
-    /// Transform requests for provider workers (S5.7).
-    Requests,
-    /// Events (S5.8): `blob.created`, `delta.applied`, ...
-    Events,
-    /// Deltas as applied, with `applied_at` (the output deltas).
-    Applied,
-    /// Dead letters, with their reason and raw bytes.
-    DeadLetters,
-}
-
-impl OutputStream {
-    /// Every stream, in a fixed order.
-    pub const ALL: [OutputStream; 5] = [
-        OutputStream::Deltas,
-        OutputStream::Requests,
-        OutputStream::Events,
-        OutputStream::Applied,
-        OutputStream::DeadLetters,
-    ];
-}
+/// The streams Studio publishes to a bus (declared in `studio-config`, whose
+/// `run.publish` lists them).
+pub use studio_config::OutputStream;
 
 /// Publishes records to a bus's output streams, keyed (records of one key keep their
 /// order: producers key by `blob_id`, S4.3). Bytes are sent exactly as given.

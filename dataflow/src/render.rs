@@ -25,7 +25,18 @@ use timely::dataflow::operators::vec::input::Handle;
 use timely::dataflow::operators::vec::input::Input;
 use timely::dataflow::{Scope, StreamVec};
 
-/// Timestamps are batch numbers of the source (records `t * batch_records ..`).
+/// A timestamp: a totally ordered point in the source's progress, whose meaning is the
+/// driver's clock.
+///
+/// - A replay ([`crate::replay`]): log batch `b` (records `b * batch_records ..`) is
+///   fed at `b * ROUND_SPAN` ([`crate::replay::ROUND_SPAN`], 2^16); the timestamps
+///   between two batches are the provider rounds run after a batch.
+/// - The service ([`crate::run`]): wall-clock milliseconds, strictly increasing, one per
+///   batch read (plus idle ticks), so a gap timeout (S4.4) is a number of timestamp
+///   units.
+///
+/// Either way the operators only rely on the order, and order records within one
+/// timestamp by their [`SourcePos`].
 pub type Time = u64;
 
 /// Where a worker feeds records.
@@ -68,7 +79,7 @@ pub struct RenderOptions {
     /// `None` waits until the input ends (a bounded replay).
     pub gap_timeout: Option<Time>,
     /// Keep accepted deltas' full records for the delta store.
-    pub keep_records: bool,
+    pub store_records: bool,
 }
 
 /// The maintained views, as collections.
@@ -160,7 +171,7 @@ pub fn render<'scope>(
     let applied = unique.apply_deltas(ApplyOptions {
         track_facts: options.providers,
         gap_timeout: options.gap_timeout,
-        keep_records: options.keep_records,
+        store_records: options.store_records,
     });
     let malformed = malformed.as_collection();
 

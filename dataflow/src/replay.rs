@@ -181,7 +181,7 @@ pub fn replay(
             let render_options = RenderOptions {
                 providers: options.providers.is_some(),
                 gap_timeout: None,
-                keep_records: config.store_records,
+                store_records: config.store_records,
             };
             let mut inputs = worker.dataflow::<Time, _, _>(|scope| {
                 let (inputs, views) = render(scope, Arc::clone(&duplicates), render_options);

@@ -310,7 +310,7 @@ pub fn run(
             let render_options = RenderOptions {
                 providers: !options.providers.is_empty(),
                 gap_timeout: Some(options.gap_timeout.as_millis() as Time),
-                keep_records: true, // recovery replays them
+                store_records: true, // recovery replays them
             };
             let mut inputs = worker.dataflow::<Time, _, _>(|scope| {
                 let (inputs, views) = render(scope, Arc::clone(&duplicates), render_options);

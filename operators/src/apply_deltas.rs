@@ -74,7 +74,7 @@ pub struct ApplyOptions<T: Timestamp> {
     pub gap_timeout: Option<T::Summary>,
     /// Keep each accepted delta's full record in its `applied` row (for the delta
     /// store); without it the record is dropped as soon as the delta applies.
-    pub keep_records: bool,
+    pub store_records: bool,
 }
 
 /// An edge proposal and its place in acceptance order: the log position of the delta
@@ -88,212 +88,113 @@ pub trait ApplyDeltas<'scope, T: Timestamp> {
     fn apply_deltas(self, options: ApplyOptions<T>) -> AppliedStreams<'scope, T>;
 }
 
-const BLOBS: usize = 0;
-const PROCESSED: usize = 1;
-const APPLIED: usize = 2;
-const DEAD: usize = 3;
-const EDGES: usize = 4;
-const CREATED: usize = 5;
-const FACTS: usize = 6;
-const SETTLED: usize = 7;
-const WAITING: usize = 8;
+/// A port of collection updates `(row, time, diff)`.
+type Updates<D, T> = CapacityContainerBuilder<Vec<(D, T, isize)>>;
+/// A port of plain records.
+type Records<D> = CapacityContainerBuilder<Vec<D>>;
 
-type Out<D, T> = CapacityContainerBuilder<Vec<(D, T, isize)>>;
+/// Declares the operator's output ports, each with its field in [`AppliedStreams`] and
+/// one in [`Ports`]: the field names are the only addresses; port numbers stay inside
+/// timely.
+macro_rules! ports {
+    ($( $(#[$doc:meta])* $name:ident: $builder:ty => $wrap:expr ),* $(,)?) => {
+        /// The operator's output ports, by name.
+        struct Ports<T: Timestamp> {
+            $( $(#[$doc])* $name: OutputBuilder<T, $builder>, )*
+        }
+
+        /// The output ports activated for one run of the operator's logic.
+        struct Sessions<'a, T: Timestamp> {
+            $( $(#[$doc])* $name: OutputBuilderSession<'a, T, $builder>, )*
+        }
+
+        impl<T: Timestamp> Ports<T> {
+            /// Adds the ports to `builder`; returns them and the streams they feed.
+            fn declare<'scope>(
+                builder: &mut OperatorBuilder<'scope, T>,
+            ) -> (Self, AppliedStreams<'scope, T>) {
+                $( let $name = builder.new_output(); )*
+                let ports = Ports { $( $name: OutputBuilder::from($name.0), )* };
+                let streams = AppliedStreams { $( $name: $wrap($name.1), )* };
+                (ports, streams)
+            }
+
+            fn activate(&mut self) -> Sessions<'_, T> {
+                Sessions { $( $name: self.$name.activate(), )* }
+            }
+        }
+    };
+}
+
+ports! {
+    /// `blobs`.
+    blobs: Updates<BlobRow, T> => AsCollection::as_collection,
+    /// `processed_by`.
+    processed: Updates<ProcessedRow, T> => AsCollection::as_collection,
+    /// `deltas_applied`.
+    applied: Updates<AppliedRow, T> => AsCollection::as_collection,
+    /// Rejected deltas.
+    dead_letters: Updates<DeadLetter, T> => AsCollection::as_collection,
+    /// Proposed edges in acceptance order.
+    edges: Records<OrderedEdge> => std::convert::identity,
+    /// Created blobs and their owners.
+    created: Updates<(Uuid, Uuid), T> => AsCollection::as_collection,
+    /// Touched blobs' facts.
+    facts: Records<BlobFacts> => std::convert::identity,
+    /// Settled provider outputs.
+    settled: Records<Settled> => std::convert::identity,
+    /// Deltas waiting for a gap.
+    waiting: Updates<WaitingRow, T> => AsCollection::as_collection,
+}
+
+/// Sends `data` on `port` with the capability, among `caps` (one per port, as a
+/// [`Stash`] holds them), of that port.
+fn give<T: Timestamp, D: 'static>(
+    port: &mut OutputBuilderSession<'_, T, Records<D>>,
+    caps: &[Capability<T>],
+    data: impl IntoIterator<Item = D>,
+) {
+    let cap = &caps[port.output_index()];
+    port.session(cap).give_iterator(data.into_iter());
+}
+
+/// Sends `rows` as updates at `time` on `port` (see [`give`]).
+fn give_updates<T: Timestamp, D: 'static>(
+    port: &mut OutputBuilderSession<'_, T, Updates<D, T>>,
+    caps: &[Capability<T>],
+    time: &T,
+    rows: impl IntoIterator<Item = (D, isize)>,
+) {
+    give(
+        port,
+        caps,
+        rows.into_iter()
+            .map(|(row, diff)| (row, time.clone(), diff)),
+    );
+}
 
 impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'scope, T, Delta> {
     fn apply_deltas(self, options: ApplyOptions<T>) -> AppliedStreams<'scope, T> {
-        let ApplyOptions {
-            track_facts,
-            gap_timeout,
-            keep_records,
-        } = options;
         let mut builder = OperatorBuilder::new("ApplyDeltas".to_owned(), self.scope());
         let mut input = builder.new_input(self, Exchange::new(|d: &Delta| d.blob_route()));
-        let (blobs_out, blobs) = builder.new_output();
-        let (processed_out, processed) = builder.new_output();
-        let (applied_out, applied) = builder.new_output();
-        let (dead_out, dead_letters) = builder.new_output();
-        let (edges_out, edges) = builder.new_output();
-        let (created_out, created) = builder.new_output();
-        let mut blobs_out = OutputBuilder::<_, Out<BlobRow, T>>::from(blobs_out);
-        let mut processed_out = OutputBuilder::<_, Out<ProcessedRow, T>>::from(processed_out);
-        let mut applied_out = OutputBuilder::<_, Out<AppliedRow, T>>::from(applied_out);
-        let mut dead_out = OutputBuilder::<_, Out<DeadLetter, T>>::from(dead_out);
-        let mut edges_out =
-            OutputBuilder::<_, CapacityContainerBuilder<Vec<OrderedEdge>>>::from(edges_out);
-        let mut created_out = OutputBuilder::<_, Out<(Uuid, Uuid), T>>::from(created_out);
-        let (facts_out, facts) = builder.new_output();
-        let (settled_out, settled) = builder.new_output();
-        let mut facts_out =
-            OutputBuilder::<_, CapacityContainerBuilder<Vec<BlobFacts>>>::from(facts_out);
-        let mut settled_out =
-            OutputBuilder::<_, CapacityContainerBuilder<Vec<Settled>>>::from(settled_out);
-        let (waiting_out, waiting_rows) = builder.new_output();
-        let mut waiting_out = OutputBuilder::<_, Out<WaitingRow, T>>::from(waiting_out);
-
+        let (mut ports, streams) = Ports::declare(&mut builder);
+        let mut stash = Stash::new(builder.shape().outputs());
         builder.build(move |initial_caps| {
-            // Held at the input frontier, to dead-letter unfilled gaps when the input ends.
-            let mut end_caps = Some(initial_caps);
-            let mut stash = Stash::new(WAITING + 1);
-            let mut facts = Vec::new();
-            let mut ledgers: FxHashMap<Uuid, BlobLedger> = FxHashMap::default();
-            // Blobs with deltas waiting: since when their gap is open, at which version.
-            let mut waiting: FxHashMap<Uuid, (T, u64)> = FxHashMap::default();
-            let mut touched: Vec<Uuid> = Vec::new();
-            let mut blob_changes = Vec::new();
-            let mut processed_changes = Vec::new();
-
+            let mut fold = Fold::new(options, initial_caps);
             move |frontiers| {
                 stash.absorb(&mut input);
-                let mut blobs_session = blobs_out.activate();
-                let mut processed_session = processed_out.activate();
-                let mut applied_session = applied_out.activate();
-                let mut dead_session = dead_out.activate();
-                let mut edges_session = edges_out.activate();
-                let mut created_session = created_out.activate();
-                let mut facts_session = facts_out.activate();
-                let mut settled_session = settled_out.activate();
-                let mut waiting_session = waiting_out.activate();
-
-                for (caps, mut deltas) in stash.take_complete(&frontiers[0]) {
-                    let time = caps[0].time().clone();
-                    deltas.sort_by_key(|d| d.pos);
-                    let mut fx = Effects::default();
-                    let mut edges: Vec<OrderedEdge> = Vec::new();
-                    for delta in deltas {
-                        let (blob, pos) = (delta.blob_id, delta.pos);
-                        let ledger = ledgers.entry(blob).or_insert_with(|| {
-                            if track_facts {
-                                BlobLedger::tracking_facts()
-                            } else {
-                                BlobLedger::default()
-                            }
-                        });
-                        ledger.offer(delta, &mut fx);
-                        edges.extend(
-                            fx.edges
-                                .drain(..)
-                                .enumerate()
-                                .map(|(rank, e)| ((pos, rank as u32), e)),
-                        );
-                        touched.push(blob);
-                    }
-                    for blob in touched.drain(..) {
-                        let ledger = ledgers.get_mut(&blob).expect("touched blobs have ledgers");
-                        if ledger.pending_len() == 0 {
-                            waiting.remove(&blob);
-                        } else if waiting
-                            .get(&blob)
-                            .is_none_or(|(_, v)| *v != ledger.version())
-                        {
-                            // A new gap (or a gap that moved up): its clock starts now.
-                            waiting.insert(blob, (time.clone(), ledger.version()));
-                        }
-                        let before = blob_changes.len();
-                        ledger.flush(&mut blob_changes, &mut processed_changes);
-                        if track_facts && blob_changes.len() > before {
-                            facts.extend(ledger.facts());
-                        }
-                    }
-                    facts_session
-                        .session(&caps[FACTS])
-                        .give_iterator(facts.drain(..));
-                    settled_session
-                        .session(&caps[SETTLED])
-                        .give_iterator(std::mem::take(&mut fx.settled).into_iter());
-                    waiting_session.session(&caps[WAITING]).give_iterator(
-                        std::mem::take(&mut fx.waiting)
-                            .into_iter()
-                            .map(|(row, diff)| (row, time.clone(), diff)),
-                    );
-                    blobs_session.session(&caps[BLOBS]).give_iterator(
-                        blob_changes
-                            .drain(..)
-                            .map(|(row, diff)| (row, time.clone(), diff)),
-                    );
-                    processed_session.session(&caps[PROCESSED]).give_iterator(
-                        processed_changes
-                            .drain(..)
-                            .map(|(row, diff)| (row, time.clone(), diff)),
-                    );
-                    if !keep_records {
-                        for row in &mut fx.applied {
-                            row.record = None;
-                        }
-                    }
-                    applied_session
-                        .session(&caps[APPLIED])
-                        .give_iterator(fx.applied.into_iter().map(|row| (row, time.clone(), 1)));
-                    dead_session
-                        .session(&caps[DEAD])
-                        .give_iterator(fx.dead_letters.into_iter().map(|dl| (dl, time.clone(), 1)));
-                    edges_session
-                        .session(&caps[EDGES])
-                        .give_iterator(edges.into_iter());
-                    created_session
-                        .session(&caps[CREATED])
-                        .give_iterator(fx.created.into_iter().map(|blob| (blob, time.clone(), 1)));
+                let mut out = ports.activate();
+                for (caps, deltas) in stash.take_complete(&frontiers[0]) {
+                    fold.apply_time(&caps, deltas, &mut out);
                 }
-
-                let frontier = frontiers[0].frontier();
-                match frontier.first() {
-                    Some(now) => {
-                        if let Some(caps) = end_caps.as_mut() {
-                            for cap in caps.iter_mut() {
-                                cap.downgrade(now);
-                            }
-                            // Gaps open for longer than the timeout (S4.4).
-                            let expired: Vec<Uuid> = match &gap_timeout {
-                                Some(timeout) => waiting
-                                    .iter()
-                                    .filter(|(_, (since, _))| {
-                                        timeout.results_in(since).is_some_and(|d| d.less_equal(now))
-                                    })
-                                    .map(|(blob, _)| *blob)
-                                    .collect(),
-                                None => Vec::new(),
-                            };
-                            if !expired.is_empty() {
-                                expire(
-                                    expired,
-                                    &mut waiting,
-                                    &mut ledgers,
-                                    caps,
-                                    &mut dead_session,
-                                    &mut waiting_session,
-                                );
-                            }
-                        }
-                    }
-                    None if stash.is_empty() => {
-                        if let Some(caps) = end_caps.take() {
-                            let blobs: Vec<Uuid> = waiting.keys().copied().collect();
-                            expire(
-                                blobs,
-                                &mut waiting,
-                                &mut ledgers,
-                                &caps,
-                                &mut dead_session,
-                                &mut waiting_session,
-                            );
-                        }
-                    }
+                match frontiers[0].frontier().first() {
+                    Some(now) => fold.advance_to(now, &mut out),
+                    None if stash.is_empty() => fold.finish(&mut out),
                     None => {}
                 }
             }
         });
-
-        AppliedStreams {
-            blobs: blobs.as_collection(),
-            processed: processed.as_collection(),
-            applied: applied.as_collection(),
-            dead_letters: dead_letters.as_collection(),
-            edges,
-            created: created.as_collection(),
-            facts,
-            settled,
-            waiting: waiting_rows.as_collection(),
-        }
+        streams
     }
 }
 
@@ -302,36 +203,191 @@ impl<T: Timestamp> Default for ApplyOptions<T> {
         ApplyOptions {
             track_facts: false,
             gap_timeout: None,
-            keep_records: false,
+            store_records: false,
         }
     }
 }
 
-/// Dead-letters the waiting deltas of `blobs` as gaps never filled (S4.4), in log
-/// order, at the time of `caps`.
-fn expire<T: Timestamp>(
-    mut blobs: Vec<Uuid>,
-    waiting: &mut FxHashMap<Uuid, (T, u64)>,
-    ledgers: &mut FxHashMap<Uuid, BlobLedger>,
-    caps: &[Capability<T>],
-    dead: &mut OutputBuilderSession<'_, T, Out<DeadLetter, T>>,
-    waiting_rows: &mut OutputBuilderSession<'_, T, Out<WaitingRow, T>>,
-) {
-    let mut fx = Effects::default();
-    blobs.sort_unstable();
-    for blob in blobs {
-        waiting.remove(&blob);
-        if let Some(ledger) = ledgers.get_mut(&blob) {
-            ledger.expire_pending(&mut fx);
+/// The state of one worker's [`ApplyDeltas`]: a ledger per blob routed to it.
+struct Fold<T: Timestamp> {
+    options: ApplyOptions<T>,
+    /// Held at the input frontier, to dead-letter unfilled gaps when the input ends.
+    end_caps: Option<Vec<Capability<T>>>,
+    ledgers: FxHashMap<Uuid, BlobLedger>,
+    /// Blobs with deltas waiting: since when their gap is open, at which version.
+    waiting: FxHashMap<Uuid, (T, u64)>,
+    /// Blobs the current time's deltas went to, in arrival order (repeats allowed).
+    touched: Vec<Uuid>,
+    /// Rows flushed at the current time, emitted at its end.
+    blob_changes: Vec<(BlobRow, isize)>,
+    processed_changes: Vec<(ProcessedRow, isize)>,
+    facts: Vec<BlobFacts>,
+}
+
+impl<T: Timestamp + TotalOrder> Fold<T> {
+    fn new(options: ApplyOptions<T>, initial_caps: Vec<Capability<T>>) -> Self {
+        Fold {
+            options,
+            end_caps: Some(initial_caps),
+            ledgers: FxHashMap::default(),
+            waiting: FxHashMap::default(),
+            touched: Vec::new(),
+            blob_changes: Vec::new(),
+            processed_changes: Vec::new(),
+            facts: Vec::new(),
         }
     }
-    let time = caps[DEAD].time().clone();
-    fx.dead_letters.sort_by_key(|dl| dl.pos);
-    dead.session(&caps[DEAD])
-        .give_iterator(fx.dead_letters.into_iter().map(|dl| (dl, time.clone(), 1)));
-    waiting_rows.session(&caps[WAITING]).give_iterator(
-        fx.waiting
-            .into_iter()
-            .map(|(row, diff)| (row, time.clone(), diff)),
-    );
+
+    /// Applies the deltas of one completed time and emits what they changed.
+    fn apply_time(&mut self, caps: &[Capability<T>], deltas: Vec<Delta>, out: &mut Sessions<T>) {
+        let time = caps[0].time().clone();
+        let mut fx = Effects::default();
+        let edges = self.offer_in_log_order(deltas, &mut fx);
+        self.flush_touched(&time);
+        self.emit(caps, &time, fx, edges, out);
+    }
+
+    /// Offers `deltas` to their blobs' ledgers in log order; returns the edges they
+    /// proposed, ranked.
+    fn offer_in_log_order(&mut self, mut deltas: Vec<Delta>, fx: &mut Effects) -> Vec<OrderedEdge> {
+        deltas.sort_by_key(|d| d.pos);
+        let track_facts = self.options.track_facts;
+        let mut edges = Vec::new();
+        for delta in deltas {
+            let (blob, pos) = (delta.blob_id, delta.pos);
+            let ledger = self.ledgers.entry(blob).or_insert_with(|| {
+                if track_facts {
+                    BlobLedger::tracking_facts()
+                } else {
+                    BlobLedger::default()
+                }
+            });
+            ledger.offer(delta, fx);
+            edges.extend(
+                fx.edges
+                    .drain(..)
+                    .enumerate()
+                    .map(|(rank, e)| ((pos, rank as u32), e)),
+            );
+            self.touched.push(blob);
+        }
+        edges
+    }
+
+    /// Starts or stops the gap clocks of the touched blobs (at `time`) and collects
+    /// their row changes (and facts) once each.
+    fn flush_touched(&mut self, time: &T) {
+        for blob in self.touched.drain(..) {
+            let ledger = self
+                .ledgers
+                .get_mut(&blob)
+                .expect("touched blobs have ledgers");
+            if ledger.pending_len() == 0 {
+                self.waiting.remove(&blob);
+            } else if self
+                .waiting
+                .get(&blob)
+                .is_none_or(|(_, v)| *v != ledger.version())
+            {
+                // A new gap (or a gap that moved up): its clock starts now.
+                self.waiting.insert(blob, (time.clone(), ledger.version()));
+            }
+            let before = self.blob_changes.len();
+            ledger.flush(&mut self.blob_changes, &mut self.processed_changes);
+            if self.options.track_facts && self.blob_changes.len() > before {
+                self.facts.extend(ledger.facts());
+            }
+        }
+    }
+
+    /// Emits one time's effects and flushed rows on every port.
+    fn emit(
+        &mut self,
+        caps: &[Capability<T>],
+        time: &T,
+        mut fx: Effects,
+        edges: Vec<OrderedEdge>,
+        out: &mut Sessions<T>,
+    ) {
+        give(&mut out.facts, caps, self.facts.drain(..));
+        give(&mut out.settled, caps, fx.settled);
+        give_updates(&mut out.waiting, caps, time, fx.waiting);
+        give_updates(&mut out.blobs, caps, time, self.blob_changes.drain(..));
+        let processed = self.processed_changes.drain(..);
+        give_updates(&mut out.processed, caps, time, processed);
+        if !self.options.store_records {
+            for row in &mut fx.applied {
+                row.record = None;
+            }
+        }
+        give_updates(
+            &mut out.applied,
+            caps,
+            time,
+            fx.applied.into_iter().map(|r| (r, 1)),
+        );
+        let dead = fx.dead_letters.into_iter().map(|dl| (dl, 1));
+        give_updates(&mut out.dead_letters, caps, time, dead);
+        give(&mut out.edges, caps, edges);
+        give_updates(
+            &mut out.created,
+            caps,
+            time,
+            fx.created.into_iter().map(|b| (b, 1)),
+        );
+    }
+
+    /// The input reached `now`: holds the end capabilities there and dead-letters the
+    /// gaps open for longer than the timeout (S4.4).
+    fn advance_to(&mut self, now: &T, out: &mut Sessions<T>) {
+        let Some(mut caps) = self.end_caps.take() else {
+            return;
+        };
+        for cap in caps.iter_mut() {
+            cap.downgrade(now);
+        }
+        let expired = self.expired_gaps(now);
+        if !expired.is_empty() {
+            self.expire(expired, &caps, out);
+        }
+        self.end_caps = Some(caps);
+    }
+
+    /// The blobs whose gap has been open for the timeout at `now`.
+    fn expired_gaps(&self, now: &T) -> Vec<Uuid> {
+        let Some(timeout) = &self.options.gap_timeout else {
+            return Vec::new();
+        };
+        self.waiting
+            .iter()
+            .filter(|(_, (since, _))| timeout.results_in(since).is_some_and(|d| d.less_equal(now)))
+            .map(|(blob, _)| *blob)
+            .collect()
+    }
+
+    /// The input ended: every gap still open stays unfilled (S4.4).
+    fn finish(&mut self, out: &mut Sessions<T>) {
+        if let Some(caps) = self.end_caps.take() {
+            let blobs: Vec<Uuid> = self.waiting.keys().copied().collect();
+            self.expire(blobs, &caps, out);
+        }
+    }
+
+    /// Dead-letters the waiting deltas of `blobs` as gaps never filled (S4.4), in log
+    /// order, at the time of `caps`.
+    fn expire(&mut self, mut blobs: Vec<Uuid>, caps: &[Capability<T>], out: &mut Sessions<T>) {
+        let mut fx = Effects::default();
+        blobs.sort_unstable();
+        for blob in blobs {
+            self.waiting.remove(&blob);
+            if let Some(ledger) = self.ledgers.get_mut(&blob) {
+                ledger.expire_pending(&mut fx);
+            }
+        }
+        let time = caps[0].time().clone();
+        fx.dead_letters.sort_by_key(|dl| dl.pos);
+        let dead = fx.dead_letters.into_iter().map(|dl| (dl, 1));
+        give_updates(&mut out.dead_letters, caps, &time, dead);
+        give_updates(&mut out.waiting, caps, &time, fx.waiting);
+    }
 }

@@ -13,9 +13,9 @@
 //! | [`Depth`] | S5.2 | every blob's longest path from a root |
 //! | [`PendingTriggers`] | S5.3–S5.6 | blobs × providers -> the pending transform requests |
 //!
-//! All of them take a totally ordered timestamp (the batch of the source the records
-//! came from) and, within one timestamp, process records in log order ([`SourcePos`]),
-//! so their output does not depend on how many workers run them.
+//! All of them take a totally ordered timestamp (the driver's clock: a replay's batch, the
+//! service's milliseconds) and, within one timestamp, process records in log order
+//! ([`SourcePos`]), so their output does not depend on how many workers run them.
 //!
 //! [`SourcePos`]: studio_model::SourcePos
 #![forbid(missing_docs)]

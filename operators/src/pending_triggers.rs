@@ -71,6 +71,26 @@ impl BlobTriggers {
             .map_or(&[][..], Vec::as_slice);
         provider.trigger(facts, settled, &self.derived).ok()
     }
+
+    /// Makes `new` the request emitted for `provider_id`: `-old +new` into `changes`
+    /// when they differ.
+    fn replace(
+        &mut self,
+        provider_id: &str,
+        new: Option<TransformRequest>,
+        changes: &mut Vec<(TransformRequest, isize)>,
+    ) {
+        if self.emitted.get(provider_id) == new.as_ref() {
+            return;
+        }
+        if let Some(old) = self.emitted.remove(provider_id) {
+            changes.push((old, -1));
+        }
+        if let Some(new) = new {
+            changes.push((new.clone(), 1));
+            self.emitted.insert(provider_id.to_owned(), new);
+        }
+    }
 }
 
 impl<'scope, T: Timestamp + TotalOrder> PendingTriggers<'scope, T>
@@ -106,8 +126,7 @@ impl<'scope, T: Timestamp + TotalOrder> PendingTriggers<'scope, T>
             let mut derived_stash = Stash::new(1);
             let mut settled_stash = Stash::new(1);
             let mut providers_stash = Stash::new(1);
-            let mut registry: BTreeMap<String, Provider> = BTreeMap::new();
-            let mut blobs: FxHashMap<Uuid, BlobTriggers> = FxHashMap::default();
+            let mut triggers = Triggers::default();
 
             move |frontiers| {
                 facts_stash.absorb(&mut facts_in);
@@ -133,82 +152,97 @@ impl<'scope, T: Timestamp + TotalOrder> PendingTriggers<'scope, T>
 
                 let mut session = requests_out.activate();
                 for (time, work) in work {
-                    let mut changes: Vec<(TransformRequest, T, isize)> = Vec::new();
-                    let mut emit =
-                        |state: &mut BlobTriggers,
-                         provider_id: &str,
-                         new: Option<TransformRequest>| {
-                            let old = state.emitted.get(provider_id);
-                            if old == new.as_ref() {
-                                return;
-                            }
-                            if let Some(old) = state.emitted.remove(provider_id) {
-                                changes.push((old, time.clone(), -1));
-                            }
-                            if let Some(new) = new {
-                                changes.push((new.clone(), time.clone(), 1));
-                                state.emitted.insert(provider_id.to_owned(), new);
-                            }
-                        };
-
-                    // The registry first: a changed provider is re-evaluated on every blob.
-                    let mut changed_providers = Vec::new();
-                    for (id, provider) in work.providers {
-                        match provider {
-                            Some(p) => registry.insert(id.clone(), p),
-                            None => registry.remove(&id),
-                        };
-                        changed_providers.push(id);
-                    }
-                    changed_providers.sort();
-                    changed_providers.dedup();
-
-                    // Then the blob-side inputs; the touched blobs are re-evaluated.
-                    let mut touched: Vec<Uuid> = Vec::new();
-                    for s in work.settled {
-                        touched.push(s.blob_id);
-                        let state = blobs.entry(s.blob_id).or_default();
-                        let fingerprints = s.fingerprints();
-                        state.settled.insert(s.provider_id, fingerprints);
-                    }
-                    for d in work.derived {
-                        touched.push(d.source_blob_id);
-                        let state = blobs.entry(d.source_blob_id).or_default();
-                        state.derived.retain(|old| {
-                            (old.provider_id.as_str(), old.blob_id)
-                                != (d.provider_id.as_str(), d.blob_id)
-                        });
-                        state.derived.push(d);
-                    }
-                    for f in work.facts {
-                        let blob = f.row.blob_id;
-                        touched.push(blob);
-                        blobs.entry(blob).or_default().facts = Some(f);
-                    }
-                    touched.sort_unstable();
-                    touched.dedup();
-
-                    for id in &changed_providers {
-                        let provider = registry.get(id);
-                        for state in blobs.values_mut() {
-                            let new = provider.and_then(|p| state.evaluate(p));
-                            emit(state, id, new);
-                        }
-                    }
-                    for blob in touched {
-                        let state = blobs.get_mut(&blob).expect("touched blobs have state");
-                        for provider in registry.values() {
-                            let new = state.evaluate(provider);
-                            emit(state, &provider.id, new);
-                        }
-                    }
-                    session
-                        .session(&work.cap)
-                        .give_iterator(changes.into_iter());
+                    let cap = work.cap.clone();
+                    let changes = triggers.apply_time(work);
+                    session.session(&cap).give_iterator(
+                        changes
+                            .into_iter()
+                            .map(|(request, diff)| (request, time.clone(), diff)),
+                    );
                 }
             }
         });
         requests.as_collection()
+    }
+}
+
+/// What one worker knows: the registry, and the blobs routed to it.
+#[derive(Default)]
+struct Triggers {
+    registry: BTreeMap<String, Provider>,
+    blobs: FxHashMap<Uuid, BlobTriggers>,
+}
+
+impl Triggers {
+    /// Applies one completed time's inputs; returns the requests' changes.
+    fn apply_time<T: Timestamp>(&mut self, work: Work<T>) -> Vec<(TransformRequest, isize)> {
+        // The registry first: a changed provider is re-evaluated on every blob.
+        let changed_providers = self.register(work.providers);
+        // Then the blob-side inputs; the touched blobs are re-evaluated.
+        let touched = self.absorb(work.settled, work.derived, work.facts);
+        let mut changes = Vec::new();
+        for id in &changed_providers {
+            let provider = self.registry.get(id);
+            for state in self.blobs.values_mut() {
+                let new = provider.and_then(|p| state.evaluate(p));
+                state.replace(id, new, &mut changes);
+            }
+        }
+        for blob in touched {
+            let state = self.blobs.get_mut(&blob).expect("touched blobs have state");
+            for provider in self.registry.values() {
+                let new = state.evaluate(provider);
+                state.replace(&provider.id, new, &mut changes);
+            }
+        }
+        changes
+    }
+
+    /// Registers, replaces or removes providers; returns the ids changed, sorted.
+    fn register(&mut self, changes: Vec<ProviderChange>) -> Vec<String> {
+        let mut changed = Vec::new();
+        for (id, provider) in changes {
+            match provider {
+                Some(p) => self.registry.insert(id.clone(), p),
+                None => self.registry.remove(&id),
+            };
+            changed.push(id);
+        }
+        changed.sort();
+        changed.dedup();
+        changed
+    }
+
+    /// Records settlements, derived blobs and facts; returns the blobs touched, sorted.
+    fn absorb(
+        &mut self,
+        settled: Vec<Settled>,
+        derived: Vec<DerivedRef>,
+        facts: Vec<BlobFacts>,
+    ) -> Vec<Uuid> {
+        let mut touched: Vec<Uuid> = Vec::new();
+        for s in settled {
+            touched.push(s.blob_id);
+            let state = self.blobs.entry(s.blob_id).or_default();
+            let fingerprints = s.fingerprints();
+            state.settled.insert(s.provider_id, fingerprints);
+        }
+        for d in derived {
+            touched.push(d.source_blob_id);
+            let state = self.blobs.entry(d.source_blob_id).or_default();
+            state.derived.retain(|old| {
+                (old.provider_id.as_str(), old.blob_id) != (d.provider_id.as_str(), d.blob_id)
+            });
+            state.derived.push(d);
+        }
+        for f in facts {
+            let blob = f.row.blob_id;
+            touched.push(blob);
+            self.blobs.entry(blob).or_default().facts = Some(f);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        touched
     }
 }
 

@@ -300,7 +300,7 @@ fn run_apply(feed: &[Fed], drive: Drive, dedup: bool) -> Views {
             };
             // Records kept, as the service does: the fold's rows carry them too.
             let out = deltas.apply_deltas(ApplyOptions {
-                keep_records: true,
+                store_records: true,
                 ..ApplyOptions::default()
             });
             capture(out.blobs.inner, &blobs_tx, &probe);

@@ -356,7 +356,13 @@ fn the_built_in_providers_process_the_bundled_documents() {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/providers.toml"),
     ))
     .unwrap();
-    let r = run_text(&log, config.providers, 1000, 2, false);
+    let r = run_text(
+        &log,
+        Provider::from_tables(&config.providers).unwrap(),
+        1000,
+        2,
+        false,
+    );
     let p = r.providers();
     assert_eq!(p.failed, 0);
     assert_eq!(p.superseded, 0);

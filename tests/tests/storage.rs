@@ -464,7 +464,7 @@ fn replay_with_providers(sink: impl ViewSink + Send + 'static) -> ReplayReport {
     let config = Config::load(Some(&samples.join("providers.toml"))).expect("the config");
     let options = ReplayOptions {
         providers: Some(ProviderSetup {
-            providers: config.providers,
+            providers: studio_model::Provider::from_tables(&config.providers).expect("providers"),
             threads: 2,
             requests_out: None,
             each_batch: false,

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use studio_config::Config;
+use studio_config::{BusKind, Config};
 use studio_connectors::OutputStream;
 use studio_connectors::RecordPublisher;
 use studio_connectors::kafka::KafkaPublisher;
@@ -27,7 +27,7 @@ use studio_connectors::nats::NatsPublisher;
 use studio_model::generate::{Faults, GenSpec};
 
 use super::store::{Db, open_reader};
-use crate::cli::{Bus, LoadgenArgs};
+use crate::cli::LoadgenArgs;
 
 pub fn run(config_file: Option<&Path>, args: LoadgenArgs) -> anyhow::Result<()> {
     ensure!(
@@ -38,7 +38,7 @@ pub fn run(config_file: Option<&Path>, args: LoadgenArgs) -> anyhow::Result<()> 
         !args.log.is_empty() || args.blobs >= 1,
         "--blobs must be at least 1"
     );
-    let mut config = Config::load(config_file)?;
+    let (mut config, _providers) = super::load_config(config_file)?;
     if let Some(brokers) = args.brokers {
         config.kafka.brokers = brokers;
     }
@@ -78,7 +78,7 @@ pub fn run(config_file: Option<&Path>, args: LoadgenArgs) -> anyhow::Result<()> 
     );
 
     let (mut publisher, target): (Box<dyn RecordPublisher>, String) = match args.to {
-        Bus::Kafka => (
+        BusKind::Kafka => (
             Box::new(
                 KafkaPublisher::open(&config.kafka, &[OutputStream::Deltas])
                     .with_context(|| format!("Kafka at {}", config.kafka.brokers))?,
@@ -88,7 +88,7 @@ pub fn run(config_file: Option<&Path>, args: LoadgenArgs) -> anyhow::Result<()> 
                 config.kafka.brokers, config.kafka.topics.deltas
             ),
         ),
-        Bus::Nats => (
+        BusKind::Nats => (
             Box::new(
                 NatsPublisher::open(&config.nats, &[OutputStream::Deltas])
                     .with_context(|| format!("NATS at {}", config.nats.url))?,

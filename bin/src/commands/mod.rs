@@ -8,6 +8,11 @@ mod run;
 mod store;
 mod worker;
 
+use std::path::Path;
+
+use studio_config::Config;
+use studio_model::Provider;
+
 use crate::cli::{Cli, Command};
 
 /// Runs the parsed command.
@@ -20,4 +25,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => worker::run(cli.config.as_deref(), args),
         Command::Loadgen(args) => loadgen::run(cli.config.as_deref(), args),
     }
+}
+
+/// Loads the configuration (defaults < file < `STUDIO_*` environment) and reads its
+/// `[[providers]]`: every command refuses a config whose providers do not fit, whether
+/// it runs them or not.
+fn load_config(file: Option<&Path>) -> anyhow::Result<(Config, Vec<Provider>)> {
+    let config = Config::load(file)?;
+    let providers = Provider::from_tables(&config.providers)?;
+    Ok((config, providers))
 }

@@ -4,14 +4,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use studio_config::Config;
 use studio_connectors::Rows;
 
 use super::store::{Db, open_reader};
 use crate::cli::{QueryArgs, Question};
 
 pub fn run(config_file: Option<&Path>, args: QueryArgs) -> anyhow::Result<()> {
-    let config = Config::load(config_file)?;
+    let (config, _providers) = super::load_config(config_file)?;
     let db = Db::parse(&args.db)?;
     let mut reader = open_reader(&config, &db)?;
     let path = db.display();

@@ -18,7 +18,7 @@ use super::store::{Db, large_store_description, open_reader, open_sink};
 use crate::cli::ReplayArgs;
 
 pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
-    let mut config = Config::load(config_file)?;
+    let (mut config, config_providers) = super::load_config(config_file)?;
     if let Some(workers) = args.workers {
         config.replay.workers = workers;
     }
@@ -36,7 +36,7 @@ pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
     let db = Db::parse(&args.db)?;
     let sink = open_sink(&config, &db, OpenMode::Rebuild)?;
 
-    let options = replay_options(&config, &args)?;
+    let options = replay_options(&config, config_providers, &args)?;
     let progress = Arc::new(Progress::default());
     let total = FileSource::total_bytes(&args.logs);
     let bar = (!args.no_progress && std::io::stderr().is_terminal())
@@ -73,14 +73,17 @@ pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
 }
 
 /// The providers and events of a replay, from the config file and the flags.
-fn replay_options(config: &Config, args: &ReplayArgs) -> anyhow::Result<ReplayOptions> {
+fn replay_options(
+    config: &Config,
+    mut providers: Vec<studio_model::Provider>,
+    args: &ReplayArgs,
+) -> anyhow::Result<ReplayOptions> {
     if !args.providers {
         return Ok(ReplayOptions {
             providers: None,
             events: args.events,
         });
     }
-    let mut providers = config.providers.clone();
     if let Some(log) = &args.provider_log {
         for provider in read_provider_log(log).map_err(anyhow::Error::msg)? {
             providers.retain(|p| p.id != provider.id);

@@ -7,18 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use studio_config::{BusKind, Config, PublishedStream};
+use studio_config::{BusKind, Config};
 use studio_connectors::kafka::{KafkaPublisher, KafkaSource};
 use studio_connectors::nats::{NatsPublisher, NatsSource};
 use studio_connectors::{LiveSource, OpenMode, OutputStream, RecordPublisher};
 use studio_dataflow::run::{OpenSource, RunControl, RunOptions, RunReport, run as run_service};
 
 use super::store::{Db, open_sink};
-use crate::cli::{Bus, RunArgs};
+use crate::cli::RunArgs;
 use crate::http;
 
 pub fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
-    let mut config = Config::load(config_file)?;
+    let (mut config, providers) = super::load_config(config_file)?;
     apply_flags(&mut config, &args);
     config.validate()?;
     let metrics = http::install_recorder()?;
@@ -36,7 +36,7 @@ pub fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
 
     let db = Db::parse(&config.run.db)?;
     let sink = open_sink(&config, &db, OpenMode::Maintain)?;
-    let streams: Vec<OutputStream> = config.run.publish.iter().map(|s| stream(*s)).collect();
+    let streams: Vec<OutputStream> = config.run.publish.clone();
     let (source_name, open_source, publisher): (
         String,
         OpenSource,
@@ -86,7 +86,7 @@ pub fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
         max_batches_in_flight: r.max_batches_in_flight,
         writer_queue_batches: r.writer_queue_batches,
         gap_timeout: Duration::from_millis(r.gap_timeout_ms),
-        providers: config.providers.clone(),
+        providers,
         events: r.events,
         publish: streams,
         exit_when_idle: args.exit_when_idle.map(Duration::from_millis),
@@ -106,10 +106,7 @@ fn apply_flags(config: &mut Config, args: &RunArgs) {
         config.run.db = db.clone();
     }
     if let Some(source) = args.source {
-        config.run.source = match source {
-            Bus::Kafka => BusKind::Kafka,
-            Bus::Nats => BusKind::Nats,
-        };
+        config.run.source = source;
     }
     if let Some(workers) = args.workers {
         config.run.workers = workers;
@@ -122,15 +119,6 @@ fn apply_flags(config: &mut Config, args: &RunArgs) {
     }
     if let Some(url) = &args.url {
         config.nats.url = url.clone();
-    }
-}
-
-fn stream(stream: PublishedStream) -> OutputStream {
-    match stream {
-        PublishedStream::Requests => OutputStream::Requests,
-        PublishedStream::Events => OutputStream::Events,
-        PublishedStream::Applied => OutputStream::Applied,
-        PublishedStream::DeadLetters => OutputStream::DeadLetters,
     }
 }
 

@@ -12,21 +12,20 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use studio_config::Config;
 use studio_model::{ProcessingStatus, TransformRequest, Uuid};
 use studio_providers::Runtime;
 
 use crate::cli::WorkerArgs;
 
 pub fn run(config_file: Option<&Path>, args: WorkerArgs) -> anyhow::Result<()> {
-    let config = Config::load(config_file)?;
-    if config.providers.is_empty() {
+    let (config, providers) = super::load_config(config_file)?;
+    if providers.is_empty() {
         bail!("no provider is registered: add [[providers]] tables to --config FILE");
     }
     let (runtime, answers) = Runtime::new(config.provider_runtime.threads)
         .context("cannot start the provider runtime")?;
     let mut external = Vec::new();
-    for provider in &config.providers {
+    for provider in &providers {
         if !runtime.register_builtin(provider.clone()) {
             external.push(provider.id.clone());
         }

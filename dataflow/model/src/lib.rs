@@ -34,8 +34,8 @@ pub use ledger::{BlobLedger, EdgeProposal, Effects};
 pub use parse::parse_record;
 pub use position::SourcePos;
 pub use provider::{
-    BlobFacts, DerivedRef, Fingerprint, ProcessingResult, ProcessingStatus, Provider, Settled,
-    TransformRequest,
+    BlobFacts, DerivedRef, Fingerprint, InvalidProvider, ProcessingResult, ProcessingStatus,
+    Provider, Settled, TransformRequest,
 };
 pub use time::Timestamp;
 pub use views::{

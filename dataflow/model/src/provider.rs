@@ -40,6 +40,55 @@ pub const EVENT_CREATED: &str = "blob.created";
 /// See [`EVENT_CREATED`].
 pub const EVENT_UPDATED: &str = "blob.updated";
 
+/// Provider definitions (the config's `[[providers]]` tables) that cannot be read.
+/// The message starts as the config's own errors do: these tables are configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidProvider {
+    /// A table does not fit [`Provider`].
+    #[error("invalid configuration: provider {id}: {error}")]
+    Fields {
+        /// The table's `id`, quoted, or its place (`#1` is the first) when it has none.
+        id: String,
+        /// What does not fit (not a `#[source]`: the message already holds it).
+        error: serde_json::Error,
+    },
+    /// A provider without an id.
+    #[error("invalid configuration: a provider has an empty id")]
+    EmptyId,
+    /// Two providers with one id.
+    #[error("invalid configuration: provider {0:?} is defined twice")]
+    Twice(String),
+}
+
+impl Provider {
+    /// Reads providers from their definitions' fields (the config's `[[providers]]`
+    /// tables), in order; refuses a table that does not fit, an empty id, and an id
+    /// defined twice.
+    pub fn from_tables<'a>(
+        tables: impl IntoIterator<Item = &'a serde_json::Map<String, Value>>,
+    ) -> Result<Vec<Provider>, InvalidProvider> {
+        let mut providers: Vec<Provider> = Vec::new();
+        for (place, table) in tables.into_iter().enumerate() {
+            let provider =
+                Provider::deserialize(Value::Object(table.clone())).map_err(|error| {
+                    let id = match table.get("id").and_then(Value::as_str) {
+                        Some(id) => format!("{id:?}"),
+                        None => format!("#{}", place + 1),
+                    };
+                    InvalidProvider::Fields { id, error }
+                })?;
+            if provider.id.is_empty() {
+                return Err(InvalidProvider::EmptyId);
+            }
+            if providers.iter().any(|p| p.id == provider.id) {
+                return Err(InvalidProvider::Twice(provider.id));
+            }
+            providers.push(provider);
+        }
+        Ok(providers)
+    }
+}
+
 /// A blob processor (S5.3): the seed's `Provider`, plus `reads` and runtime settings.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -669,6 +718,43 @@ impl StableHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_become_providers_or_errors_naming_them() {
+        let table = |v: Value| match v {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        };
+        let a = table(serde_json::json!({"id": "a", "timeout_ms": 5}));
+        let b = table(serde_json::json!({"id": "b"}));
+        let providers = Provider::from_tables([&a, &b]).unwrap();
+        assert_eq!(providers.len(), 2);
+        assert_eq!(
+            (providers[0].id.as_str(), providers[0].timeout_ms),
+            ("a", 5)
+        );
+
+        let err = |tables: &[serde_json::Map<String, Value>]| {
+            Provider::from_tables(tables).unwrap_err().to_string()
+        };
+        let bad = table(serde_json::json!({"id": "x", "timeout_ms": "soon"}));
+        let e = err(&[a.clone(), bad]);
+        assert!(
+            e.starts_with("invalid configuration: provider \"x\": "),
+            "{e}"
+        );
+        assert!(e.contains("invalid type"), "{e}");
+        let e = err(&[table(serde_json::json!({"idd": "x"}))]);
+        assert!(e.starts_with("invalid configuration: provider #1: "), "{e}");
+        assert_eq!(
+            err(&[table(serde_json::json!({"id": ""}))]),
+            "invalid configuration: a provider has an empty id"
+        );
+        assert_eq!(
+            err(&[a.clone(), b, a]),
+            "invalid configuration: provider \"a\" is defined twice"
+        );
+    }
 
     #[test]
     fn fingerprints_see_only_what_is_read() {

@@ -85,6 +85,19 @@ pub struct Changes {
     pub limited: Vec<(u32, u32)>,
 }
 
+/// Marks, in `descendants`, a distance set during the current batch (distances are
+/// far below 2^31).
+const TOUCHED: u32 = 1 << 31;
+
+/// The pairs one batch touched, each once: so no map of old values is needed.
+#[derive(Default)]
+struct Batch {
+    /// Pairs new in this batch.
+    created: Vec<(u32, u32)>,
+    /// Pairs that existed before the batch and were shortened, with their old distance.
+    shortened: Vec<((u32, u32), u32)>,
+}
+
 /// The closure of a DAG with shortest distances, the longest-path depths, and each
 /// owner's deepest blob, maintained under insertions of blobs and edges.
 #[derive(Debug, Default)]
@@ -97,7 +110,8 @@ pub struct Closure {
     owner: Vec<Option<Uuid>>,
     /// `ancestors[n]`: ancestor -> shortest distance.
     ancestors: Vec<FxHashMap<u32, u32>>,
-    /// `descendants[n]`: descendant -> shortest distance.
+    /// `descendants[n]`: descendant -> shortest distance ([`TOUCHED`] marks the pairs
+    /// changed by the batch being applied).
     descendants: Vec<FxHashMap<u32, u32>>,
     depth: Vec<u32>,
     /// The children of each node through edges in the views.
@@ -146,7 +160,7 @@ impl Closure {
     /// Adds the created blobs `(blob, owner)` and then the edges `(parent, child)` (both
     /// of whose ends are created blobs, now or before), and returns what changed.
     pub fn apply(&mut self, created: &[(Uuid, Uuid)], edges: &[(Uuid, Uuid)]) -> Changes {
-        let mut reach_before: FxHashMap<(u32, u32), Option<u32>> = FxHashMap::default();
+        let mut batch = Batch::default();
         let mut depth_before: FxHashMap<u32, Option<u32>> = FxHashMap::default();
         let mut changes = Changes::default();
 
@@ -177,7 +191,7 @@ impl Closure {
         // Edges in the views (those left out stay in `topo` only, whose order is then
         // an order of a larger graph: still topological for this one).
         for (p, c) in added {
-            if !self.add_reach(p, c, &mut reach_before) {
+            if !self.add_reach(p, c, &mut batch) {
                 changes.limited.push((p, c));
                 continue;
             }
@@ -207,13 +221,20 @@ impl Closure {
             }
         }
 
-        for (pair, old) in reach_before {
-            let new = self.descendants[pair.0 as usize][&pair.1];
-            if old != Some(new) {
-                changes.reach.push((pair, old, new));
-            }
+        // Clear the batch's marks; every touched pair changed (distances only shrink).
+        changes
+            .reach
+            .reserve(batch.created.len() + batch.shortened.len());
+        for (a, d) in batch.created {
+            let slot = self.descendants[a as usize].get_mut(&d).expect("created");
+            *slot &= !TOUCHED;
+            changes.reach.push(((a, d), None, *slot));
         }
-        changes.reach.sort_unstable();
+        for ((a, d), old) in batch.shortened {
+            let slot = self.descendants[a as usize].get_mut(&d).expect("present");
+            *slot &= !TOUCHED;
+            changes.reach.push(((a, d), Some(old), *slot));
+        }
 
         let mut users: FxHashMap<Uuid, Option<u32>> = FxHashMap::default();
         for (n, old) in depth_before {
@@ -252,14 +273,9 @@ impl Closure {
         changes
     }
 
-    /// Adds the pairs that `p -> c` creates or shortens, recording each pair's first old
-    /// value in `before`; false (and nothing changed) if that would pass the pair limit.
-    fn add_reach(
-        &mut self,
-        p: u32,
-        c: u32,
-        before: &mut FxHashMap<(u32, u32), Option<u32>>,
-    ) -> bool {
+    /// Adds the pairs that `p -> c` creates or shortens, recording them in `batch`;
+    /// false (and nothing changed) if that would pass the pair limit.
+    fn add_reach(&mut self, p: u32, c: u32, batch: &mut Batch) -> bool {
         let mut left = std::mem::take(&mut self.left);
         let mut right = std::mem::take(&mut self.right);
         left.clear();
@@ -267,7 +283,11 @@ impl Closure {
         left.push((p, 0));
         left.extend(self.ancestors[p as usize].iter().map(|(&a, &d)| (a, d)));
         right.push((c, 0));
-        right.extend(self.descendants[c as usize].iter().map(|(&a, &d)| (a, d)));
+        right.extend(
+            self.descendants[c as usize]
+                .iter()
+                .map(|(&d, &k)| (d, k & !TOUCHED)),
+        );
 
         let bound = (left.len() as u64) * (right.len() as u64);
         let mut fits = self.pairs + bound <= self.limits.max_reach_pairs;
@@ -284,22 +304,24 @@ impl Closure {
             for &(a, da) in &left {
                 for &(d, dd) in &right {
                     let distance = da + 1 + dd;
-                    let slot = self.descendants[a as usize].entry(d);
-                    let old = match slot {
+                    match self.descendants[a as usize].entry(d) {
                         std::collections::hash_map::Entry::Occupied(mut e) => {
-                            if *e.get() <= distance {
+                            let current = *e.get();
+                            if current & !TOUCHED <= distance {
                                 continue;
                             }
-                            Some(std::mem::replace(e.get_mut(), distance))
+                            if current & TOUCHED == 0 {
+                                batch.shortened.push(((a, d), current));
+                            }
+                            *e.get_mut() = distance | TOUCHED;
                         }
                         std::collections::hash_map::Entry::Vacant(e) => {
-                            e.insert(distance);
+                            e.insert(distance | TOUCHED);
                             self.pairs += 1;
-                            None
+                            batch.created.push((a, d));
                         }
-                    };
+                    }
                     self.ancestors[d as usize].insert(a, distance);
-                    before.entry((a, d)).or_insert(old);
                 }
             }
         }

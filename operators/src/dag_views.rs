@@ -701,4 +701,44 @@ mod tests {
         assert!(limited > 0);
         assert_eq!(views, oracle(&created, &kept));
     }
+
+    /// Issue #16's deep case: a chain of 10,000 edges in one batch would be 50M pairs.
+    /// The limit holds (10M pairs by default; 1M in debug builds, to keep the test
+    /// quick), the edges past it are left out and reported, and the batch completes.
+    #[test]
+    fn a_chain_of_10000_edges_stops_at_the_pair_limit() {
+        let limit = if cfg!(debug_assertions) {
+            1_000_000
+        } else {
+            MAX_REACH_PAIRS
+        };
+        let n = 10_001u32;
+        let mut closure = Closure::new(DagLimits {
+            max_reach_pairs: limit,
+        });
+        let blobs: Vec<(Uuid, Uuid)> = (0..n).map(|b| (id(b), owner(0))).collect();
+        let edges: Vec<(Uuid, Uuid)> = (1..n).map(|c| (id(c - 1), id(c))).collect();
+        let started = std::time::Instant::now();
+        let changes = closure.apply(&blobs, &edges);
+        let elapsed = started.elapsed();
+        assert!(closure.pairs() <= limit);
+        assert_eq!(changes.reach.len() as u64, closure.pairs());
+        assert!(!changes.limited.is_empty());
+        // Exactly the views of the chain without the edges left out: each kept run of
+        // the chain is a chain of its own.
+        let left_out: BTreeSet<u32> = changes.limited.iter().map(|&(_, c)| c).collect();
+        let (mut pairs, mut run) = (0u64, 0u64);
+        for c in 1..n {
+            run = if left_out.contains(&c) { 0 } else { run + 1 };
+            pairs += run;
+        }
+        assert_eq!(closure.pairs(), pairs);
+        eprintln!(
+            "chain of {} edges, limit {limit}: {} pairs kept, {} edges left out, {:.2} s",
+            n - 1,
+            closure.pairs(),
+            changes.limited.len(),
+            elapsed.as_secs_f64()
+        );
+    }
 }

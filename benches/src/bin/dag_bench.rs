@@ -4,7 +4,10 @@
 //! On a generated graph (a forest of depth `--depth` plus `--chains` chains of
 //! `--chain-len` blobs hanging off it, `--blobs` blobs in all):
 //!
-//! 1. **incremental**: `studio_operators::Reachability` and `Depth` on a timely worker;
+//! 1. **incremental**: `studio_operators::DagViews` (`--engine closure`, what `render`
+//!    uses) or the `iterate`-based `Reachability` and `Depth` (`--engine iterate`) on a
+//!    timely worker, with `Closure::apply` alone and, with `--duckdb`, DuckDB's recursive
+//!    CTEs over the same edges as cold-build baselines (`--shape issue16`: issue #16's graph);
 //!    the base graph is loaded at time 0, then batches of `--batches` new edges (random,
 //!    acyclic: from a blob to one later in a topological order) are added at later
 //!    times, each timed with the probe until both views are complete;

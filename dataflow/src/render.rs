@@ -11,8 +11,8 @@ use studio_model::{
     parse_record,
 };
 use studio_operators::{
-    ApplyDeltas, ApplyOptions, CycleGuard, DedupById, Depth, PendingTriggers, ProviderChange,
-    Reachability,
+    ApplyDeltas, ApplyOptions, CycleGuard, DagLimits, DagViews, DedupById, PendingTriggers,
+    ProviderChange,
 };
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -191,23 +191,12 @@ pub fn render<'scope>(
         .map(|(_, e)| (e.child_id, e))
         .semijoin(existing.clone())
         .map(|(_, e)| e);
-    let pairs = edges.clone().map(|e| (e.parent_id, e.child_id));
-    let reach = pairs
+    // One operator keeps the closure, the depths and the owners' deepest blobs: a new
+    // edge costs the pairs it may change, not one `iterate` round per level.
+    let dag = edges
         .clone()
-        .reachability()
-        .map(|((ancestor_id, descendant_id), distance)| ReachRow {
-            ancestor_id,
-            descendant_id,
-            distance,
-        });
-    let depth = existing.depth(pairs);
-    let owners = applied.created;
-    let user_depth = depth
-        .clone()
-        .join_map(owners, |_blob, &depth, &user| (user, depth))
-        .reduce(|_user, depths, deepest| deepest.push((*depths[depths.len() - 1].0, 1)))
-        .map(|(user_id, max_depth)| UserDepthRow { user_id, max_depth });
-    let depth = depth.map(|(blob_id, depth)| DepthRow { blob_id, depth });
+        .dag_views(applied.created, DagLimits::default());
+    let rejected_edges = rejected_edges.concat(dag.limited);
 
     (
         Inputs {
@@ -225,9 +214,9 @@ pub fn render<'scope>(
             dead_letters: applied.dead_letters.concat(malformed),
             edges,
             rejected_edges,
-            reach,
-            depth,
-            user_depth,
+            reach: dag.reach,
+            depth: dag.depth,
+            user_depth: dag.user_depth,
             requests,
             processing,
             waiting: applied.waiting,

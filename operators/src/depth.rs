@@ -10,6 +10,9 @@
 //! many rounds as the longest path. Should a cycle ever reach this operator, depths
 //! around it would grow without end; they are capped at [`MAX_DEPTH`] instead, so the
 //! dataflow still completes (with those blobs at the cap) rather than spinning.
+//!
+//! Since issue 16 `render` maintains the views with [`DagViews`](crate::DagViews)
+//! (no round per level); this operator stays as a reference and for the bench.
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::lattice::Lattice;

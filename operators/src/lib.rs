@@ -9,8 +9,9 @@
 //! | [`DedupById`] | S4.2 | drops a delta whose id was seen before, in log order |
 //! | [`ApplyDeltas`] | S3, S4 | folds each blob's deltas in version order into its state |
 //! | [`CycleGuard`] | S5.1 | adds proposed edges to the DAG in acceptance order, refusing cycles |
-//! | [`Reachability`] | S5.2 | every (ancestor, descendant, shortest distance) |
-//! | [`Depth`] | S5.2 | every blob's longest path from a root |
+//! | [`DagViews`] | S5.2 | reach, depth and user depth, one join per new edge (what `render` uses) |
+//! | [`Reachability`] | S5.2 | every (ancestor, descendant, shortest distance) with `iterate` (a reference) |
+//! | [`Depth`] | S5.2 | every blob's longest path from a root with `iterate` (a reference) |
 //! | [`PendingTriggers`] | S5.3–S5.6 | blobs × providers -> the pending transform requests |
 //!
 //! All of them take a totally ordered timestamp (the driver's clock: a replay's batch, the
@@ -22,6 +23,7 @@
 
 pub mod apply_deltas;
 pub mod cycle_guard;
+pub mod dag_views;
 pub mod dedup;
 pub mod depth;
 pub mod pending_triggers;
@@ -30,6 +32,7 @@ pub mod stash;
 
 pub use apply_deltas::{AppliedStreams, ApplyDeltas, ApplyOptions, OrderedEdge};
 pub use cycle_guard::CycleGuard;
+pub use dag_views::{DagLimits, DagStreams, DagViews};
 pub use dedup::{DedupById, Duplicate};
 pub use depth::Depth;
 pub use pending_triggers::{PendingTriggers, ProviderChange};

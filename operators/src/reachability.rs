@@ -8,6 +8,9 @@
 //!
 //! Adding an edge changes only the pairs it creates or shortens: differential
 //! propagates the difference, not the closure.
+//!
+//! Since issue 16 `render` maintains the views with [`DagViews`](crate::DagViews)
+//! (no round per level); this operator stays as a reference and for the bench.
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::lattice::Lattice;

@@ -1118,6 +1118,54 @@ fn a_long_chain() {
     assert_dag(&dag, &expected(&log.deltas), &format!("{config:?}"));
 }
 
+/// A chain of 1,000 edges with diamonds (issue #16): shortcuts that shorten distances,
+/// side branches that rejoin the chain, one longer detour that deepens every blob after
+/// it, and an edge announced before its child. Against the oracle with 1 and 2 workers,
+/// every committed batch a log prefix.
+#[test]
+fn a_1000_long_chain_with_diamonds() {
+    let n = 1001u32;
+    let mut log = Log::default();
+    for i in 0..n {
+        log.create(i, i.checked_sub(1), &[]);
+    }
+    // Shortcuts i-7 -> i: shorter distances, same depths.
+    for i in (50..n).step_by(50) {
+        log.update(i - 7, &[i]);
+    }
+    // Side blobs k*50 -> s -> k*50+3: a diamond beside the chain.
+    for k in 0..20 {
+        log.create(2000 + k, Some(k * 50), &[]);
+        log.update(2000 + k, &[k * 50 + 3]);
+    }
+    // A detour of 10 blobs from 100 back into 105: every blob from 105 on is 6 deeper.
+    for j in 0..10 {
+        let parent = if j == 0 { 100 } else { 3000 + j - 1 };
+        log.create(3000 + j, Some(parent), &[]);
+    }
+    log.update(3009, &[105]);
+    // An edge announced before its child exists.
+    log.create(4000, Some(n - 1), &[4001]);
+    log.create(4001, None, &[]);
+
+    let lines = log.lines();
+    let want = expected(&log.deltas);
+    for (workers, batch) in [(1, default_batch()), (2, 97)] {
+        let ctx = format!("1,000-long chain ({workers} workers, batch_records {batch})");
+        let run = replay_lines(&lines, &config(workers, batch));
+        assert!(run.report.counts_add_up(), "{ctx}: {:?}", run.report);
+        assert_dag(&run.dag, &want, &ctx);
+        assert_every_batch_is_a_prefix(&log.deltas, &run, batch as usize, &ctx);
+        assert_eq!(depth_of(&run.dag, n - 1), Some(n - 1 + 6), "{ctx}");
+        assert_eq!(depth_of(&run.dag, 4001), Some(n + 1 + 6), "{ctx}");
+        assert_eq!(
+            reach_of(&run.dag, 0, n - 1),
+            Some(n - 1 - 20 * 6 - 20),
+            "{ctx}"
+        );
+    }
+}
+
 /// S5.1: an edge may name a blob that does not exist yet; it counts in the views once
 /// both ends exist. The guard counts it at once: an edge closing a cycle through a blob
 /// that is never created is refused.

@@ -4,7 +4,10 @@
 //! On a generated graph (a forest of depth `--depth` plus `--chains` chains of
 //! `--chain-len` blobs hanging off it, `--blobs` blobs in all):
 //!
-//! 1. **incremental**: `studio_operators::Reachability` and `Depth` on a timely worker;
+//! 1. **incremental**: `studio_operators::DagViews` (`--engine closure`, what `render`
+//!    uses) or the `iterate`-based `Reachability` and `Depth` (`--engine iterate`) on a
+//!    timely worker, with `Closure::apply` alone and, with `--duckdb`, DuckDB's recursive
+//!    CTEs over the same edges as cold-build baselines (`--shape issue16`: issue #16's graph);
 //!    the base graph is loaded at time 0, then batches of `--batches` new edges (random,
 //!    acyclic: from a blob to one later in a topological order) are added at later
 //!    times, each timed with the probe until both views are complete;
@@ -27,15 +30,17 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use differential_dataflow::VecCollection;
 use differential_dataflow::input::Input;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rustc_hash::{FxHashMap, FxHashSet};
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
-use studio_model::Uuid;
 use studio_model::dag::{EdgeOutcome, TopoOrder};
-use studio_operators::{Depth, Reachability};
+use studio_model::{EdgeRow, Uuid};
+use studio_operators::dag_views::Closure;
+use studio_operators::{DagLimits, DagViews, Depth, Reachability};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
 #[global_allocator]
@@ -75,6 +80,28 @@ struct Args {
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// The graph: `forest` (the flags above) or `issue16` (issue #16's shape: three
+    /// chains of 1,000 edges beside a random forest of depth <= 10 with ~1 % diamond
+    /// edges; `--depth`, `--chains` and `--chain-len` are then ignored).
+    #[arg(long, default_value = "forest")]
+    shape: String,
+    /// How the views are maintained: `closure` (`DagViews`, what `render` uses) or
+    /// `iterate` (the `Reachability` and `Depth` operators built on differential's
+    /// `iterate`, which `render` used before).
+    #[arg(long, default_value = "closure")]
+    engine: String,
+    /// Also run DuckDB's recursive CTEs over the same edges
+    /// (`benches/scripts/dag_duckdb.py`, needs `pip install duckdb`).
+    #[arg(long)]
+    duckdb: bool,
+    /// Only the views: skip the SQLite queries and the cycle-guard workloads.
+    #[arg(long)]
+    views_only: bool,
+}
+
+/// The owner of blob `n` (100 users).
+fn owner_of(n: u32) -> Uuid {
+    Uuid::from_u128(0x0000_000a_0000_4000_8000_0000_0000_0000 | u128::from(n % 100))
 }
 
 fn id(n: u32) -> Uuid {
@@ -93,7 +120,94 @@ struct Graph {
     batches: Vec<Vec<Vec<(u32, u32)>>>,
 }
 
+/// Issue #16's graph: a random forest (28 % roots, the other blobs spread over levels
+/// 1..=10, each with a parent on the level above and 1 % with a second parent on an
+/// earlier level: a diamond) and, beside it, three chains of 1,000 edges.
+fn generate_issue16(args: &Args, rng: &mut StdRng) -> Graph {
+    let n = args.blobs;
+    let chained = args.chains * args.chain_len;
+    let forest = n - chained;
+    let roots = forest * 28 / 100;
+    let per_level = (forest - roots).div_ceil(10);
+    let mut parent: Vec<Option<u32>> = Vec::with_capacity(n as usize);
+    let mut base = Vec::new();
+    // Level k spans blobs [start(k), start(k+1)).
+    let start = |k: u32| {
+        if k == 0 {
+            0
+        } else {
+            (roots + (k - 1) * per_level).min(forest)
+        }
+    };
+    for level in 0..=10u32 {
+        let (lo, hi) = (start(level), start(level + 1).max(start(level)));
+        let hi = if level == 10 { forest } else { hi };
+        for c in lo..hi {
+            if level == 0 {
+                parent.push(None);
+                continue;
+            }
+            let (plo, phi) = (start(level - 1), lo);
+            let p = rng.random_range(plo..phi);
+            parent.push(Some(p));
+            base.push((p, c));
+            if rng.random_bool(0.01) {
+                let q = rng.random_range(0..lo);
+                if q != p {
+                    base.push((q, c));
+                }
+            }
+        }
+    }
+    for _ in 0..args.chains {
+        let head = parent.len() as u32;
+        parent.push(None);
+        for i in 1..args.chain_len {
+            parent.push(Some(head + i - 1));
+            base.push((head + i - 1, head + i));
+        }
+    }
+    let batches = random_batches(args, n, &base, rng);
+    Graph {
+        n,
+        base,
+        parent,
+        batches,
+    }
+}
+
+/// Batches of random new edges (from a blob to a later one: acyclic).
+fn random_batches(
+    args: &Args,
+    n: u32,
+    base: &[(u32, u32)],
+    rng: &mut StdRng,
+) -> Vec<Vec<Vec<(u32, u32)>>> {
+    let mut seen: FxHashSet<(u32, u32)> = base.iter().copied().collect();
+    args.batches
+        .iter()
+        .map(|&size| {
+            (0..args.repeats)
+                .map(|_| {
+                    let mut batch = Vec::with_capacity(size);
+                    while batch.len() < size {
+                        let (a, b) = (rng.random_range(0..n), rng.random_range(0..n));
+                        let edge = (a.min(b), a.max(b));
+                        if a != b && seen.insert(edge) {
+                            batch.push(edge);
+                        }
+                    }
+                    batch
+                })
+                .collect()
+        })
+        .collect()
+}
+
 fn generate(args: &Args, rng: &mut StdRng) -> Graph {
+    if args.shape == "issue16" {
+        return generate_issue16(args, rng);
+    }
     let n = args.blobs;
     let chained = args.chains * args.chain_len;
     assert!(chained < n, "the chains need fewer blobs than --blobs");
@@ -130,26 +244,7 @@ fn generate(args: &Args, rng: &mut StdRng) -> Graph {
         .enumerate()
         .filter_map(|(c, p)| p.map(|p| (p, c as u32)))
         .collect();
-    let mut seen: FxHashSet<(u32, u32)> = base.iter().copied().collect();
-    let batches = args
-        .batches
-        .iter()
-        .map(|&size| {
-            (0..args.repeats)
-                .map(|_| {
-                    let mut batch = Vec::with_capacity(size);
-                    while batch.len() < size {
-                        let (a, b) = (rng.random_range(0..n), rng.random_range(0..n));
-                        let edge = (a.min(b), a.max(b));
-                        if a != b && seen.insert(edge) {
-                            batch.push(edge);
-                        }
-                    }
-                    batch
-                })
-                .collect()
-        })
-        .collect();
+    let batches = random_batches(args, n, &base, rng);
     Graph {
         n,
         base,
@@ -209,6 +304,52 @@ fn recompute(n: u32, edges: &[(u32, u32)]) -> (u64, u64, u32) {
     )
 }
 
+fn edge(p: u32, c: u32) -> EdgeRow {
+    EdgeRow {
+        parent_id: id(p),
+        child_id: id(c),
+        delta_id: id(c),
+    }
+}
+
+type Reach<'scope> = VecCollection<'scope, u64, ((Uuid, Uuid), u32)>;
+type Depths<'scope> = VecCollection<'scope, u64, (Uuid, u32)>;
+
+/// The reach and depth views by `engine`; `probe` also watches the user depths.
+fn views<'scope>(
+    engine: &str,
+    nodes: VecCollection<'scope, u64, (Uuid, Uuid)>,
+    edges: VecCollection<'scope, u64, EdgeRow>,
+    probe: &ProbeHandle<u64>,
+) -> (Reach<'scope>, Depths<'scope>) {
+    match engine {
+        "iterate" => {
+            let pairs = edges.map(|e| (e.parent_id, e.child_id));
+            let depth = nodes.clone().map(|(b, _)| b).depth(pairs.clone());
+            // user_depth as render wired it: a join and a reduce.
+            depth
+                .clone()
+                .join_map(nodes, |_blob, &depth, &user| (user, depth))
+                .reduce(|_user, depths, deepest| deepest.push((*depths[depths.len() - 1].0, 1)))
+                .probe_with(probe);
+            (pairs.reachability(), depth)
+        }
+        "closure" => {
+            let limits = DagLimits {
+                max_reach_pairs: u64::MAX,
+            };
+            let dag = edges.dag_views(nodes, limits);
+            dag.user_depth.probe_with(probe);
+            (
+                dag.reach
+                    .map(|r| ((r.ancestor_id, r.descendant_id), r.distance)),
+                dag.depth.map(|d| (d.blob_id, d.depth)),
+            )
+        }
+        other => panic!("--engine {other}: closure or iterate"),
+    }
+}
+
 /// What the incremental dataflow measured.
 struct Incremental {
     load: Duration,
@@ -228,6 +369,7 @@ fn incremental(args: &Args, graph: &Graph) -> Incremental {
     let batches = graph.batches.clone();
     let n = graph.n;
     let workers = args.workers;
+    let engine = args.engine.clone();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
         let probe = ProbeHandle::new();
@@ -235,20 +377,18 @@ fn incremental(args: &Args, graph: &Graph) -> Incremental {
         let reach_changes = Rc::new(Cell::new(0u64));
         let max_depth = Rc::new(Cell::new(0u32));
         let (mut nodes_in, mut edges_in) = worker.dataflow::<u64, _, _>(|scope| {
-            let (nodes_in, nodes) = scope.new_collection::<Uuid, isize>();
-            let (edges_in, edges) = scope.new_collection::<(Uuid, Uuid), isize>();
+            let (nodes_in, nodes) = scope.new_collection::<(Uuid, Uuid), isize>();
+            let (edges_in, edges) = scope.new_collection::<EdgeRow, isize>();
             let (size, changes) = (Rc::clone(&reach_size), Rc::clone(&reach_changes));
-            edges
-                .clone()
-                .reachability()
+            let deepest = Rc::clone(&max_depth);
+            let (reach, depth) = views(&engine, nodes, edges, &probe);
+            reach
                 .inspect(move |(_, _, diff)| {
                     size.set(size.get() + *diff as i64);
                     changes.set(changes.get() + 1);
                 })
                 .probe_with(&probe);
-            let deepest = Rc::clone(&max_depth);
-            nodes
-                .depth(edges)
+            depth
                 .inspect(move |((_, d), _, diff)| {
                     if *diff > 0 {
                         deepest.set(deepest.get().max(*d));
@@ -261,10 +401,10 @@ fn incremental(args: &Args, graph: &Graph) -> Incremental {
         let started = Instant::now();
         if index == 0 {
             for x in 0..n {
-                nodes_in.insert(id(x));
+                nodes_in.insert((id(x), owner_of(x)));
             }
             for &(p, c) in &graph_base {
-                edges_in.insert((id(p), id(c)));
+                edges_in.insert(edge(p, c));
             }
         }
         let mut time = 1u64;
@@ -284,7 +424,7 @@ fn incremental(args: &Args, graph: &Graph) -> Incremental {
                 let started = Instant::now();
                 if index == 0 {
                     for &(p, c) in batch {
-                        edges_in.insert((id(p), id(c)));
+                        edges_in.insert(edge(p, c));
                     }
                 }
                 time += 1;
@@ -305,19 +445,20 @@ fn incremental(args: &Args, graph: &Graph) -> Incremental {
         // A fresh dataflow over the full edge set.
         let fresh_probe = ProbeHandle::new();
         let (mut nodes_in, mut edges_in) = worker.dataflow::<u64, _, _>(|scope| {
-            let (nodes_in, nodes) = scope.new_collection::<Uuid, isize>();
-            let (edges_in, edges) = scope.new_collection::<(Uuid, Uuid), isize>();
-            edges.clone().reachability().probe_with(&fresh_probe);
-            nodes.depth(edges).probe_with(&fresh_probe);
+            let (nodes_in, nodes) = scope.new_collection::<(Uuid, Uuid), isize>();
+            let (edges_in, edges) = scope.new_collection::<EdgeRow, isize>();
+            let (reach, depth) = views(&engine, nodes, edges, &fresh_probe);
+            reach.probe_with(&fresh_probe);
+            depth.probe_with(&fresh_probe);
             (nodes_in, edges_in)
         });
         let started = Instant::now();
         if index == 0 {
             for x in 0..n {
-                nodes_in.insert(id(x));
+                nodes_in.insert((id(x), owner_of(x)));
             }
             for &(p, c) in graph_base.iter().chain(batches.iter().flatten().flatten()) {
-                edges_in.insert((id(p), id(c)));
+                edges_in.insert(edge(p, c));
             }
         }
         nodes_in.advance_to(1);
@@ -653,12 +794,45 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// DuckDB's recursive CTEs over `edges` (`benches/scripts/dag_duckdb.py`): its JSON line.
+fn duckdb(n: u32, edges: &[(u32, u32)]) -> anyhow::Result<serde_json::Value> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let (edges_csv, blobs_csv) = (dir.path().join("edges.csv"), dir.path().join("blobs.csv"));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&edges_csv)?);
+    for (p, c) in edges {
+        writeln!(out, "{p},{c}")?;
+    }
+    out.flush()?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&blobs_csv)?);
+    for b in 0..n {
+        writeln!(out, "{b},{}", b % 100)?;
+    }
+    out.flush()?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dag_duckdb.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&edges_csv)
+        .arg(&blobs_csv)
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.shape == "issue16" {
+        (args.depth, args.chains, args.chain_len) = (10, 3, 1001);
+    }
     let mut rng = StdRng::seed_from_u64(args.seed);
     let graph = generate(&args, &mut rng);
     println!(
-        "graph: {} blobs, {} edges (forest of depth {} + {} chains of {}); batches {:?} x {}; {} worker(s)",
+        "graph ({}): {} blobs, {} edges (forest of depth {} + {} chains of {} blobs); batches {:?} x {}; engine {}, {} worker(s)",
+        args.shape,
         graph.n,
         graph.base.len(),
         args.depth,
@@ -666,21 +840,54 @@ fn main() -> anyhow::Result<()> {
         args.chain_len,
         args.batches,
         args.repeats,
+        args.engine,
         args.workers
     );
 
     let inc = incremental(&args, &graph);
+    // The closure operator's state machine alone, without timely.
+    let started = Instant::now();
+    let mut closure = Closure::new(DagLimits {
+        max_reach_pairs: u64::MAX,
+    });
+    let nodes: Vec<(Uuid, Uuid)> = (0..graph.n).map(|x| (id(x), owner_of(x))).collect();
+    let base_edges: Vec<(Uuid, Uuid)> = graph.base.iter().map(|&(p, c)| (id(p), id(c))).collect();
+    let changes = closure.apply(&nodes, &base_edges);
+    let alone = started.elapsed();
+    println!(
+        "base graph: Closure::apply alone (no dataflow) {:.3} s, {} reach rows",
+        alone.as_secs_f64(),
+        changes.reach.len()
+    );
+    drop((closure, changes));
+    let started = Instant::now();
     let (base_pairs, _, base_depth) = recompute(graph.n, &graph.base);
+    let base_bfs = started.elapsed();
     anyhow::ensure!(
         inc.base_reach_rows as u64 == base_pairs,
         "reach rows {} != BFS pairs {base_pairs}",
         inc.base_reach_rows
     );
     println!(
-        "base graph: reach view {} pairs, max depth {base_depth}; load into the dataflow {:.2} s",
+        "base graph: reach view {} pairs, max depth {base_depth}; cold load into the dataflow {:.3} s; BFS from every blob + Kahn {:.3} s",
         inc.base_reach_rows,
-        inc.load.as_secs_f64()
+        inc.load.as_secs_f64(),
+        base_bfs.as_secs_f64()
     );
+    if args.duckdb {
+        let got = duckdb(graph.n, &graph.base)?;
+        println!("base graph: DuckDB recursive CTEs (reach, depth, user depth): {got}");
+        let total = got["total_s"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "base graph: cold load / DuckDB = {:.2}",
+            inc.load.as_secs_f64() / total
+        );
+        anyhow::ensure!(
+            got["reach_rows"].as_u64() == Some(base_pairs)
+                && got["max_depth"].as_u64() == Some(u64::from(base_depth)),
+            "DuckDB's views differ from the BFS"
+        );
+    }
 
     // From scratch, after each batch (the edge set as it is then).
     let mut edges = graph.base.clone();
@@ -742,6 +949,9 @@ fn main() -> anyhow::Result<()> {
         args.repeats, inc.reach_rows, inc.max_depth
     );
 
+    if args.views_only {
+        return Ok(());
+    }
     println!();
     println!(
         "{:<36} | {:>8} | {:>23} | {:>22} | {:>10}",

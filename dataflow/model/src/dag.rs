@@ -59,6 +59,46 @@ impl TopoOrder {
         self.out.iter().map(Vec::len).sum()
     }
 
+    /// The dense number of `id` (`0..nodes()`, in the order nodes were first named),
+    /// adding it as an isolated node if it is new.
+    pub fn node_index(&mut self, id: Uuid) -> u32 {
+        self.node(id)
+    }
+
+    /// The position of node number `n` in the topological order: every edge goes from a
+    /// lower position to a higher one. Positions change as edges are inserted.
+    pub fn position(&self, n: u32) -> u32 {
+        self.ord[n as usize]
+    }
+
+    /// The children of node number `n`, in the order their edges were added.
+    pub fn children(&self, n: u32) -> &[u32] {
+        &self.out[n as usize]
+    }
+
+    /// Adds the edge between node numbers `x -> y` unless it would close a cycle.
+    pub fn insert_indices(&mut self, x: u32, y: u32) -> EdgeOutcome {
+        if x == y {
+            return EdgeOutcome::Refused(EdgeRefusal::SelfLoop);
+        }
+        if self.out[x as usize].contains(&y) {
+            return EdgeOutcome::Present;
+        }
+        let (lower, upper) = (self.ord[y as usize], self.ord[x as usize]);
+        if lower < upper {
+            // y comes before x: the edge may close a cycle; search the affected region.
+            if self.search_forward(y, upper, x) {
+                self.clear_marks();
+                return EdgeOutcome::Refused(EdgeRefusal::Cycle);
+            }
+            self.search_backward(x, lower);
+            self.reorder();
+        }
+        self.out[x as usize].push(y);
+        self.inn[y as usize].push(x);
+        EdgeOutcome::Added
+    }
+
     fn node(&mut self, id: Uuid) -> u32 {
         let next = self.ord.len() as u32;
         let n = *self.index.entry(id).or_insert(next);
@@ -77,22 +117,7 @@ impl TopoOrder {
             return EdgeOutcome::Refused(EdgeRefusal::SelfLoop);
         }
         let (x, y) = (self.node(parent), self.node(child));
-        if self.out[x as usize].contains(&y) {
-            return EdgeOutcome::Present;
-        }
-        let (lower, upper) = (self.ord[y as usize], self.ord[x as usize]);
-        if lower < upper {
-            // y comes before x: the edge may close a cycle; search the affected region.
-            if self.search_forward(y, upper, x) {
-                self.clear_marks();
-                return EdgeOutcome::Refused(EdgeRefusal::Cycle);
-            }
-            self.search_backward(x, lower);
-            self.reorder();
-        }
-        self.out[x as usize].push(y);
-        self.inn[y as usize].push(x);
-        EdgeOutcome::Added
+        self.insert_indices(x, y)
     }
 
     /// Marks the nodes reachable from `start` whose order is at most `upper`; true if

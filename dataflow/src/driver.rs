@@ -62,15 +62,14 @@ impl From<SourceError> for WorkerError {
     }
 }
 
-/// Joins the timely workers; the first panic, if any.
+/// Joins the timely workers; the first failure (a worker's error or panic), if any.
 pub(crate) fn join_workers(
     guards: timely::communication::initialize::WorkerGuards<Result<(), WorkerError>>,
 ) -> Option<WorkerError> {
-    guards
-        .join()
-        .into_iter()
-        .find_map(|result| result.err())
-        .map(WorkerError::Panicked)
+    guards.join().into_iter().find_map(|joined| match joined {
+        Ok(returned) => returned.err(),
+        Err(panic) => Some(WorkerError::Panicked(panic)),
+    })
 }
 
 /// The timestamps worker 0 chooses, published for the other workers, which feed

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use studio_connectors::SourceError;
 use studio_model::ViewBatch;
 
 use crate::render::{Inputs, Time};
@@ -35,11 +36,40 @@ impl Latency {
     }
 }
 
-/// Joins the timely workers; the first failure, if any.
+/// Why a dataflow worker (or a thread beside the workers) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A worker could not read its share of the log.
+    #[error("{0}")]
+    Source(SourceError), // not a `#[source]` (nor are the others): the message holds it
+    /// The provider runtime did not start.
+    #[error("cannot start the provider runtime: {0}")]
+    ProviderRuntime(std::io::Error),
+    /// The writer failed while the delta store was replayed (it reports why).
+    #[error("recovery did not complete")]
+    RecoveryIncomplete,
+    /// Timely could not start the workers (its own message).
+    #[error("{0}")]
+    Start(String),
+    /// A thread panicked: timely's report of a worker's panic, or which thread.
+    #[error("{0}")]
+    Panicked(String),
+}
+
+impl From<SourceError> for WorkerError {
+    fn from(error: SourceError) -> Self {
+        WorkerError::Source(error)
+    }
+}
+
+/// Joins the timely workers; the first failure (a worker's error or panic), if any.
 pub(crate) fn join_workers(
-    guards: timely::communication::initialize::WorkerGuards<Result<(), String>>,
-) -> Option<String> {
-    guards.join().into_iter().find_map(|result| result.err())
+    guards: timely::communication::initialize::WorkerGuards<Result<(), WorkerError>>,
+) -> Option<WorkerError> {
+    guards.join().into_iter().find_map(|joined| match joined {
+        Ok(returned) => returned.err(),
+        Err(panic) => Some(WorkerError::Panicked(panic)),
+    })
 }
 
 /// The timestamps worker 0 chooses, published for the other workers, which feed

@@ -31,4 +31,5 @@ pub mod replay;
 pub mod run;
 pub mod sink;
 
+pub use driver::WorkerError;
 pub use studio_model as model;

@@ -28,7 +28,7 @@ use timely::dataflow::operators::Probe;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
 pub use crate::driver::Latency;
-use crate::driver::{CommitTally, LeadClock, join_workers};
+use crate::driver::{CommitTally, LeadClock, WorkerError, join_workers};
 use crate::providers::{Dispatcher, Feed, ProviderReport, ProviderSetup};
 use crate::render::{Inputs, RenderOptions, Time, render};
 use crate::sink::sink_views;
@@ -104,7 +104,13 @@ pub enum ReplayError {
     Sink(#[from] SinkError),
     /// A worker failed.
     #[error("dataflow worker failed: {0}")]
-    Worker(String),
+    Worker(WorkerError), // not a `#[source]`: the message holds it
+}
+
+impl From<WorkerError> for ReplayError {
+    fn from(error: WorkerError) -> Self {
+        ReplayError::Worker(error)
+    }
 }
 
 /// What the writer thread counted.
@@ -173,8 +179,7 @@ pub fn replay(
             // Worker 0 runs the providers beside the view sink.
             let dispatcher = match (&options.providers, index) {
                 (Some(setup), 0) => Some(Rc::new(RefCell::new(
-                    Dispatcher::start(setup)
-                        .map_err(|e| format!("cannot start the provider runtime: {e}"))?,
+                    Dispatcher::start(setup).map_err(WorkerError::ProviderRuntime)?,
                 ))),
                 _ => None,
             };
@@ -219,7 +224,7 @@ pub fn replay(
                         .send((provider.id.clone(), Some(provider.clone())));
                 }
             }
-            let mut source = FileSource::open(&files).map_err(|e| e.to_string())?;
+            let mut source = FileSource::open(&files)?;
             let lead = dispatcher.as_ref().map(|dispatcher| LeadPhase {
                 clock: &clock,
                 probe: &probe,
@@ -237,7 +242,7 @@ pub fn replay(
                         .bytes_read
                         .store(source.bytes_read(), Ordering::Relaxed);
                 }
-                let Some(record) = source.next_record().map_err(|e| e.to_string())? else {
+                let Some(record) = source.next_record()? else {
                     break;
                 };
                 let time = (record.pos.offset / config.batch_records) * ROUND_SPAN;
@@ -282,14 +287,14 @@ pub fn replay(
             // One last timestamp, the same on every worker, for the S4.4 gap letters.
             inputs.advance_to(end);
             worker.step_while(|| probe.less_than(&end));
-            Ok::<(), String>(())
+            Ok::<(), WorkerError>(())
         })
-        .map_err(ReplayError::Worker)?
+        .map_err(|e| ReplayError::Worker(WorkerError::Start(e)))?
     };
     let failure = join_workers(guards);
     let tally = writer
         .join()
-        .map_err(|_| ReplayError::Worker("the view writer panicked".into()))??;
+        .map_err(|_| WorkerError::Panicked("the view writer panicked".into()))??;
     if let Some(failure) = failure {
         return Err(ReplayError::Worker(failure));
     }

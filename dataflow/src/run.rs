@@ -47,7 +47,7 @@ use studio_model::{Checkpoint, Provider, SourcePos, ViewBatch, parse_record};
 use timely::dataflow::operators::Probe;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
-use crate::driver::{CommitTally, Latency, LeadClock, join_workers};
+use crate::driver::{CommitTally, Latency, LeadClock, WorkerError, join_workers};
 use crate::render::{Inputs, RenderOptions, Time, render};
 use crate::sink::sink_views;
 
@@ -195,7 +195,13 @@ pub enum RunError {
     Sink(#[from] SinkError),
     /// A worker failed.
     #[error("dataflow worker failed: {0}")]
-    Worker(String),
+    Worker(WorkerError), // not a `#[source]`: the message holds it
+}
+
+impl From<WorkerError> for RunError {
+    fn from(error: WorkerError) -> Self {
+        RunError::Worker(error)
+    }
 }
 
 /// Records handed over during recovery, in chunks.
@@ -392,7 +398,7 @@ pub fn run(
                     Err(_) => {
                         // The writer failed; it reports why.
                         lead.finish(worker, &closing);
-                        return Err("recovery did not complete".to_string());
+                        return Err(WorkerError::RecoveryIncomplete);
                     }
                 }
             };
@@ -466,17 +472,17 @@ pub fn run(
             control.set_phase(Phase::Stopping);
             tally.lock().expect("tally").1 = records_read;
             lead.finish(worker, &closing);
-            Ok::<(), String>(())
+            Ok::<(), WorkerError>(())
         })
-        .map_err(RunError::Worker)?
+        .map_err(|e| RunError::Worker(WorkerError::Start(e)))?
     };
     let failure = join_workers(guards);
     let written = writer
         .join()
-        .map_err(|_| RunError::Worker("the view writer panicked".into()));
+        .map_err(|_| WorkerError::Panicked("the view writer panicked".into()));
     let read = reader
         .join()
-        .map_err(|_| RunError::Worker("the source reader panicked".into()));
+        .map_err(|_| WorkerError::Panicked("the source reader panicked".into()));
     let tally_w = written??;
     read??;
     if let Some(failure) = failure {

@@ -7,8 +7,8 @@ use anyhow::{Context, bail};
 use studio_config::Config;
 use studio_connectors::Rows;
 
-use super::store::{Db, open_reader};
 use crate::cli::{QueryArgs, Question};
+use studio_connectors::{Db, open_reader};
 
 pub fn run(config_file: Option<&Path>, args: QueryArgs) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;

@@ -20,6 +20,10 @@
 //! | [`postgres`] | `postgres` | the Postgres view store and delta store |
 //! | [`content`] | (`s3` for S3) | how documents are stored: JSON, LZ4, or a large store |
 //!
+//! [`open`] holds one factory per store and bus ([`open_view_store`], [`open_reader`],
+//! [`open_source`], [`open_publisher`]): the binary calls them instead of building the
+//! stores and clients itself.
+//!
 //! [`retry`] retries a write while a service is unavailable; [`query`] holds the
 //! named questions of `studio query` that every view store answers ([`ViewReader`]).
 //!
@@ -40,6 +44,7 @@ pub mod kafka;
 pub mod load;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod open;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod query;
@@ -47,6 +52,7 @@ pub mod retry;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+pub use open::{Db, OpenError, open_publisher, open_reader, open_source, open_view_store};
 pub use query::{Param, Rows, ViewReader};
 
 /// The view tables Studio owns, in every view store (a replay rebuilds exactly these).

@@ -18,15 +18,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use studio_config::{BusKind, Config};
-use studio_connectors::OutputStream;
-use studio_connectors::RecordPublisher;
-use studio_connectors::kafka::KafkaPublisher;
+use studio_config::BusKind;
+use studio_config::Config;
 use studio_connectors::load::{end_to_end_micros, generate_keyed, publish_paced, read_keyed};
-use studio_connectors::nats::NatsPublisher;
+use studio_connectors::{Db, OutputStream, open_publisher, open_reader};
 use studio_model::generate::{Faults, GenSpec};
 
-use super::store::{Db, open_reader};
 use crate::cli::LoadgenArgs;
 
 pub fn run(config_file: Option<&Path>, args: LoadgenArgs) -> anyhow::Result<()> {
@@ -77,28 +74,25 @@ pub fn run(config_file: Option<&Path>, args: LoadgenArgs) -> anyhow::Result<()> 
         }
     );
 
-    let (mut publisher, target): (Box<dyn RecordPublisher>, String) = match args.to {
+    let (bus, at, target) = match args.to {
         BusKind::Kafka => (
-            Box::new(
-                KafkaPublisher::open(&config.kafka, &[OutputStream::Deltas])
-                    .with_context(|| format!("Kafka at {}", config.kafka.brokers))?,
-            ),
+            BusKind::Kafka,
+            format!("Kafka at {}", config.kafka.brokers),
             format!(
                 "kafka {} topic {}",
                 config.kafka.brokers, config.kafka.topics.deltas
             ),
         ),
         BusKind::Nats => (
-            Box::new(
-                NatsPublisher::open(&config.nats, &[OutputStream::Deltas])
-                    .with_context(|| format!("NATS at {}", config.nats.url))?,
-            ),
+            BusKind::Nats,
+            format!("NATS at {}", config.nats.url),
             format!(
                 "nats {} subject {} (stream {})",
                 config.nats.url, config.nats.subjects.deltas, config.nats.stream
             ),
         ),
     };
+    let mut publisher = open_publisher(bus, &config, &[OutputStream::Deltas]).context(at)?;
 
     let bar = (!args.no_progress && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(records.len() as u64);
@@ -228,7 +222,7 @@ impl CommitWatch {
                 let mut reader = loop {
                     match open_reader(&config, &db) {
                         Ok(reader) => break reader,
-                        Err(e) if Instant::now() > deadline => return Err(e),
+                        Err(e) if Instant::now() > deadline => return Err(e.into()),
                         Err(_) => std::thread::sleep(Duration::from_millis(100)), // not created yet
                     }
                 };

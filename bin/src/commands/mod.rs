@@ -5,7 +5,6 @@ mod loadgen;
 mod query;
 mod replay;
 mod run;
-mod store;
 mod worker;
 
 use std::path::Path;

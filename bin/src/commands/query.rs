@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use studio_connectors::Rows;
 
-use super::store::{Db, open_reader};
 use crate::cli::{QueryArgs, Question};
+use studio_connectors::{Db, open_reader};
 
 pub fn run(config_file: Option<&Path>, args: QueryArgs) -> anyhow::Result<()> {
     let (config, _providers) = super::load_config(config_file)?;

@@ -14,8 +14,9 @@ use studio_connectors::file::FileSource;
 use studio_dataflow::providers::{ProviderSetup, read_provider_log};
 use studio_dataflow::replay::{Progress, ReplayOptions, ReplayReport, replay};
 
-use super::store::{Db, large_store_description, open_reader, open_sink};
 use crate::cli::ReplayArgs;
+use studio_connectors::open::large_store_description;
+use studio_connectors::{Db, open_reader, open_view_store};
 
 pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
     let (mut config, config_providers) = super::load_config(config_file)?;
@@ -34,7 +35,7 @@ pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
         }
     }
     let db = Db::parse(&args.db)?;
-    let sink = open_sink(&config, &db, OpenMode::Rebuild)?;
+    let sink = open_view_store(&config, &db, OpenMode::Rebuild)?;
 
     let options = replay_options(&config, config_providers, &args)?;
     let progress = Arc::new(Progress::default());

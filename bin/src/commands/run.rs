@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use studio_config::{BusKind, Config};
-use studio_connectors::kafka::{KafkaPublisher, KafkaSource};
-use studio_connectors::nats::{NatsPublisher, NatsSource};
-use studio_connectors::{LiveSource, OpenMode, OutputStream, RecordPublisher};
+use studio_connectors::open::{output_streams, source_name};
+use studio_connectors::{Db, OpenMode, open_publisher, open_source, open_view_store};
 use studio_dataflow::run::{OpenSource, RunControl, RunOptions, RunReport, run as run_service};
 
-use super::store::{Db, open_sink};
 use crate::cli::RunArgs;
 use crate::http;
 
@@ -35,51 +33,24 @@ pub fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
     }
 
     let db = Db::parse(&config.run.db)?;
-    let sink = open_sink(&config, &db, OpenMode::Maintain)?;
-    let streams: Vec<OutputStream> = config.run.publish.clone();
-    let (source_name, open_source, publisher): (
-        String,
-        OpenSource,
-        Option<Box<dyn RecordPublisher>>,
-    ) = match config.run.source {
-        BusKind::Kafka => {
-            let kafka = config.kafka.clone();
-            let publisher: Option<Box<dyn RecordPublisher>> = if streams.is_empty() {
-                None
-            } else {
-                Some(Box::new(KafkaPublisher::open(&kafka, &streams).context(
-                    "cannot open the Kafka publisher (check kafka.brokers or --brokers)",
-                )?))
-            };
-            (
-                format!("kafka:{}", kafka.topics.deltas),
-                Box::new(move |positions| {
-                    Ok(Box::new(KafkaSource::open(&kafka, positions)?) as Box<dyn LiveSource>)
-                }),
-                publisher,
-            )
-        }
-        BusKind::Nats => {
-            let nats = config.nats.clone();
-            let publisher: Option<Box<dyn RecordPublisher>> = if streams.is_empty() {
-                None
-            } else {
-                Some(Box::new(NatsPublisher::open(&nats, &streams).context(
-                    "cannot open the NATS publisher (check nats.url or --url)",
-                )?))
-            };
-            (
-                format!("nats:{}", nats.stream),
-                Box::new(move |positions| {
-                    Ok(Box::new(NatsSource::open(&nats, positions)?) as Box<dyn LiveSource>)
-                }),
-                publisher,
-            )
-        }
+    let sink = open_view_store(&config, &db, OpenMode::Maintain)?;
+    let streams = output_streams(&config);
+    let kind = config.run.source;
+    let publisher = if streams.is_empty() {
+        None
+    } else {
+        let check = match kind {
+            BusKind::Kafka => "cannot open the Kafka publisher (check kafka.brokers or --brokers)",
+            BusKind::Nats => "cannot open the NATS publisher (check nats.url or --url)",
+        };
+        Some(open_publisher(kind, &config, &streams).context(check)?)
     };
+    let source_config = config.clone();
+    let open_bus_source: OpenSource =
+        Box::new(move |positions| open_source(kind, &source_config, positions));
     let r = &config.run;
     let options = RunOptions {
-        source: source_name,
+        source: source_name(kind, &config),
         workers: r.workers,
         max_batch_records: r.max_batch_records,
         poll_timeout: Duration::from_millis(r.poll_timeout_ms),
@@ -92,7 +63,7 @@ pub fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
         exit_when_idle: args.exit_when_idle.map(Duration::from_millis),
     };
     tracing::info!(db = %db.display(), source = %options.source, workers = r.workers, "studio run starting");
-    let report = run_service(options, open_source, sink, publisher, control)?;
+    let report = run_service(options, open_bus_source, sink, publisher, control)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 use studio_model::{Timestamp, Uuid};
 
-use super::{connect, pg_error, runtime};
+use super::connection::{connect, pg_error, runtime};
 use crate::SinkError;
 use crate::content::{Content, ContentColumns, ContentReader, POSTGRES_REF_PREFIX};
 use crate::query::{Param, Rows, ViewReader, hex};

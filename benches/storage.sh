@@ -23,7 +23,7 @@ db() { # a fresh database, its URL
   psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $name" -c "CREATE DATABASE $name" >/dev/null
   echo "${DATABASE_URL%/*}/$name"
 }
-export STUDIO_CONTENT__DIR=$work/large # Postgres needs a large store; none is used here
+export STUDIO_CONTENT__DIR=$work/large # large documents in a directory (none is large here)
 
 echo "== 1. replay: Postgres (A) vs SQLite (B)"
 pg=$(db replay)

@@ -194,9 +194,91 @@ fn a_two_mib_document_round_trips_through_s3_with_versions_and_a_presigned_url()
     ]));
     let rows: Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(rows[0]["doc"].as_str(), Some(v2.to_string().as_str()));
-    let small = pg_texts(
+    let inline = pg_texts(
         &url,
-        "SELECT count(*)::text FROM blobs WHERE doc_lz4 IS NOT NULL",
+        "SELECT count(*)::text FROM blobs WHERE doc IS NOT NULL",
     );
-    assert_eq!(small, ["0"]);
+    assert_eq!(inline, ["0"], "the one document is large");
+}
+
+#[test]
+fn postgres_with_default_settings_keeps_large_documents_in_its_own_table() {
+    let url = fresh_database("defaults");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let large_blob = "0000000b-0000-4000-8000-000000000001";
+    let small_blob = "0000000b-0000-4000-8000-000000000002";
+    let words: String = (0..(1 << 20) / 8)
+        .map(|i| format!("w{:06} ", i % 999_983))
+        .collect();
+    let large = json!({"title": "big", "content": words});
+    let small = json!({"title": "small", "content": "read me with SQL"});
+    assert!(large.to_string().len() >= 1 << 20, "a 1 MiB document");
+    let log = dir.path().join("defaults.jsonl");
+    let create = |n: u32, blob: &str, doc: &Value| {
+        json!({"id": format!("0000000d-0000-4000-8000-{n:012x}"), "blob_id": blob,
+               "user_id": "0000000a-0000-4000-8000-000000000001", "operation": "create",
+               "version": 1, "created_at": "2026-01-01T00:00:00Z", "patch": doc})
+        .to_string()
+    };
+    let lines = [create(1, large_blob, &large), create(2, small_blob, &small)];
+    std::fs::write(&log, lines.join("\n")).expect("write");
+
+    // No content or S3 settings at all, and a working directory of its own: nothing is
+    // written beside it.
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let out = run_ok(studio().current_dir(cwd.path()).args([
+        "replay",
+        log.to_str().unwrap(),
+        "--db",
+        &url,
+    ]));
+    assert!(
+        out.contains(
+            "large docs             1 (of 1048576 bytes or more) in the Postgres table large_docs"
+        ),
+        "the summary says where large documents went:\n{out}"
+    );
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "nothing beside the working directory"
+    );
+    assert_eq!(
+        pg_texts(&url, "SELECT doc_ref FROM blobs WHERE doc IS NULL"),
+        [format!("postgres:large_docs/blobs/{large_blob}/v1.json")]
+    );
+    assert_eq!(
+        pg_texts(
+            &url,
+            "SELECT doc->>'content' FROM blobs WHERE doc IS NOT NULL"
+        ),
+        ["read me with SQL"]
+    );
+    let out = run_ok(
+        studio()
+            .current_dir(cwd.path())
+            .args(["query", "--db", &url, "--json", "blob", large_blob]),
+    );
+    let rows: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(rows[0]["doc"].as_str(), Some(large.to_string().as_str()));
+    assert_eq!(
+        pg_texts(&url, "SELECT pg_column_compression(doc) FROM large_docs"),
+        ["lz4"]
+    );
+
+    // The summary of a SQLite replay names its directory.
+    let db = dir.path().join("views.sqlite");
+    let out = run_ok(studio().args([
+        "replay",
+        log.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]));
+    assert!(
+        out.contains(&format!(
+            "1 (of 1048576 bytes or more) in the directory {}.blobs",
+            db.display()
+        )),
+        "{out}"
+    );
 }

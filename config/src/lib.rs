@@ -41,7 +41,7 @@ pub struct Config {
     pub providers: Vec<studio_model::Provider>,
     /// The Postgres view store (`--db postgres://...`).
     pub postgres: PostgresConfig,
-    /// How documents are stored: compression, and where large ones go.
+    /// How documents are stored: where large ones go.
     pub content: ContentConfig,
     /// The S3-compatible store for large documents (`content.large_store = "s3"`).
     pub s3: S3Config,
@@ -124,8 +124,14 @@ pub struct PostgresConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LargeStoreKind {
-    /// A local directory (`content.dir`).
+    /// `content.dir` when set; else the view database's own place: a directory beside
+    /// a SQLite file (`PATH.sqlite.blobs/`), the table `large_docs` of a Postgres
+    /// database.
+    Auto,
+    /// A local directory (`content.dir`; empty: beside a SQLite file).
     Dir,
+    /// The table `large_docs` of the Postgres view database.
+    Postgres,
     /// The S3 bucket of `[s3]`.
     S3,
 }
@@ -134,14 +140,12 @@ pub enum LargeStoreKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContentConfig {
-    /// Compress documents with LZ4 in the database when that makes them smaller.
-    pub compress: bool,
     /// Documents of this many bytes of JSON or more go to the large store (>= 1).
     pub large_min_bytes: u64,
     /// Where large documents go.
     pub large_store: LargeStoreKind,
-    /// The directory for `large_store = "dir"`; empty: beside a SQLite file
-    /// (`PATH.sqlite.blobs/`). Postgres needs it set, or S3.
+    /// The directory for `large_store = "dir"` or `"auto"`; empty: see
+    /// [`LargeStoreKind::Auto`]. With Postgres, `dir` needs it set.
     pub dir: String,
     /// How long a presigned URL (`studio query blob --url`) is valid, in seconds.
     pub url_expiry_secs: u64,

@@ -68,8 +68,12 @@ pub const VIEW_TABLES: &[&str] = &[
     "events",
 ];
 
+/// The Postgres table of large documents when no other large store is configured
+/// (not a view: SQLite keeps large documents in a directory beside its file).
+pub const LARGE_DOCS_TABLE: &str = "large_docs";
+
 /// The tables among `tables` that Studio did not create: a rebuild refuses to touch a
-/// database that holds any. Studio's own are [`VIEW_TABLES`], the monthly partitions of
+/// database that holds any. Studio's own are [`VIEW_TABLES`], [`LARGE_DOCS_TABLE`], the monthly partitions of
 /// `deltas` (`deltas_yYYYYmMM`), its migration ledger (`_studio_*`) and SQLite's
 /// internal tables.
 pub fn foreign_tables<'a>(tables: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
@@ -77,6 +81,7 @@ pub fn foreign_tables<'a>(tables: impl IntoIterator<Item = &'a str>) -> Vec<&'a 
         .into_iter()
         .filter(|t| {
             !VIEW_TABLES.contains(t)
+                && *t != LARGE_DOCS_TABLE
                 && !t.starts_with("sqlite_")
                 && !t.starts_with("_studio_")
                 && !is_delta_partition(t)

@@ -168,7 +168,6 @@ type BlobTuple = (
     i64,
     String,
     Option<String>,
-    Option<Vec<u8>>,
     Option<String>,
     Option<String>,
     String,
@@ -205,7 +204,7 @@ pub fn read_tables(path: &Path) -> Result<Tables, String> {
             .await
             .map_err(err("open"))?;
         let blobs: Vec<BlobTuple> = sqlx::query_as(
-            "SELECT blob_id, user_id, version, content_type, doc, doc_lz4, doc_ref, parent_id, \
+            "SELECT blob_id, user_id, version, content_type, doc, doc_ref, parent_id, \
              created_at, updated_at, deleted_at FROM blobs",
         )
         .fetch_all(&mut conn)
@@ -238,7 +237,6 @@ pub fn read_tables(path: &Path) -> Result<Tables, String> {
             version,
             content_type,
             doc,
-            doc_lz4,
             doc_ref,
             parent_id,
             created_at,
@@ -246,7 +244,7 @@ pub fn read_tables(path: &Path) -> Result<Tables, String> {
             deleted_at,
         ) in blobs
         {
-            let doc = Content::from_columns(doc, doc_lz4, doc_ref)
+            let doc = Content::from_columns(doc, doc_ref)
                 .ok_or_else(|| format!("blob {blob_id} has no content"))?
                 .resolve(&mut reader)
                 .await

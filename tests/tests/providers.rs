@@ -145,9 +145,8 @@ fn run_text(
     let file = dir.path().join("log.jsonl");
     std::fs::write(&file, log).unwrap();
     let db = dir.path().join("views.sqlite");
-    // Documents stay plain JSON in `doc` (no LZ4), so the tests can read them with SQL.
-    let mut content = ContentSpec::in_dir(db.with_extension("blobs"));
-    content.options.compress = false;
+    // Documents are plain JSON in `doc`, so the tests can read them with SQL.
+    let content = ContentSpec::in_dir(db.with_extension("blobs"));
     let sink = SqliteViews::open(&SqliteOptions {
         path: db.clone(),
         cache_size_kib: 2048,

@@ -27,7 +27,8 @@ use studio_model::{
     AppliedRow, Checkpoint, KeyedChanges, SourcePos, ViewBatch, WaitingRow, parse_record,
 };
 use studio_tests::services::{
-    FlakyProxy, fresh_bucket, fresh_database, host_port, pg_texts, s3_endpoint, with_host_port,
+    FlakyProxy, fresh_bucket, fresh_database, host_port, pg_execute, pg_texts, s3_endpoint,
+    with_host_port,
 };
 use studio_tests::views::{assert_same_tables, dump};
 
@@ -128,14 +129,7 @@ fn pg_reader(url: &str, content: ContentReader) -> PgReader {
 fn postgres_views_equal_sqlite_views_for_the_same_log() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = generated_log(dir.path(), 300, 4000, faults());
-    // Documents as JSON(B) here; the LZ4 path is compared in the outage tests.
-    let content = ContentSpec {
-        options: ContentOptions {
-            compress: false,
-            large_min_bytes: 1 << 20,
-        },
-        large: LargeStoreSpec::Dir(dir.path().join("large")),
-    };
+    let content = ContentSpec::in_dir(dir.path().join("large"));
     let db = dir.path().join("views.sqlite");
     let from_sqlite = run_replay(&log, sqlite_sink(&db, content.clone()), 700);
     let url = fresh_database("parity");
@@ -156,11 +150,7 @@ fn postgres_views_equal_sqlite_views_for_the_same_log() {
         &url,
         "SELECT count(*)::text FROM blobs WHERE doc IS NOT NULL",
     );
-    assert_eq!(
-        docs,
-        ["300"],
-        "every document is JSONB with compression off"
-    );
+    assert_eq!(docs, ["300"], "every document is JSONB");
 
     // The same questions answer the same.
     let mut sqlite_reader = SqliteReader::open(&db, ContentReader::local()).expect("open");
@@ -387,7 +377,6 @@ fn an_s3_outage_mid_replay_pauses_and_resumes_to_the_same_views() {
     // Small threshold: a good share of the generated documents go to S3.
     let content = |endpoint: &str, bucket: &str| ContentSpec {
         options: ContentOptions {
-            compress: true,
             large_min_bytes: 700,
         },
         large: LargeStoreSpec::S3(s3_options(endpoint, bucket)),
@@ -531,8 +520,7 @@ fn provider_tables(reader: &mut dyn ViewReader) -> Vec<(String, Rows)> {
 #[test]
 fn providers_and_events_in_postgres_equal_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut content = ContentSpec::in_dir(dir.path().join("large"));
-    content.options.compress = false;
+    let content = ContentSpec::in_dir(dir.path().join("large"));
     let db = dir.path().join("views.sqlite");
     let from_sqlite = replay_with_providers(sqlite_sink(&db, content.clone()));
     let url = fresh_database("providers");
@@ -732,4 +720,280 @@ fn recover_reads_the_same_deltas_and_checkpoint_from_postgres_and_sqlite() {
     );
     let pg_dump = dump(&mut pg_reader(&url, ContentReader::local()));
     assert_same_tables(&sqlite_dump, &pg_dump, "delta store, SQLite vs Postgres");
+}
+
+/// The rows of `sql` on a SQLite file, through sqlx (as an analyst's SQL would see them).
+fn sqlite_rows<T>(path: &Path, sql: &str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+{
+    use sqlx::Connection;
+    use std::str::FromStr;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str("sqlite:")
+            .unwrap()
+            .filename(path);
+        let mut conn = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .expect("open");
+        let rows = sqlx::query_as::<_, T>(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        conn.close().await.unwrap();
+        rows
+    })
+}
+
+#[test]
+fn sqlite_documents_are_json_that_json_extract_reads_on_every_row() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = generated_log(dir.path(), 300, 4000, faults());
+    let db = dir.path().join("views.sqlite");
+    let content = ContentSpec::in_dir(dir.path().join("large"));
+    run_replay(&log, sqlite_sink(&db, content), 700);
+
+    // blob_id, doc, doc_ref, json_extract(doc, '$.content')
+    type Row = (String, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlite_rows(
+        &db,
+        "SELECT blob_id, doc, doc_ref, json_extract(doc, '$.content') FROM blobs \
+         WHERE deleted_at IS NULL",
+    );
+    assert!(rows.len() > 200, "live blobs: {}", rows.len());
+    let mut reader = SqliteReader::open(&db, ContentReader::local()).expect("open");
+    let mut with_content = 0;
+    for (blob_id, doc, doc_ref, extracted) in rows {
+        assert_eq!(doc_ref, None, "{blob_id}: no document here is large");
+        let doc = doc.unwrap_or_else(|| panic!("{blob_id}: doc is NULL"));
+        // The document as `studio query blob` prints it is the one SQL reads.
+        let shown = reader.blob(blob_id.parse().unwrap()).unwrap();
+        assert_eq!(shown[0].last().unwrap().1.as_str(), Some(doc.as_str()));
+        let value: serde_json::Value = serde_json::from_str(&doc).expect("JSON");
+        assert_eq!(
+            extracted.as_deref(),
+            value["content"].as_str(),
+            "{blob_id}: json_extract(doc, '$.content')"
+        );
+        with_content += usize::from(extracted.is_some());
+    }
+    assert!(
+        with_content > 200,
+        "most documents have a content ({with_content})"
+    );
+}
+
+#[test]
+fn an_old_sqlite_database_has_its_lz4_documents_turned_into_json_on_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("old.sqlite");
+    let json = r#"{"content":"compressed by an earlier Studio, compressed by an earlier Studio"}"#;
+    let packed = lz4_flex::compress_prepend_size(json.as_bytes());
+    let hex: String = packed.iter().map(|b| format!("{b:02x}")).collect();
+    {
+        use sqlx::Connection;
+        use std::str::FromStr;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str("sqlite:")
+                .unwrap()
+                .filename(&db)
+                .create_if_missing(true);
+            let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .unwrap();
+            // The blobs table as earlier versions created it.
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "CREATE TABLE blobs (blob_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, \
+                 version INTEGER NOT NULL, content_type TEXT NOT NULL, doc TEXT, doc_lz4 BLOB, \
+                 doc_ref TEXT, doc_bytes INTEGER NOT NULL, parent_id TEXT, \
+                 created_at TEXT NOT NULL, updated_at TEXT NOT NULL, deleted_at TEXT); \
+                 INSERT INTO blobs VALUES ('0000000b-0000-4000-8000-000000000001', \
+                 '0000000a-0000-4000-8000-000000000001', 1, 'application/json', NULL, \
+                 x'{hex}', NULL, {}, NULL, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', NULL); \
+                 INSERT INTO blobs VALUES ('0000000b-0000-4000-8000-000000000002', \
+                 '0000000a-0000-4000-8000-000000000001', 1, 'application/json', '{{\"a\":1}}', \
+                 NULL, NULL, 7, NULL, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', NULL);",
+                json.len()
+            )))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            conn.close().await.unwrap();
+        });
+    }
+    drop(
+        SqliteViews::open(&SqliteOptions {
+            path: db.clone(),
+            cache_size_kib: 2048,
+            mode: OpenMode::Maintain,
+            content: ContentSpec::in_dir(dir.path().join("large")),
+            retry: quick_retry(),
+        })
+        .expect("open the old database"),
+    );
+    let docs: Vec<(String, Option<String>)> = sqlite_rows(
+        &db,
+        "SELECT doc, json_extract(doc, '$.content') FROM blobs ORDER BY blob_id",
+    );
+    assert_eq!(
+        docs,
+        [
+            (
+                json.to_owned(),
+                Some("compressed by an earlier Studio, compressed by an earlier Studio".into())
+            ),
+            (r#"{"a":1}"#.to_owned(), None),
+        ]
+    );
+    let legacy: Vec<(i64,)> = sqlite_rows(
+        &db,
+        "SELECT count(*) FROM pragma_table_info('blobs') WHERE name = 'doc_lz4'",
+    );
+    assert_eq!(legacy, [(0,)], "doc_lz4 is dropped");
+}
+
+/// A create delta with `doc` as its document.
+fn create_line(n: u32, doc: &serde_json::Value) -> String {
+    json!({
+        "id": format!("0000000d-0000-4000-8000-{n:012x}"),
+        "blob_id": format!("0000000b-0000-4000-8000-{n:012x}"),
+        "user_id": "0000000a-0000-4000-8000-000000000001",
+        "operation": "create",
+        "version": 1,
+        "created_at": "2026-01-01T00:00:00Z",
+        "patch": doc,
+    })
+    .to_string()
+}
+
+#[test]
+fn postgres_documents_are_jsonb_that_sql_reads_and_postgres_compresses_with_lz4() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let words = |n: usize| -> String { (0..n).map(|i| format!("w{:05} ", i % 9_973)).collect() };
+    let small = json!({"title": "small", "content": "a few words"});
+    let toasted = json!({"title": "toasted", "content": words(2_000)}); // ≈ 14 KB
+    let large = json!({"title": "large", "content": words(160_000)}); // ≈ 1.1 MB
+    assert!(toasted.to_string().len() > 2_048);
+    assert!(large.to_string().len() >= 1 << 20);
+    let log = dir.path().join("docs.jsonl");
+    let lines = [
+        create_line(1, &small),
+        create_line(2, &toasted),
+        create_line(3, &large),
+    ];
+    std::fs::write(&log, lines.join("\n") + "\n").expect("write the log");
+    let url = fresh_database("jsondocs");
+    let content = ContentSpec {
+        options: ContentOptions::default(),
+        large: LargeStoreSpec::Postgres,
+    };
+    let report = run_replay(&log, pg_sink(&url, content), 10);
+    assert_eq!(report.accepted, 3);
+
+    let contents = pg_texts(
+        &url,
+        "SELECT coalesce(doc->>'content', 'NULL') FROM blobs ORDER BY blob_id",
+    );
+    let expected = |d: &serde_json::Value| d["content"].as_str().unwrap().to_owned();
+    assert_eq!(
+        contents,
+        [expected(&small), expected(&toasted), "NULL".into()],
+        "doc->>'content' reads the documents kept in blobs"
+    );
+    assert_eq!(
+        pg_texts(
+            &url,
+            "SELECT pg_column_compression(doc) FROM blobs \
+             WHERE blob_id = '0000000b-0000-4000-8000-000000000002'",
+        ),
+        ["lz4"],
+        "Postgres compresses doc with LZ4 (TOAST)"
+    );
+    let blob3 = "0000000b-0000-4000-8000-000000000003";
+    let reference = format!("postgres:large_docs/blobs/{blob3}/v1.json");
+    assert_eq!(
+        pg_texts(&url, "SELECT doc_ref FROM blobs WHERE doc IS NULL"),
+        [reference]
+    );
+    assert_eq!(
+        pg_texts(
+            &url,
+            "SELECT pg_column_compression(l.doc) || ' ' || (l.doc::jsonb->>'title') \
+             FROM blobs b JOIN large_docs l USING (doc_ref)",
+        ),
+        ["lz4 large"],
+        "the large document is in large_docs, compressed, and joins on doc_ref"
+    );
+    let mut reader = pg_reader(&url, ContentReader::local());
+    let shown = reader.blob(blob3.parse().unwrap()).unwrap();
+    assert_eq!(
+        shown[0].last().unwrap().1.as_str(),
+        Some(large.to_string().as_str())
+    );
+}
+
+#[test]
+fn an_old_postgres_database_has_its_lz4_documents_turned_into_jsonb_by_migration_5() {
+    let url = fresh_database("oldlz4");
+    let mut setup = String::from(
+        "CREATE TABLE _studio_migrations (version bigint PRIMARY KEY, name text NOT NULL, \
+         applied_at timestamptz NOT NULL DEFAULT now());",
+    );
+    for (version, name, sql) in studio_connectors::postgres::MIGRATIONS {
+        if *version < 5 {
+            setup.push_str(sql);
+            setup.push_str(&format!(
+                ";INSERT INTO _studio_migrations (version, name) VALUES ({version}, '{name}');"
+            ));
+        }
+    }
+    let json = r#"{"content":"compressed by an earlier Studio, compressed by an earlier Studio"}"#;
+    let packed = lz4_flex::compress_prepend_size(json.as_bytes());
+    let hex: String = packed.iter().map(|b| format!("{b:02x}")).collect();
+    setup.push_str(&format!(
+        "INSERT INTO blobs (blob_id, user_id, version, content_type, doc_lz4, doc_bytes, \
+         created_at, updated_at) VALUES ('0000000b-0000-4000-8000-000000000001', \
+         '0000000a-0000-4000-8000-000000000001', 1, 'application/json', '\\x{hex}', {}, \
+         '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z');",
+        json.len()
+    ));
+    pg_execute(&url, &setup);
+    let sink = PgViews::open(PgOptions {
+        url: url.clone(),
+        mode: OpenMode::Maintain,
+        rows_per_statement: 100,
+        timeout: TIMEOUT,
+        content: ContentSpec {
+            options: ContentOptions::default(),
+            large: LargeStoreSpec::Postgres,
+        },
+        retry: quick_retry(),
+    })
+    .expect("open the old database");
+    drop(sink);
+    assert_eq!(
+        pg_texts(&url, "SELECT doc->>'content' FROM blobs"),
+        ["compressed by an earlier Studio, compressed by an earlier Studio"]
+    );
+    assert_eq!(
+        pg_texts(
+            &url,
+            "SELECT count(*)::text FROM information_schema.columns \
+             WHERE table_name = 'blobs' AND column_name = 'doc_lz4'",
+        ),
+        ["0"],
+        "doc_lz4 is dropped"
+    );
+    assert_eq!(
+        pg_texts(&url, "SELECT max(version)::text FROM _studio_migrations"),
+        ["5"]
+    );
 }

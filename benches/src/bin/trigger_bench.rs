@@ -136,7 +136,6 @@ fn replay_once(
     let path = dir.path().join("views.sqlite");
     let mut content = ContentSpec::in_dir(path.with_extension("sqlite.blobs"));
     content.options = ContentOptions {
-        compress: defaults.content.compress,
         large_min_bytes: defaults.content.large_min_bytes,
     };
     let sink = SqliteViews::open(&SqliteOptions {

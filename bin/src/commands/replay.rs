@@ -14,7 +14,7 @@ use studio_connectors::file::FileSource;
 use studio_dataflow::providers::{ProviderSetup, read_provider_log};
 use studio_dataflow::replay::{Progress, ReplayOptions, ReplayReport, replay};
 
-use super::store::{Db, open_sink};
+use super::store::{Db, large_store_description, open_reader, open_sink};
 use crate::cli::ReplayArgs;
 
 pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
@@ -58,6 +58,7 @@ pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_summary(&report, &db.display());
+        print_large_documents(&config, &db)?;
     }
     if !report.counts_add_up() {
         bail!(
@@ -126,6 +127,25 @@ fn spawn_progress_bar(
         }
     });
     (bar, handle)
+}
+
+/// Where the large documents went, and how many there are.
+fn print_large_documents(config: &Config, db: &Db<'_>) -> anyhow::Result<()> {
+    let place = large_store_description(config, db)?;
+    let rows = open_reader(config, db)?.rows(
+        "SELECT count(*) AS n FROM blobs WHERE doc_ref IS NOT NULL",
+        &[],
+    )?;
+    let count = rows
+        .first()
+        .and_then(|row| row.first())
+        .and_then(|(_, n)| n.as_i64())
+        .unwrap_or(0);
+    println!(
+        "  large docs    {count:>10} (of {} bytes or more) in {place}",
+        config.content.large_min_bytes
+    );
+    Ok(())
 }
 
 fn print_summary(r: &ReplayReport, db: &str) {

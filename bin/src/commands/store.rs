@@ -69,26 +69,38 @@ fn retry_policy(config: &Config) -> RetryPolicy {
 
 fn content_spec(config: &Config, db: &Db<'_>) -> anyhow::Result<ContentSpec> {
     let c = &config.content;
-    let large = match c.large_store {
-        LargeStoreKind::S3 => LargeStoreSpec::S3(s3_options(config)),
-        LargeStoreKind::Dir if !c.dir.is_empty() => LargeStoreSpec::Dir(PathBuf::from(&c.dir)),
-        LargeStoreKind::Dir => match db {
-            Db::Sqlite(path) => {
-                LargeStoreSpec::Dir(PathBuf::from(format!("{}.blobs", path.display())))
-            }
-            Db::Postgres(_) => bail!(
-                "with Postgres, large documents need a store: set content.large_store = \"s3\" \
-                 (and [s3]) or content.dir (e.g. STUDIO_CONTENT__LARGE_STORE=s3)"
-            ),
-        },
+    let beside_sqlite =
+        |path: &Path| LargeStoreSpec::Dir(PathBuf::from(format!("{}.blobs", path.display())));
+    let large = match (c.large_store, db) {
+        (LargeStoreKind::S3, _) => LargeStoreSpec::S3(s3_options(config)),
+        (LargeStoreKind::Dir | LargeStoreKind::Auto, _) if !c.dir.is_empty() => {
+            LargeStoreSpec::Dir(PathBuf::from(&c.dir))
+        }
+        (LargeStoreKind::Dir | LargeStoreKind::Auto, Db::Sqlite(path)) => beside_sqlite(path),
+        (LargeStoreKind::Auto | LargeStoreKind::Postgres, Db::Postgres(_)) => {
+            LargeStoreSpec::Postgres
+        }
+        (LargeStoreKind::Dir, Db::Postgres(_)) => bail!(
+            "content.large_store = \"dir\" needs content.dir with Postgres (or use \"auto\": \
+             large documents in the Postgres table large_docs)"
+        ),
+        (LargeStoreKind::Postgres, Db::Sqlite(_)) => bail!(
+            "content.large_store = \"postgres\" needs a Postgres --db (or use \"auto\": large \
+             documents in a directory beside the SQLite file)"
+        ),
     };
     Ok(ContentSpec {
         options: ContentOptions {
-            compress: c.compress,
             large_min_bytes: c.large_min_bytes,
         },
         large,
     })
+}
+
+/// Where large documents go with this configuration and `--db`, for the replay's
+/// summary: `the directory /abs/views.sqlite.blobs`, `the Postgres table large_docs`.
+pub fn large_store_description(config: &Config, db: &Db<'_>) -> anyhow::Result<String> {
+    Ok(content_spec(config, db)?.large.describe())
 }
 
 /// The sink: rebuilt for a replay, maintained for the service.

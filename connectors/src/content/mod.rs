@@ -1,23 +1,29 @@
 //! Blob content: how a document is stored, one rule for every view store.
 //!
 //! A document is the compact JSON of [`BlobRow::doc`](studio_model::BlobRow). The sinks
-//! ask [`ContentCodec::encode`] how to store it and write the answer into four columns
-//! of `blobs` (exactly one of the first three is set):
+//! ask [`ContentCodec::encode`] how to store it and write the answer into three columns
+//! of `blobs` (exactly one of the first two is set):
 //!
 //! | column | holds |
 //! |---|---|
 //! | `doc` | the JSON itself (JSONB in Postgres, TEXT in SQLite) |
-//! | `doc_lz4` | the JSON compressed with LZ4 (`lz4_flex` block, size-prepended) |
-//! | `doc_ref` | where a large document lives: `s3://BUCKET/KEY` or `file:///PATH` |
+//! | `doc_ref` | where a large document lives: `s3://BUCKET/KEY`, `file:///PATH` or `postgres:large_docs/KEY` |
 //! | `doc_bytes` | the length of the JSON, however it is stored |
 //!
 //! The rule ([`ContentOptions`]): a document of `large_min_bytes` or more goes to the
-//! large store ([`LargeStore`]: a local directory, or S3 with the `s3` feature) under a
-//! versioned key, `blobs/{blob_id}/v{version}.json`, so an update writes a new object
-//! and the older versions stay readable. A smaller one is compressed with LZ4 when
-//! `compress` is on and that makes it smaller; otherwise it is stored as JSON. JSON
-//! holding a NUL character (`\u0000`) is never stored as `doc`, because Postgres JSONB
-//! cannot hold it: it is compressed instead, whatever the saving.
+//! large store ([`LargeStore`]: a local directory, the Postgres table `large_docs`, or
+//! S3 with the `s3` feature) under a versioned key, `blobs/{blob_id}/v{version}.json`,
+//! so an update writes a new object and the older versions stay readable. A smaller
+//! one is stored as JSON text in `doc`, so SQL reads it directly (`json_extract(doc,
+//! '$.content')` in SQLite, `doc->>'content'` in Postgres). Studio does not compress
+//! documents itself: Postgres compresses `doc` on its own (TOAST, LZ4 where the server
+//! has it), and SQLite keeps plain text for its JSON functions. JSON holding the escape
+//! `\u0000` (which Postgres JSONB cannot hold) goes to the large store, whatever its
+//! size.
+//!
+//! Databases written before this rule may hold LZ4-compressed documents in a
+//! `doc_lz4` column: both sinks turn them back into JSON when they open such a
+//! database ([`inflate_legacy_lz4`]), and drop the column.
 //!
 //! Reads go the other way ([`Content::resolve`]), so `studio query blob` prints the
 //! document wherever it lives.
@@ -35,8 +41,6 @@ use crate::SinkError;
 /// The content rule.
 #[derive(Clone, Debug)]
 pub struct ContentOptions {
-    /// Compress documents below the large threshold with LZ4 when that saves space.
-    pub compress: bool,
     /// Documents of this many bytes (compact JSON) or more go to the large store.
     pub large_min_bytes: u64,
 }
@@ -44,25 +48,28 @@ pub struct ContentOptions {
 impl Default for ContentOptions {
     fn default() -> Self {
         ContentOptions {
-            compress: true,
             large_min_bytes: 1 << 20,
         }
     }
 }
 
-/// How one document is stored: the values of the `doc`, `doc_lz4`, `doc_ref` and
-/// `doc_bytes` columns.
+/// How one document is stored: the values of the `doc`, `doc_ref` and `doc_bytes`
+/// columns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
-    /// The JSON, when stored as is.
+    /// The JSON, when stored in `blobs.doc`.
     pub doc: Option<String>,
-    /// The LZ4 block, when compressed.
-    pub doc_lz4: Option<Vec<u8>>,
-    /// The large store's reference, when stored outside the database.
+    /// The large store's reference, when stored in the large store.
     pub doc_ref: Option<String>,
     /// Length of the JSON in bytes.
     pub doc_bytes: i64,
+    /// A large document for the sink to write into its own `large_docs` table, in the
+    /// batch's transaction, under `doc_ref` ([`LargeStore::Postgres`] only).
+    pub large_doc: Option<String>,
 }
+
+/// The prefix of a reference to the Postgres table `large_docs`.
+pub const POSTGRES_REF_PREFIX: &str = "postgres:large_docs/";
 
 /// The object key of a large document: versioned, so updates never overwrite.
 pub fn object_key(blob_id: Uuid, version: u64) -> String {
@@ -74,6 +81,9 @@ pub fn object_key(blob_id: Uuid, version: u64) -> String {
 pub enum LargeStore {
     /// A local directory: objects are files under it.
     Dir(PathBuf),
+    /// The table `large_docs` of the Postgres view database: the sink writes the
+    /// document in the batch's own transaction ([`Stored::large_doc`]).
+    Postgres,
     /// An S3-compatible bucket.
     #[cfg(feature = "s3")]
     S3(s3::S3Store),
@@ -83,6 +93,7 @@ impl std::fmt::Debug for LargeStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LargeStore::Dir(dir) => write!(f, "LargeStore::Dir({})", dir.display()),
+            LargeStore::Postgres => write!(f, "LargeStore::Postgres"),
             #[cfg(feature = "s3")]
             LargeStore::S3(s3) => write!(f, "LargeStore::S3({})", s3.bucket()),
         }
@@ -116,6 +127,9 @@ impl LargeStore {
                     .map_err(io_error(format!("writing {}", path.display())))?;
                 Ok(file_ref(&path))
             }
+            LargeStore::Postgres => Err(SinkError::Refused(
+                "the Postgres large store is written by the Postgres sink".into(),
+            )),
             #[cfg(feature = "s3")]
             LargeStore::S3(s3) => s3.put(key, bytes).await,
         }
@@ -132,9 +146,28 @@ fn file_ref(path: &Path) -> String {
 pub enum LargeStoreSpec {
     /// A local directory (created when missing).
     Dir(PathBuf),
+    /// The table `large_docs` of the Postgres view database (the default with a
+    /// Postgres `--db`; only the Postgres sink accepts it).
+    Postgres,
     /// An S3-compatible bucket.
     #[cfg(feature = "s3")]
     S3(s3::S3Options),
+}
+
+impl LargeStoreSpec {
+    /// Where large documents go, for people: `the directory /abs/dir`, `the Postgres
+    /// table large_docs`, `the S3 bucket NAME`.
+    pub fn describe(&self) -> String {
+        match self {
+            LargeStoreSpec::Dir(dir) => {
+                let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+                format!("the directory {}", absolute.display())
+            }
+            LargeStoreSpec::Postgres => "the Postgres table large_docs".into(),
+            #[cfg(feature = "s3")]
+            LargeStoreSpec::S3(options) => format!("the S3 bucket {}", options.bucket),
+        }
+    }
 }
 
 /// The content rule and where large documents go: what a sink is configured with.
@@ -160,6 +193,7 @@ impl ContentSpec {
     pub async fn connect(&self) -> Result<ContentCodec, SinkError> {
         let large = match &self.large {
             LargeStoreSpec::Dir(dir) => LargeStore::Dir(dir.clone()),
+            LargeStoreSpec::Postgres => LargeStore::Postgres,
             #[cfg(feature = "s3")]
             LargeStoreSpec::S3(options) => LargeStore::S3(s3::S3Store::connect(options).await?),
         };
@@ -189,36 +223,37 @@ impl ContentCodec {
         json: String,
     ) -> Result<Stored, SinkError> {
         let doc_bytes = json.len() as i64;
-        if json.len() as u64 >= self.options.large_min_bytes {
-            let doc_ref = self
-                .large
-                .put(&object_key(blob_id, version), json.into_bytes())
-                .await?;
+        // Postgres JSONB cannot hold \u0000; the large stores hold any bytes.
+        let large = json.len() as u64 >= self.options.large_min_bytes || json.contains("\\u0000");
+        if !large {
             return Ok(Stored {
-                doc: None,
-                doc_lz4: None,
-                doc_ref: Some(doc_ref),
+                doc: Some(json),
+                doc_ref: None,
                 doc_bytes,
+                large_doc: None,
             });
         }
-        let must_compress = json.contains("\\u0000");
-        if self.options.compress || must_compress {
-            let packed = lz4_flex::compress_prepend_size(json.as_bytes());
-            if must_compress || packed.len() < json.len() {
-                return Ok(Stored {
-                    doc: None,
-                    doc_lz4: Some(packed),
-                    doc_ref: None,
-                    doc_bytes,
-                });
-            }
+        let key = object_key(blob_id, version);
+        if let LargeStore::Postgres = self.large {
+            return Ok(Stored {
+                doc: None,
+                doc_ref: Some(format!("{POSTGRES_REF_PREFIX}{key}")),
+                doc_bytes,
+                large_doc: Some(json),
+            });
         }
+        let doc_ref = self.large.put(&key, json.into_bytes()).await?;
         Ok(Stored {
-            doc: Some(json),
-            doc_lz4: None,
-            doc_ref: None,
+            doc: None,
+            doc_ref: Some(doc_ref),
             doc_bytes,
+            large_doc: None,
         })
+    }
+
+    /// True when large documents go to the Postgres table `large_docs`.
+    pub fn large_in_postgres(&self) -> bool {
+        matches!(self.large, LargeStore::Postgres)
     }
 }
 
@@ -252,42 +287,28 @@ impl ContentCodec {
     }
 }
 
-/// The `doc`, `doc_lz4` and `doc_ref` columns as read.
-pub type ContentColumns = (Option<String>, Option<Vec<u8>>, Option<String>);
+/// The `doc` and `doc_ref` columns as read.
+pub type ContentColumns = (Option<String>, Option<String>);
 
-/// A document as read back from the three columns.
+/// A document as read back from the two columns.
 #[derive(Clone, Debug)]
 pub enum Content {
     /// Stored as JSON.
     Json(String),
-    /// Stored compressed.
-    Lz4(Vec<u8>),
     /// Stored in a large store, by reference.
     Ref(String),
 }
 
 impl Content {
-    /// From the `doc`, `doc_lz4` and `doc_ref` columns; `None` when all are NULL.
-    pub fn from_columns(
-        doc: Option<String>,
-        doc_lz4: Option<Vec<u8>>,
-        doc_ref: Option<String>,
-    ) -> Option<Content> {
-        doc.map(Content::Json)
-            .or(doc_lz4.map(Content::Lz4))
-            .or(doc_ref.map(Content::Ref))
+    /// From the `doc` and `doc_ref` columns; `None` when both are NULL.
+    pub fn from_columns(doc: Option<String>, doc_ref: Option<String>) -> Option<Content> {
+        doc.map(Content::Json).or(doc_ref.map(Content::Ref))
     }
 
     /// The document's JSON, fetching it from the large store when needed.
     pub async fn resolve(self, reader: &mut ContentReader) -> Result<String, SinkError> {
         let bytes = match self {
             Content::Json(json) => return Ok(json),
-            Content::Lz4(packed) => {
-                lz4_flex::decompress_size_prepended(&packed).map_err(|e| SinkError::Database {
-                    context: "decompressing a document".into(),
-                    source: Box::new(e),
-                })?
-            }
             Content::Ref(reference) => reader.fetch(&reference).await?,
         };
         String::from_utf8(bytes).map_err(|e| SinkError::Database {
@@ -295,6 +316,19 @@ impl Content {
             source: Box::new(e),
         })
     }
+}
+
+/// A document from the `doc_lz4` column of a database written before documents were
+/// kept as JSON (`lz4_flex` block, size first), as JSON text.
+pub fn inflate_legacy_lz4(packed: &[u8]) -> Result<String, SinkError> {
+    let bytes = lz4_flex::decompress_size_prepended(packed).map_err(|e| SinkError::Database {
+        context: "decompressing a document of doc_lz4".into(),
+        source: Box::new(e),
+    })?;
+    String::from_utf8(bytes).map_err(|e| SinkError::Database {
+        context: "a document of doc_lz4 is not UTF-8".into(),
+        source: Box::new(e),
+    })
 }
 
 /// Follows references to large documents when reading. The S3 client is made on
@@ -349,6 +383,11 @@ impl ContentReader {
         if reference.starts_with("s3://") {
             return self.s3(reference).await?.get(reference).await;
         }
+        if reference.starts_with(POSTGRES_REF_PREFIX) {
+            return Err(SinkError::Refused(format!(
+                "{reference} is in the Postgres view database: read it with --db postgres://..."
+            )));
+        }
         Err(SinkError::Refused(format!(
             "cannot read {reference}: this build has no store for it"
         )))
@@ -386,10 +425,9 @@ impl ContentReader {
 mod tests {
     use super::*;
 
-    fn codec(dir: &Path, compress: bool, large: u64) -> ContentCodec {
+    fn codec(dir: &Path, large: u64) -> ContentCodec {
         ContentCodec::new(
             ContentOptions {
-                compress,
                 large_min_bytes: large,
             },
             LargeStore::Dir(dir.to_path_buf()),
@@ -404,42 +442,53 @@ mod tests {
     }
 
     #[test]
-    fn small_compressible_large_and_nul_documents() {
+    fn small_large_and_nul_documents() {
         let dir = tempfile::tempdir().unwrap();
         let id = Uuid::from_u128(7);
         run(async {
-            let c = codec(dir.path(), true, 1000);
-            let tiny = c.encode(id, 1, r#"{"a":1}"#.into()).await.unwrap();
-            assert_eq!(tiny.doc.as_deref(), Some(r#"{"a":1}"#), "no saving: JSON");
+            let c = codec(dir.path(), 1000);
             let text = format!(r#"{{"content":"{}"}}"#, "the quick fox ".repeat(40));
-            let packed = c.encode(id, 2, text.clone()).await.unwrap();
-            assert!(packed.doc.is_none() && packed.doc_ref.is_none());
-            assert!(packed.doc_lz4.as_ref().unwrap().len() < text.len());
-            assert_eq!(packed.doc_bytes, text.len() as i64);
-            let back = Content::from_columns(None, packed.doc_lz4, None).unwrap();
+            let small = c.encode(id, 2, text.clone()).await.unwrap();
             assert_eq!(
-                back.resolve(&mut ContentReader::local()).await.unwrap(),
-                text
+                small.doc.as_deref(),
+                Some(text.as_str()),
+                "JSON, never packed"
             );
+            assert!(small.doc_ref.is_none() && small.large_doc.is_none());
+            assert_eq!(small.doc_bytes, text.len() as i64);
 
             let big = format!(r#"{{"content":"{}"}}"#, "x".repeat(2000));
             let stored = c.encode(id, 3, big.clone()).await.unwrap();
             let reference = stored.doc_ref.clone().unwrap();
             assert!(reference.ends_with("/blobs/00000000-0000-0000-0000-000000000007/v3.json"));
-            let back = Content::from_columns(None, None, Some(reference)).unwrap();
+            let back = Content::from_columns(None, Some(reference)).unwrap();
             assert_eq!(
                 back.resolve(&mut ContentReader::local()).await.unwrap(),
                 big
             );
 
-            let off = codec(dir.path(), false, 1000);
-            let plain = off.encode(id, 4, text.clone()).await.unwrap();
-            assert_eq!(plain.doc.as_deref(), Some(text.as_str()));
-            let nul = off.encode(id, 5, r#"{"a":"\u0000"}"#.into()).await.unwrap();
+            let nul = c.encode(id, 5, r#"{"a":"\u0000"}"#.into()).await.unwrap();
             assert!(
-                nul.doc.is_none() && nul.doc_lz4.is_some(),
-                "JSONB cannot hold NUL"
+                nul.doc.is_none() && nul.doc_ref.is_some(),
+                "JSONB cannot hold NUL: the large store"
             );
+
+            let pg = ContentCodec::new(ContentOptions::default(), LargeStore::Postgres);
+            let huge = format!(r#"{{"content":"{}"}}"#, "y".repeat(1 << 20));
+            let stored = pg.encode(id, 6, huge.clone()).await.unwrap();
+            assert_eq!(
+                stored.doc_ref.as_deref(),
+                Some("postgres:large_docs/blobs/00000000-0000-0000-0000-000000000007/v6.json")
+            );
+            assert_eq!(stored.large_doc.as_deref(), Some(huge.as_str()));
+            assert!(stored.doc.is_none());
         });
+    }
+
+    #[test]
+    fn legacy_lz4_documents_inflate() {
+        let json = r#"{"content":"hello hello hello hello"}"#;
+        let packed = lz4_flex::compress_prepend_size(json.as_bytes());
+        assert_eq!(inflate_legacy_lz4(&packed).unwrap(), json);
     }
 }

@@ -45,7 +45,7 @@ use studio_model::{
     ViewBatch, WaitingRow,
 };
 
-use crate::content::{ContentCodec, ContentSpec, EncodedBlob};
+use crate::content::{ContentCodec, ContentSpec, EncodedBlob, inflate_legacy_lz4};
 use crate::retry::RetryPolicy;
 use crate::{RecoveredAs, SinkError, ViewSink, positions_json};
 
@@ -66,7 +66,15 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "delta_store",
         include_str!("migrations/0004_delta_store.sql"),
     ),
+    (
+        5,
+        "documents_as_json",
+        include_str!("migrations/0005_documents_as_json.sql"),
+    ),
 ];
+
+/// The migration before which `doc_lz4` is turned back into JSON in `doc`.
+const DOCUMENTS_AS_JSON: i64 = 5;
 
 pub use crate::OpenMode;
 
@@ -343,7 +351,6 @@ const BLOBS: PgTable = PgTable {
         ("version", "int8"),
         ("content_type", "text"),
         ("doc", "jsonb"),
-        ("doc_lz4", "bytea"),
         ("doc_ref", "text"),
         ("doc_bytes", "int8"),
         ("parent_id", "uuid"),
@@ -361,13 +368,26 @@ fn bind_blobs<'q>(q: PgQuery<'q>, rows: &[EncodedBlob<'_>]) -> PgQuery<'q> {
         .bind(col(rows, |e| int(e.row.version)))
         .bind(col(rows, |e| e.row.content_type.clone()))
         .bind(col(rows, |e| e.stored.doc.clone())) // text[], cast to jsonb[] by the SQL
-        .bind(col(rows, |e| e.stored.doc_lz4.clone()))
         .bind(col(rows, |e| e.stored.doc_ref.clone()))
         .bind(col(rows, |e| e.stored.doc_bytes))
         .bind(col(rows, |e| e.row.parent_id))
         .bind(col(rows, |e| e.row.created_at.0))
         .bind(col(rows, |e| e.row.updated_at.0))
         .bind(col(rows, |e| e.row.deleted_at.map(|t| t.0)))
+}
+
+/// Large documents kept in Postgres ([`crate::content::LargeStore::Postgres`]), keyed
+/// by their versioned reference: a retried batch writes nothing twice.
+const LARGE_DOCS: PgTable = PgTable {
+    name: "large_docs",
+    columns: &[("doc_ref", "text"), ("doc", "text")],
+    key: &[],
+    ignore_duplicates: true,
+};
+
+fn bind_large_docs<'q>(q: PgQuery<'q>, rows: &[(&str, &str)]) -> PgQuery<'q> {
+    q.bind(col(rows, |r| r.0.to_owned()))
+        .bind(col(rows, |r| r.1.to_owned()))
 }
 
 fn bind_uuid_keys<'q>(q: PgQuery<'q>, keys: &[Uuid]) -> PgQuery<'q> {
@@ -789,6 +809,9 @@ pub async fn migrate(conn: &mut PgConnection) -> Result<(), SinkError> {
                 continue;
             }
             let mut tx = conn.begin().await.map_err(pg_error("BEGIN"))?;
+            if *version == DOCUMENTS_AS_JSON {
+                inflate_legacy_documents(&mut tx).await?;
+            }
             sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
                 .execute(&mut *tx)
                 .await
@@ -801,6 +824,9 @@ pub async fn migrate(conn: &mut PgConnection) -> Result<(), SinkError> {
                 .map_err(pg_error("recording a migration"))?;
             tx.commit().await.map_err(pg_error("COMMIT"))?;
             tracing::info!(version, name, "applied a Postgres migration");
+            if *version == DOCUMENTS_AS_JSON {
+                log_toast_compression(&mut *conn).await?;
+            }
         }
         Ok(())
     }
@@ -811,6 +837,58 @@ pub async fn migrate(conn: &mut PgConnection) -> Result<(), SinkError> {
         .await
         .map_err(pg_error("unlocking the migrations"))?;
     result
+}
+
+/// Before migration 5: turns the LZ4-compressed documents of `blobs.doc_lz4` (written
+/// by earlier versions) back into JSON in `doc`, so that the migration can drop the
+/// column. JSONB cannot hold `\u0000`; such a document (which earlier versions
+/// compressed for that reason) keeps U+FFFD in its place, with a warning.
+async fn inflate_legacy_documents(conn: &mut PgConnection) -> Result<(), SinkError> {
+    let packed: Vec<(Uuid, Vec<u8>)> =
+        sqlx::query_as("SELECT blob_id, doc_lz4 FROM blobs WHERE doc_lz4 IS NOT NULL")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(pg_error("reading blobs.doc_lz4"))?;
+    for (blob_id, lz4) in &packed {
+        let mut json = inflate_legacy_lz4(lz4)?;
+        if json.contains("\\u0000") {
+            tracing::warn!(%blob_id, "a document held \\u0000, which JSONB cannot hold: stored with U+FFFD instead");
+            json = jsonb_text(&json);
+        }
+        sqlx::query("UPDATE blobs SET doc = $2::jsonb, doc_lz4 = NULL WHERE blob_id = $1")
+            .bind(blob_id)
+            .bind(json)
+            .execute(&mut *conn)
+            .await
+            .map_err(pg_error("storing a decompressed document"))?;
+    }
+    if !packed.is_empty() {
+        tracing::info!(
+            documents = packed.len(),
+            "stored the LZ4-compressed documents of blobs.doc_lz4 as JSONB in blobs.doc"
+        );
+    }
+    Ok(())
+}
+
+/// Says how Postgres compresses documents: LZ4 when the server has it, else pglz.
+async fn log_toast_compression(conn: &mut PgConnection) -> Result<(), SinkError> {
+    let lz4: Option<bool> = sqlx::query_scalar(
+        "SELECT 'lz4' = ANY (enumvals) FROM pg_settings WHERE name = 'default_toast_compression'",
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(pg_error("reading default_toast_compression"))?;
+    match lz4 {
+        Some(true) => tracing::info!("Postgres compresses blobs.doc and large_docs.doc with LZ4"),
+        Some(false) => tracing::warn!(
+            "this Postgres server was built without LZ4: it compresses blobs.doc and large_docs.doc with pglz"
+        ),
+        None => tracing::warn!(
+            "this Postgres server (before 14) has no per-column compression: documents are compressed with pglz"
+        ),
+    }
+    Ok(())
 }
 
 /// Drops Studio's tables in the current schema, refusing when it holds others.
@@ -831,6 +909,7 @@ async fn drop_views(conn: &mut PgConnection, url: &str) -> Result<(), SinkError>
         )));
     }
     let mut drops: Vec<String> = crate::VIEW_TABLES.iter().map(|t| (*t).to_owned()).collect();
+    drops.push(crate::LARGE_DOCS_TABLE.into());
     drops.push("_studio_migrations".into());
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP TABLE IF EXISTS {} CASCADE",
@@ -1014,6 +1093,14 @@ async fn write_batch(
     for month in new_months {
         ensure_partition(&mut tx, *month).await?;
     }
+    let large: Vec<(&str, &str)> = blobs
+        .iter()
+        .filter_map(|e| Some((e.stored.doc_ref.as_deref()?, e.stored.large_doc.as_deref()?)))
+        .collect();
+    // Large documents in their own chunks: a chunk of rows each ≥ 1 MiB is large.
+    LARGE_DOCS
+        .insert(&mut tx, &large, 16, bind_large_docs)
+        .await?;
     BLOBS.insert(&mut tx, blobs, chunk, bind_blobs).await?;
     BLOBS
         .delete(&mut tx, &batch.blobs.deletes, chunk, bind_uuid_keys)

@@ -13,7 +13,7 @@ use studio_model::{Timestamp, Uuid};
 
 use super::{connect, pg_error, runtime};
 use crate::SinkError;
-use crate::content::{Content, ContentColumns, ContentReader};
+use crate::content::{Content, ContentColumns, ContentReader, POSTGRES_REF_PREFIX};
 use crate::query::{Param, Rows, ViewReader, hex};
 
 /// A connection to a Postgres view database, for reading.
@@ -85,19 +85,33 @@ impl ViewReader for PgReader {
     fn content(&mut self, blob_id: Uuid) -> Result<Option<Content>, SinkError> {
         let conn = &mut self.conn;
         let row: Option<ContentColumns> = self.runtime.block_on(async {
-            sqlx::query_as("SELECT doc::text, doc_lz4, doc_ref FROM blobs WHERE blob_id = $1")
+            sqlx::query_as("SELECT doc::text, doc_ref FROM blobs WHERE blob_id = $1")
                 .bind(blob_id)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(pg_error("reading a document"))
         })?;
-        Ok(row.and_then(|(doc, lz4, reference)| Content::from_columns(doc, lz4, reference)))
+        Ok(row.and_then(|(doc, reference)| Content::from_columns(doc, reference)))
     }
 
     fn resolve(&mut self, content: Content) -> Result<String, SinkError> {
         match content {
             // JSONB prints its own way (`{"a": 1}`); give the canonical form.
             Content::Json(text) => canonical_json(&text),
+            // Kept in this database: the JSON as the sink wrote it.
+            Content::Ref(reference) if reference.starts_with(POSTGRES_REF_PREFIX) => {
+                let conn = &mut self.conn;
+                let doc: Option<String> = self.runtime.block_on(async {
+                    sqlx::query_scalar("SELECT doc FROM large_docs WHERE doc_ref = $1")
+                        .bind(&reference)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(pg_error("reading a large document"))
+                })?;
+                doc.ok_or_else(|| {
+                    SinkError::Refused(format!("{reference}: no such row in large_docs"))
+                })
+            }
             other => self.runtime.block_on(other.resolve(&mut self.content)),
         }
     }

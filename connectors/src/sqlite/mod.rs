@@ -4,8 +4,9 @@
 //! `processed_by`, inserts for `deltas_applied` and `dead_letters` (whose `seq` follows
 //! the order in which letters were decided), rows sorted by key so that B-tree inserts
 //! walk the index instead of jumping across it. The schema is `schema.sql` beside this
-//! file. Documents are stored by the shared content rule ([`crate::content`]): JSON,
-//! LZ4, or a reference to a large store (a local directory or S3).
+//! file. Documents are stored by the shared content rule ([`crate::content`]): JSON
+//! text in `blobs.doc` (SQLite's JSON functions read it), or a reference to a large
+//! store (a local directory or S3) in `blobs.doc_ref`.
 //!
 //! Two modes ([`OpenMode`]):
 //! - **Rebuild** (`studio replay`): the views are rebuilt from the log, so the file is
@@ -29,7 +30,7 @@ use studio_model::{
     Uuid, ViewBatch, WaitingRow,
 };
 
-use crate::content::{ContentCodec, ContentSpec, EncodedBlob};
+use crate::content::{ContentCodec, ContentSpec, EncodedBlob, LargeStoreSpec, inflate_legacy_lz4};
 use crate::retry::RetryPolicy;
 use crate::{RecoveredAs, SinkError, ViewSink, positions_json};
 use futures_util::TryStreamExt;
@@ -146,8 +147,14 @@ impl SqliteViews {
                 .execute(&mut conn)
                 .await
                 .map_err(db_error(format!("cannot create the view tables in {path}")))?;
+            inflate_legacy_documents(&mut conn).await?;
             Ok::<_, SinkError>(conn)
         })?;
+        if let LargeStoreSpec::Postgres = options.content.large {
+            return Err(SinkError::Refused(
+                "large documents can go to the Postgres table large_docs only with a Postgres view database".into(),
+            ));
+        }
         let content = options.retry.run("connecting the large store", || {
             runtime.block_on(options.content.connect())
         })?;
@@ -168,6 +175,45 @@ impl SqliteViews {
             .unwrap_or(db);
         (!db.contains("://") || db.starts_with("sqlite://")).then(|| Path::new(path))
     }
+}
+
+/// A database written before documents were kept as JSON has a `doc_lz4` column
+/// holding LZ4-compressed documents: turn them back into JSON in `doc` and drop the
+/// column, in one transaction, so that every row's `doc` is readable by SQL.
+async fn inflate_legacy_documents(conn: &mut SqliteConnection) -> Result<(), SinkError> {
+    let legacy: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pragma_table_info('blobs') WHERE name = 'doc_lz4'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_error("reading the columns of blobs"))?;
+    if legacy == 0 {
+        return Ok(());
+    }
+    let mut tx = conn.begin().await.map_err(db_error("BEGIN"))?;
+    let packed: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT blob_id, doc_lz4 FROM blobs WHERE doc_lz4 IS NOT NULL")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error("reading blobs.doc_lz4"))?;
+    for (blob_id, lz4) in &packed {
+        sqlx::query("UPDATE blobs SET doc = ?, doc_lz4 = NULL WHERE blob_id = ?")
+            .bind(inflate_legacy_lz4(lz4)?)
+            .bind(blob_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("storing a decompressed document"))?;
+    }
+    sqlx::raw_sql("ALTER TABLE blobs DROP COLUMN doc_lz4")
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error("dropping blobs.doc_lz4"))?;
+    tx.commit().await.map_err(db_error("COMMIT"))?;
+    tracing::info!(
+        documents = packed.len(),
+        "stored the LZ4-compressed documents of blobs.doc_lz4 as JSON in blobs.doc"
+    );
+    Ok(())
 }
 
 fn text(id: Uuid) -> String {
@@ -251,9 +297,9 @@ impl<R: Keyed> KeyedTable<R> {
 
 type Binder<'a> = sqlx::query_builder::Separated<'a, Sqlite, &'static str>;
 
-const BLOBS_INSERT: &str = "INSERT INTO blobs (blob_id, user_id, version, content_type, doc, doc_lz4, doc_ref, doc_bytes, parent_id, created_at, updated_at, deleted_at) ";
+const BLOBS_INSERT: &str = "INSERT INTO blobs (blob_id, user_id, version, content_type, doc, doc_ref, doc_bytes, parent_id, created_at, updated_at, deleted_at) ";
 const BLOBS_ON_CONFLICT: &str = " ON CONFLICT (blob_id) DO UPDATE SET user_id = excluded.user_id, version = excluded.version, \
-    content_type = excluded.content_type, doc = excluded.doc, doc_lz4 = excluded.doc_lz4, doc_ref = excluded.doc_ref, \
+    content_type = excluded.content_type, doc = excluded.doc, doc_ref = excluded.doc_ref, \
     doc_bytes = excluded.doc_bytes, parent_id = excluded.parent_id, \
     created_at = excluded.created_at, updated_at = excluded.updated_at, deleted_at = excluded.deleted_at";
 
@@ -264,7 +310,6 @@ fn bind_blob(b: &mut Binder<'_>, e: &EncodedBlob<'_>) {
         .push_bind(r.version as i64)
         .push_bind(r.content_type.clone())
         .push_bind(e.stored.doc.clone())
-        .push_bind(e.stored.doc_lz4.clone())
         .push_bind(e.stored.doc_ref.clone())
         .push_bind(e.stored.doc_bytes)
         .push_bind(r.parent_id.map(text))
@@ -423,7 +468,7 @@ impl SqliteViews {
         self.runtime.block_on(async {
             let blobs = content.encode_rows(&batch.blobs.upserts).await?;
             let mut tx = conn.begin().await.map_err(db_error("BEGIN"))?;
-            insert_rows(&mut tx, BLOBS_INSERT, 12, BLOBS_ON_CONFLICT, &blobs.iter().collect::<Vec<_>>(), &bind_blob)
+            insert_rows(&mut tx, BLOBS_INSERT, 11, BLOBS_ON_CONFLICT, &blobs.iter().collect::<Vec<_>>(), &bind_blob)
                 .await?;
             for key in &batch.blobs.deletes {
                 sqlx::query("DELETE FROM blobs WHERE blob_id = ?")

@@ -66,13 +66,13 @@ impl ViewReader for SqliteReader {
     fn content(&mut self, blob_id: Uuid) -> Result<Option<Content>, SinkError> {
         let conn = &mut self.conn;
         let row: Option<ContentColumns> = self.runtime.block_on(async {
-            sqlx::query_as("SELECT doc, doc_lz4, doc_ref FROM blobs WHERE blob_id = ?")
+            sqlx::query_as("SELECT doc, doc_ref FROM blobs WHERE blob_id = ?")
                 .bind(blob_id.hyphenated().to_string())
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(db_error("reading a document"))
         })?;
-        Ok(row.and_then(|(doc, lz4, reference)| Content::from_columns(doc, lz4, reference)))
+        Ok(row.and_then(|(doc, reference)| Content::from_columns(doc, reference)))
     }
 
     fn resolve(&mut self, content: Content) -> Result<String, SinkError> {

@@ -1,14 +1,13 @@
 -- Studio's views in SQLite. Times are RFC 3339 UTC text; doc is compact JSON.
 -- The same tables and columns as the Postgres migrations (connectors/src/postgres/migrations).
--- A document is stored in exactly one of doc (JSON), doc_lz4 (LZ4) or doc_ref (a large
--- store's reference); doc_bytes is its JSON length (connectors/src/content).
+-- A document is stored in exactly one of doc (JSON text, for SQLite's JSON functions) or
+-- doc_ref (a large store's reference); doc_bytes is its JSON length (connectors/src/content).
 CREATE TABLE IF NOT EXISTS blobs (
     blob_id      TEXT PRIMARY KEY,
     user_id      TEXT NOT NULL,
     version      INTEGER NOT NULL,
     content_type TEXT NOT NULL,
     doc          TEXT,
-    doc_lz4      BLOB,
     doc_ref      TEXT,
     doc_bytes    INTEGER NOT NULL,
     parent_id    TEXT,

@@ -1009,7 +1009,7 @@ fn hostile_line(c: &HostileChoice, values: &[String]) -> Vec<u8> {
         1 | 2 => format!(r#","patch":{{"content":{v}}}"#),
         3 => format!(r#","patch":[{{"op":"add","path":"/content","value":{v}}}]"#),
         4 => format!(r#","patch":{{"c":1}},"metadata":{{"x":{v}}}"#),
-        5 => format!(r#","patch":[{{"op":"copy","from":"","path":"/self"}}]"#),
+        5 => r#","patch":[{"op":"copy","from":"","path":"/self"}]"#.to_owned(),
         _ => format!(r#","patch":{{"c":1}},"caused_by":{v}"#),
     };
     let provider = if op == "transform" {

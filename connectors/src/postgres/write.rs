@@ -1,14 +1,14 @@
 //! One view batch in one transaction: the views, the delta store, the error tables and
 //! the provider tables, each with one `UNNEST` statement per chunk.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use studio_model::{
     AppliedRow, Checkpoint, DeadLetter, EventRow, KeyedChanges, ProcessingResult, RejectedEdgeRow,
-    TransformRequest, Uuid, ViewBatch,
+    Uuid, ViewBatch,
 };
 
 use super::OpenMode;
@@ -210,35 +210,17 @@ async fn write_requests(
     batch: &ViewBatch,
     chunk: usize,
 ) -> Result<(), SinkError> {
-    // The net status of each request the batch touched, in order: a `+1` (new, or its
-    // payload changed) leaves it pending, a `-1` alone supersedes it.
-    let mut last: BTreeMap<Uuid, (&TransformRequest, bool)> = BTreeMap::new();
-    for (request, diff) in &batch.requests {
-        let pending = *diff > 0;
-        last.entry(request.request_id)
-            .and_modify(|e| *e = (if pending { request } else { e.0 }, pending))
-            .or_insert((request, pending));
-    }
-    let appeared: HashSet<Uuid> = batch
-        .requests
-        .iter()
-        .filter(|(_, diff)| *diff > 0)
-        .map(|(r, _)| r.request_id)
-        .collect();
-    let inserts: Vec<(&TransformRequest, bool)> = last
-        .iter()
-        .filter(|(id, _)| appeared.contains(id))
-        .map(|(_, e)| *e)
-        .collect();
+    let changes = batch.request_changes();
     REQUESTS
-        .insert_with(conn, REQUESTS_ON_CONFLICT, &inserts, chunk, bind_requests)
+        .insert_with(
+            conn,
+            REQUESTS_ON_CONFLICT,
+            &changes.upserts,
+            chunk,
+            bind_requests,
+        )
         .await?;
-    let superseded: Vec<Uuid> = last
-        .iter()
-        .filter(|(id, (_, pending))| !pending && !appeared.contains(id))
-        .map(|(id, _)| *id)
-        .collect();
-    for part in superseded.chunks(chunk.max(1)) {
+    for part in changes.superseded.chunks(chunk.max(1)) {
         sqlx::query(
             "UPDATE transform_requests SET status = 'superseded' \
              WHERE status = 'pending' AND request_id = ANY($1::uuid[])",

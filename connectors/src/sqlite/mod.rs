@@ -25,7 +25,6 @@
 
 mod reader;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -35,8 +34,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, params};
 use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use studio_model::{
-    AppliedRow, Checkpoint, Keyed, KeyedChanges, SourcePos, Timestamp, TransformRequest, Uuid,
-    ViewBatch,
+    AppliedRow, Checkpoint, Keyed, KeyedChanges, SourcePos, Timestamp, Uuid, ViewBatch,
 };
 
 use crate::content::{ContentCodec, ContentSpec, LargeStoreSpec, inflate_legacy_lz4};
@@ -578,22 +576,8 @@ impl SqliteViews {
 /// when it first appears; a retraction marks it `superseded` unless a result already
 /// settled it; a result sets `completed` or `failed`.
 fn write_provider_tables(tx: &Transaction<'_>, batch: &ViewBatch) -> Result<(), SinkError> {
-    // The net status of each request the batch touched, in order: a `+1` (new, or its
-    // payload changed) leaves it pending, a `-1` alone supersedes it.
-    let mut last: BTreeMap<Uuid, (&TransformRequest, bool)> = BTreeMap::new();
-    for (request, diff) in &batch.requests {
-        let pending = *diff > 0;
-        last.entry(request.request_id)
-            .and_modify(|e| *e = (if pending { request } else { e.0 }, pending))
-            .or_insert((request, pending));
-    }
-    let appeared: std::collections::HashSet<Uuid> = batch
-        .requests
-        .iter()
-        .filter(|(_, diff)| *diff > 0)
-        .map(|(r, _)| r.request_id)
-        .collect();
-    if !last.is_empty() {
+    let changes = batch.request_changes();
+    if !changes.upserts.is_empty() {
         let mut insert = tx
             .prepare_cached(
                 "INSERT INTO transform_requests (request_id, provider_id, blob_id, version, fingerprint, created_at, status) \
@@ -602,29 +586,30 @@ fn write_provider_tables(tx: &Transaction<'_>, batch: &ViewBatch) -> Result<(), 
                  WHERE transform_requests.status IN ('pending', 'superseded')",
             )
             .map_err(sql_error("writing transform_requests"))?;
+        for (r, pending) in &changes.upserts {
+            insert
+                .execute(params![
+                    id(r.request_id),
+                    r.provider_id,
+                    id(r.blob_id),
+                    r.version as i64,
+                    r.fingerprint.to_string(),
+                    time(r.created_at),
+                    if *pending { "pending" } else { "superseded" },
+                ])
+                .map_err(sql_error("writing transform_requests"))?;
+        }
+    }
+    if !changes.superseded.is_empty() {
         let mut supersede = tx
             .prepare_cached(
                 "UPDATE transform_requests SET status = 'superseded' WHERE status = 'pending' AND request_id = ?",
             )
             .map_err(sql_error("superseding transform_requests"))?;
-        for (request_id, (r, pending)) in &last {
-            if appeared.contains(request_id) {
-                insert
-                    .execute(params![
-                        id(r.request_id),
-                        r.provider_id,
-                        id(r.blob_id),
-                        r.version as i64,
-                        r.fingerprint.to_string(),
-                        time(r.created_at),
-                        if *pending { "pending" } else { "superseded" },
-                    ])
-                    .map_err(sql_error("writing transform_requests"))?;
-            } else if !pending {
-                supersede
-                    .execute(params![id(*request_id)])
-                    .map_err(sql_error("superseding transform_requests"))?;
-            }
+        for request_id in &changes.superseded {
+            supersede
+                .execute(params![id(*request_id)])
+                .map_err(sql_error("superseding transform_requests"))?;
         }
     }
     if !batch.processing.is_empty() {

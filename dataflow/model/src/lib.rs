@@ -40,7 +40,7 @@ pub use provider::{
 pub use time::Timestamp;
 pub use views::{
     AppliedRow, BlobRow, Checkpoint, DepthRow, EdgeRow, EventRow, Keyed, KeyedChanges,
-    ProcessedRow, ReachRow, RejectedEdgeRow, UserDepthRow, ViewBatch, WaitingRow,
+    ProcessedRow, ReachRow, RejectedEdgeRow, RequestChanges, UserDepthRow, ViewBatch, WaitingRow,
 };
 
 /// Identifiers of deltas, blobs and users (SPEC S1: UUIDs).

@@ -371,7 +371,48 @@ pub struct ViewBatch {
     pub checkpoint: Option<Checkpoint>,
 }
 
+/// What one batch does to `transform_requests`, decided once for every store.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RequestChanges<'a> {
+    /// The requests that appeared in the batch (a `+1`: new, or its payload changed),
+    /// in request id order, each with its net state after the batch: `true` pending,
+    /// `false` superseded within the batch. Stores insert them, or update a row that is
+    /// still `pending` or `superseded`.
+    pub upserts: Vec<(&'a TransformRequest, bool)>,
+    /// The requests that only disappeared (a `-1` alone), in id order: stores mark
+    /// them `superseded` unless a result already settled them.
+    pub superseded: Vec<Uuid>,
+}
+
 impl ViewBatch {
+    /// The net change of each request the batch touched, in log order: a `+1` leaves
+    /// it pending, a `-1` alone supersedes it.
+    pub fn request_changes(&self) -> RequestChanges<'_> {
+        let mut last: std::collections::BTreeMap<Uuid, (&TransformRequest, bool, bool)> =
+            std::collections::BTreeMap::new();
+        for (request, diff) in &self.requests {
+            let pending = *diff > 0;
+            last.entry(request.request_id)
+                .and_modify(|(kept, now_pending, appeared)| {
+                    if pending {
+                        *kept = request;
+                    }
+                    *now_pending = pending;
+                    *appeared |= pending;
+                })
+                .or_insert((request, pending, pending));
+        }
+        let mut changes = RequestChanges::default();
+        for (id, (request, pending, appeared)) in last {
+            if appeared {
+                changes.upserts.push((request, pending));
+            } else if !pending {
+                changes.superseded.push(id);
+            }
+        }
+        changes
+    }
+
     /// True when the batch changes nothing.
     pub fn is_empty(&self) -> bool {
         self.blobs.is_empty()

@@ -202,24 +202,90 @@ pub const MAX_JSON_DEPTH: usize = 127;
 
 /// S1.1 for a JSON-valued field (`patch`, `metadata`): the text must be a JSON value
 /// that every part of Studio can hold. The record-level parse only checks the syntax
-/// of these fields; here they are read as a [`serde_json::Value`], which rejects
-/// numbers outside the range of an `f64` (`1e400`), nesting deeper than
-/// [`MAX_JSON_DEPTH`] and escapes that are not Unicode (a lone surrogate `"\ud800"`).
-/// A string holding U+0000 is refused too: PostgreSQL's `jsonb` and `text` cannot
-/// store it, and both view stores must hold the same rows.
+/// of these fields; here they are read as a [`serde_json::Value`] would be (the same
+/// limits and errors, without building the value: the ledger parses the patch when it
+/// applies it), which rejects numbers outside the range of an `f64` (`1e400`), nesting
+/// deeper than [`MAX_JSON_DEPTH`] and escapes that are not Unicode (a lone surrogate
+/// `"\ud800"`). A string holding U+0000 is refused too: PostgreSQL's `jsonb` and
+/// `text` cannot store it, and both view stores must hold the same rows.
 fn check_json_value(name: &str, value: &RawValue) -> Check<()> {
-    let parsed: serde_json::Value = serde_json::from_str(value.get()).map_err(|e| {
-        format!(
-            "field \"{name}\" is not a JSON value Studio can hold: {}",
-            strip_position(&e)
-        )
-    })?;
-    if holds_nul(&parsed) {
+    use serde::de::DeserializeSeed;
+    let holds_nul = std::cell::Cell::new(false);
+    let mut reader = serde_json::Deserializer::from_str(value.get());
+    Scan(&holds_nul)
+        .deserialize(&mut reader)
+        .and_then(|()| reader.end())
+        .map_err(|e| {
+            format!(
+                "field \"{name}\" is not a JSON value Studio can hold: {}",
+                strip_position(&e)
+            )
+        })?;
+    if holds_nul.get() {
         return Err(format!(
             "field \"{name}\" holds the character U+0000, which the view stores cannot hold"
         ));
     }
     Ok(())
+}
+
+/// Reads any JSON value as `serde_json::Value` does, keeping nothing but whether a
+/// string or an object key holds U+0000.
+struct Scan<'a>(&'a std::cell::Cell<bool>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Scan<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, reader: D) -> Result<(), D::Error> {
+        reader.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Scan<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<(), E> {
+        if text.contains('\0') {
+            self.0.set(true);
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        while items.next_element_seed(Scan(self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut members: A) -> Result<(), A::Error> {
+        while members.next_key_seed(Scan(self.0))?.is_some() {
+            members.next_value_seed(Scan(self.0))?;
+        }
+        Ok(())
+    }
 }
 
 /// serde_json's message without its "at line 1 column N" (a column of the field, not
@@ -229,16 +295,6 @@ fn strip_position(e: &serde_json::Error) -> String {
     match text.rfind(" at line ") {
         Some(cut) => text[..cut].to_owned(),
         None => text,
-    }
-}
-
-fn holds_nul(value: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 

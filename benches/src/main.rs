@@ -14,7 +14,6 @@
 
 use clap::{Parser, ValueEnum};
 use rustc_hash::FxHashMap;
-use studio_connectors::RecordSource;
 use studio_connectors::file::FileSource;
 use studio_model::{BlobLedger, Effects, SourcePos, Uuid, parse_record};
 

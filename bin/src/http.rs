@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use studio_dataflow::run::{Phase, RunControl};
+use studio_dataflow::pipeline::{Control, Phase};
 
 /// Latency buckets, seconds: Prometheus histograms (aggregatable across instances),
 /// not client-side quantiles.
@@ -64,11 +64,7 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// Serves the endpoints on `listen` from a background thread.
-pub fn serve(
-    listen: &str,
-    metrics: PrometheusHandle,
-    control: Arc<RunControl>,
-) -> anyhow::Result<()> {
+pub fn serve(listen: &str, metrics: PrometheusHandle, control: Arc<Control>) -> anyhow::Result<()> {
     let server = tiny_http::Server::http(listen).map_err(|e| {
         anyhow::anyhow!("cannot listen on {listen} for /metrics: {e} (set run.listen or --listen)")
     })?;
@@ -98,7 +94,7 @@ pub fn serve(
     Ok(())
 }
 
-fn health(control: &RunControl) -> (u16, &'static str, String) {
+fn health(control: &Control) -> (u16, &'static str, String) {
     let phase = control.phase();
     let status = match phase {
         Phase::Starting | Phase::Recovering | Phase::Running => 200,

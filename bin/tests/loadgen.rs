@@ -11,7 +11,7 @@ use serde_json::Value;
 use studio_config::Config;
 use studio_connectors::kafka::KafkaSource;
 use studio_connectors::nats::NatsSource;
-use studio_connectors::{LiveSource, OwnedRecord};
+use studio_connectors::{OwnedRecord, Source};
 use studio_tests::services::{required_env, unique_name};
 
 fn studio() -> Command {
@@ -49,7 +49,7 @@ fn loadgen(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn read_all(source: &mut dyn LiveSource, n: usize) -> Vec<OwnedRecord> {
+fn read_all(source: &mut dyn Source, n: usize) -> Vec<OwnedRecord> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut got = Vec::new();
     while got.len() < n && Instant::now() < deadline {

@@ -19,7 +19,7 @@ use serde_json::Value;
 use studio_config::Config;
 use studio_connectors::kafka::{KafkaPublisher, KafkaSource};
 use studio_connectors::nats::{NatsPublisher, NatsSource};
-use studio_connectors::{LiveSource, OutputStream, RecordPublisher};
+use studio_connectors::{OutputStream, RecordPublisher, Source};
 use studio_tests::services::{OwnServices, fresh_database, program, service_env, unique_name};
 use studio_tests::views::{assert_same_tables, dump, read_tables, text_rows};
 
@@ -139,7 +139,7 @@ impl Setup {
 
     /// Reads every record of an output stream (waiting up to a few seconds for more).
     fn read_output(&self, stream: OutputStream) -> Vec<Vec<u8>> {
-        let mut source: Box<dyn LiveSource> = match self.bus {
+        let mut source: Box<dyn Source> = match self.bus {
             Bus::Kafka => {
                 let mut kafka = self.config.kafka.clone();
                 kafka.topics.deltas = studio_connectors::kafka::topic_of(&kafka, stream).to_owned();

@@ -1,19 +1,19 @@
 //! # studio-connectors
 //!
 //! Where records come from and where views go. The traits live here
-//! ([`RecordSource`], [`ViewSink`]); each system has a folder of its own behind a cargo
+//! ([`Source`], [`ViewSink`], [`RecordPublisher`]); each system has a folder of its own behind a cargo
 //! feature, with its configuration, its code and its tests:
 //!
 //! | folder | feature | role |
 //! |---|---|---|
 //! | [`file`] | `file` | JSONL delta logs, read in order (the replay source) |
 //! | [`sqlite`] | `sqlite` | the embedded view store (the default sink) |
-//! | `kafka` | `kafka` | Kafka topics (any Kafka-compatible broker): [`LiveSource`] and [`RecordPublisher`] |
-//! | `nats` | `nats` | NATS JetStream streams: [`LiveSource`] and [`RecordPublisher`] |
+//! | `kafka` | `kafka` | Kafka topics (any Kafka-compatible broker): [`Source`] and [`RecordPublisher`] |
+//! | `nats` | `nats` | NATS JetStream streams: [`Source`] and [`RecordPublisher`] |
 //!
-//! Bounded sources implement [`RecordSource`]; the unbounded bus sources implement
-//! [`LiveSource`], whose positions Studio stores with its views and resumes from: the view
-//! database is authoritative, the bus's own acknowledgements (consumer-group offsets, the
+//! Every source implements [`Source`]: a log file is a bounded, one-partition source
+//! whose positions are line numbers; the bus sources are unbounded, and their positions
+//! Studio stores with its views and resumes from: the view database is authoritative, the bus's own acknowledgements (consumer-group offsets, the
 //! JetStream ack floor) follow it and serve lag monitoring and tools. Output streams
 //! (transform requests, events, applied deltas, dead letters) go through a
 //! [`RecordPublisher`].
@@ -115,7 +115,8 @@ pub enum OpenMode {
     Maintain,
 }
 
-/// One record as read: its bytes (without the line terminator) and its position.
+/// One record as read, borrowed from the source's buffer (the file source's
+/// [`next_record`](file::FileSource::next_record), for tools that read a log in place).
 #[derive(Clone, Copy, Debug)]
 pub struct Record<'a> {
     /// Where it was read.
@@ -124,43 +125,43 @@ pub struct Record<'a> {
     pub bytes: &'a [u8],
 }
 
-/// A source of records in log order.
-pub trait RecordSource {
-    /// The next record, or `None` at the end of a bounded source.
-    fn next_record(&mut self) -> Result<Option<Record<'_>>, SourceError>;
-}
-
-/// A record read from an unbounded source, owning its bytes (a [`LiveSource`] hands out
-/// batches that outlive the call).
+/// A record as a [`Source`] hands it out, owning its bytes (batches outlive the call).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnedRecord {
-    /// Where it was read: the partition (Kafka) or 0 (NATS), and its offset (the Kafka
-    /// offset, or the JetStream stream sequence).
+    /// Where it was read: the partition (Kafka; 0 for a file or NATS), and its offset
+    /// (the line number, the Kafka offset, or the JetStream stream sequence).
     pub pos: SourcePos,
-    /// Its bytes, exactly as the bus delivered them (any bytes: parsing is the
-    /// dataflow's job; a record without a value is empty).
+    /// Its bytes, exactly as read (any bytes: parsing is the dataflow's job; a record
+    /// without a value is empty).
     pub bytes: Vec<u8>,
 }
 
-/// An unbounded source whose positions Studio stores with its views and resumes from.
+/// Where the pipeline reads records: a log file (bounded) or a bus (unbounded), whose
+/// positions Studio stores with its views and resumes from.
 ///
 /// Within a partition (`SourcePos::part`) records come in log order with increasing
 /// offsets, each exactly once per opening: a source never hands out a position twice,
 /// and after being opened with `resume_from` it starts each partition right after the
 /// stored position. Offsets may skip numbers (a bus may have gaps), never go back.
 /// Implementations are blocking; the dataflow's workers are plain threads.
-pub trait LiveSource: Send {
+pub trait Source: Send {
     /// Up to `max` records, waiting at most `timeout` for the first one; an empty batch
-    /// means nothing arrived in time. Transient bus trouble (a broker restarting) is
-    /// retried inside and shows as empty batches, not as an error.
+    /// means nothing arrived in time, or that a bounded source is [at its end](Source::at_end).
+    /// Transient bus trouble (a broker restarting) is retried inside and shows as empty
+    /// batches, not as an error.
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<OwnedRecord>, SourceError>;
+
+    /// True once a bounded source has handed out its last record (never, for a bus).
+    fn at_end(&self) -> bool {
+        false
+    }
 
     /// Acknowledges to the bus everything up to and including these positions (one per
     /// partition; called only after the views they produced are committed). Positions
     /// at or below an earlier commit are ignored.
     fn commit(&mut self, upto: &[SourcePos]) -> Result<(), SourceError>;
 
-    /// Records not yet read (consumer lag), per partition, as far as the bus can tell.
+    /// Records not yet read (consumer lag), per partition, as far as the source can tell.
     fn lag(&mut self) -> Result<Vec<(u32, u64)>, SourceError>;
 }
 

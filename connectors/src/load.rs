@@ -41,7 +41,6 @@ pub fn generate_keyed(spec: &GenSpec) -> std::io::Result<(Vec<KeyedRecord>, GenS
 /// ([`key_of`]).
 #[cfg(feature = "file")]
 pub fn read_keyed(paths: &[std::path::PathBuf]) -> Result<Vec<KeyedRecord>, crate::SourceError> {
-    use crate::RecordSource;
     let mut source = crate::file::FileSource::open(paths)?;
     let mut records = Vec::new();
     while let Some(record) = source.next_record()? {

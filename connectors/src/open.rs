@@ -7,7 +7,7 @@
 //! ```text
 //!   --db / [run] db ──> Db::parse ──> open_view_store (replay, run) -> Box<dyn ViewSink>
 //!                                 └─> open_reader (query, loadgen)  -> Box<dyn ViewReader>
-//!   [run] source / --to ──────────> open_source                     -> Box<dyn LiveSource>
+//!   [run] source / --to ──────────> open_source                     -> Box<dyn Source>
 //!                                 └─> open_publisher                -> Box<dyn RecordPublisher>
 //! ```
 
@@ -19,7 +19,7 @@ use studio_model::SourcePos;
 
 use crate::content::{ContentOptions, ContentReader, ContentSpec, LargeStoreSpec};
 use crate::retry::RetryPolicy;
-use crate::{LiveSource, OpenMode, OutputStream, RecordPublisher, SinkError, SourceError};
+use crate::{OpenMode, OutputStream, RecordPublisher, SinkError, Source, SourceError};
 use crate::{ViewReader, ViewSink};
 
 /// A store or bus could not be opened.
@@ -294,7 +294,7 @@ pub fn open_source(
     kind: BusKind,
     config: &Config,
     resume_from: &[SourcePos],
-) -> Result<Box<dyn LiveSource>, SourceError> {
+) -> Result<Box<dyn Source>, SourceError> {
     let _ = resume_from;
     match kind {
         #[cfg(feature = "kafka")]

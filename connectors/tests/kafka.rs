@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use studio_config::{Config, KafkaConfig};
 use studio_connectors::kafka::{KafkaPublisher, KafkaSource};
-use studio_connectors::{LiveSource, OutputStream, OwnedRecord, RecordPublisher};
+use studio_connectors::{OutputStream, OwnedRecord, RecordPublisher, Source};
 use studio_model::SourcePos;
 
 fn config(test: &str) -> KafkaConfig {
@@ -36,7 +36,7 @@ fn config(test: &str) -> KafkaConfig {
 }
 
 /// Polls until `n` records came (failing after 60 s), then makes sure no more come.
-fn read_exactly(source: &mut impl LiveSource, n: usize) -> Vec<OwnedRecord> {
+fn read_exactly(source: &mut impl Source, n: usize) -> Vec<OwnedRecord> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut got = Vec::new();
     while got.len() < n {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use studio_config::{Config, NatsConfig};
 use studio_connectors::nats::{NatsPublisher, NatsSource};
-use studio_connectors::{LiveSource, OutputStream, OwnedRecord, RecordPublisher};
+use studio_connectors::{OutputStream, OwnedRecord, RecordPublisher, Source};
 use studio_model::SourcePos;
 
 fn unique(test: &str) -> String {
@@ -48,7 +48,7 @@ fn config(test: &str) -> NatsConfig {
     config_at(&url, test)
 }
 
-fn read_exactly(source: &mut impl LiveSource, n: usize) -> Vec<OwnedRecord> {
+fn read_exactly(source: &mut impl Source, n: usize) -> Vec<OwnedRecord> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut got = Vec::new();
     while got.len() < n {

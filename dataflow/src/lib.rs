@@ -5,8 +5,8 @@
 //! operators live in `studio-operators`; this crate only connects them and runs them.
 //!
 //! ```text
-//!  FileSource (each worker reads the log, keeps its share of the records)
-//!     | parse (S1)  ----------------------------------------------+ malformed
+//!  Source (a log file, Kafka, NATS) on a reader thread; worker 0 feeds raw records
+//!     | parse (S1, exchanged by position)  -----------------------+ malformed
 //!     v                                                           |
 //!  DedupById (exchange by id, S4.2) ---> duplicates (counted)     |
 //!     v                                                           |
@@ -20,16 +20,18 @@
 //!
 //! - [`render`] builds the dataflow of one worker.
 //! - [`sink`] turns the view collections into [`model::ViewBatch`]es.
-//! - [`replay`] runs a bounded replay of files end to end and reports what happened.
-//! - [`run`] is the long-running service: a bus in, durable views, recovery on start.
+//! - [`pipeline`] runs it: the one source -> dataflow -> writer path, with a clock.
+//! - [`replay`] (a bounded replay of files) and [`run`] (the service: a bus in, durable
+//!   views, recovery on start) are its two configurations.
+//! - [`providers`] hands pending transform requests to the built-in workers.
 #![forbid(missing_docs)]
 
-mod driver;
+pub mod pipeline;
 pub mod providers;
 pub mod render;
 pub mod replay;
 pub mod run;
 pub mod sink;
 
-pub use driver::WorkerError;
+pub use pipeline::WorkerError;
 pub use studio_model as model;

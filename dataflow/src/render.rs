@@ -26,28 +26,16 @@ use timely::dataflow::operators::vec::input::Input;
 use timely::dataflow::{Scope, StreamVec};
 
 /// A timestamp: a totally ordered point in the source's progress, whose meaning is the
-/// driver's clock.
-///
-/// - A replay ([`crate::replay`]): log batch `b` (records `b * batch_records ..`) is
-///   fed at `b * ROUND_SPAN` ([`crate::replay::ROUND_SPAN`], 2^16); the timestamps
-///   between two batches are the provider rounds run after a batch.
-/// - The service ([`crate::run`]): wall-clock milliseconds, strictly increasing, one per
-///   batch read (plus idle ticks), so a gap timeout (S4.4) is a number of timestamp
-///   units.
-///
-/// Either way the operators only rely on the order, and order records within one
-/// timestamp by their [`SourcePos`].
+/// pipeline's [`Clock`](crate::pipeline::Clock): batch numbers times 2^16 in a replay,
+/// wall-clock milliseconds in the service. The operators only rely on the order, and
+/// order records within one timestamp by their [`SourcePos`].
 pub type Time = u64;
 
 /// Where a worker feeds records.
 pub struct Inputs {
-    /// Raw records, parsed in the dataflow on every worker (exchanged by position): a
-    /// single reader (the service's) still parses in parallel.
+    /// Raw records, from any source and from the providers, parsed in the dataflow on
+    /// every worker (exchanged by position): a single reader still parses in parallel.
     pub records: Handle<Time, (SourcePos, Vec<u8>)>,
-    /// Deltas that passed S1.
-    pub deltas: Handle<Time, Delta>,
-    /// Records that did not, as dead letters `(letter, time, +1)`.
-    pub malformed: Handle<Time, (DeadLetter, Time, isize)>,
     /// Delta ids known to have been read, without their deltas: at a restart, the
     /// deltas that expired in a gap (S4.4), whose copies stay duplicates (S4.2).
     pub known_ids: Handle<Time, Uuid>,
@@ -61,8 +49,6 @@ impl Inputs {
     /// Advances every input to `time`.
     pub fn advance_to(&mut self, time: Time) {
         self.records.advance_to(time);
-        self.deltas.advance_to(time);
-        self.malformed.advance_to(time);
         self.known_ids.advance_to(time);
         self.providers.advance_to(time);
         self.results.advance_to(time);
@@ -153,11 +139,7 @@ pub fn render<'scope>(
     options: RenderOptions,
 ) -> (Inputs, ViewStreams<'scope>) {
     let (records_in, records) = scope.new_input::<(SourcePos, Vec<u8>)>();
-    let (deltas_in, deltas) = scope.new_input::<Delta>();
-    let (malformed_in, malformed) = scope.new_input::<(DeadLetter, Time, isize)>();
-    let (parsed, unparsable) = parse(records);
-    let deltas = deltas.concat(parsed);
-    let malformed = malformed.concat(unparsable);
+    let (deltas, malformed) = parse(records);
     let (providers_in, providers) = scope.new_input::<ProviderChange>();
     let (results_in, results) = scope.new_input::<(ProcessingResult, Time, isize)>();
 
@@ -201,8 +183,6 @@ pub fn render<'scope>(
     (
         Inputs {
             records: records_in,
-            deltas: deltas_in,
-            malformed: malformed_in,
             known_ids: known_ids_in,
             providers: providers_in,
             results: results_in,

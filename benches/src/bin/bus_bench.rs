@@ -32,7 +32,7 @@ use studio_config::Config;
 use studio_connectors::kafka::{KafkaPublisher, KafkaSource, ensure_topics};
 use studio_connectors::load::{KeyedRecord, generate_keyed, publish_paced};
 use studio_connectors::nats::{NatsPublisher, NatsSource};
-use studio_connectors::{LiveSource, OutputStream};
+use studio_connectors::{OutputStream, Source};
 use studio_model::generate::{Faults, GenSpec};
 
 #[global_allocator]
@@ -184,7 +184,7 @@ fn kafka(args: &Args, run: &str, records: &[KeyedRecord], bytes: u64) -> anyhow:
     Ok(())
 }
 
-fn drain(source: &mut dyn LiveSource, n: usize) -> anyhow::Result<(usize, u64)> {
+fn drain(source: &mut dyn Source, n: usize) -> anyhow::Result<(usize, u64)> {
     let (mut got, mut bytes) = (0usize, 0u64);
     let deadline = Instant::now() + Duration::from_secs(600);
     while got < n && Instant::now() < deadline {

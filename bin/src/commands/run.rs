@@ -10,7 +10,8 @@ use anyhow::Context;
 use studio_config::{BusKind, Config};
 use studio_connectors::open::{output_streams, source_name};
 use studio_connectors::{Db, OpenMode, open_publisher, open_source, open_view_store};
-use studio_dataflow::run::{OpenSource, RunControl, RunOptions, RunReport, run as run_service};
+use studio_dataflow::pipeline::{Control, OpenSource};
+use studio_dataflow::run::{RunOptions, RunReport, run as run_service};
 
 use crate::cli::RunArgs;
 use crate::http;
@@ -20,7 +21,7 @@ pub fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
     apply_flags(&mut config, &args);
     config.validate()?;
     let metrics = http::install_recorder()?;
-    let control = Arc::new(RunControl::default());
+    let control = Arc::new(Control::default());
     // The first SIGINT/SIGTERM asks for a graceful stop; a second one exits at once.
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(signal, 1, control.stop_flag())

@@ -5,14 +5,19 @@
 //! lines across all the files from 0, so "log order" is the order of the files and then
 //! of their lines. A final line without `\n` is a record too; an empty line is a record
 //! (and a dead letter: nothing is dropped unseen).
+//!
+//! As a [`Source`] it is bounded: [`Source::poll`] hands out up to `max` records
+//! without waiting, and [`Source::at_end`] says when the last file is read. It has
+//! nothing to acknowledge and no lag.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use studio_model::SourcePos;
 
-use crate::{Record, RecordSource, SourceError};
+use crate::{OwnedRecord, Record, Source, SourceError};
 
 /// Reads JSONL files in order.
 pub struct FileSource {
@@ -22,6 +27,7 @@ pub struct FileSource {
     offset: u64,
     line: Vec<u8>,
     bytes_read: u64,
+    at_end: bool,
 }
 
 impl FileSource {
@@ -37,6 +43,7 @@ impl FileSource {
             offset: 0,
             line: Vec::with_capacity(4096),
             bytes_read: 0,
+            at_end: false,
         })
     }
 
@@ -55,11 +62,13 @@ impl FileSource {
     }
 }
 
-impl RecordSource for FileSource {
-    fn next_record(&mut self) -> Result<Option<Record<'_>>, SourceError> {
+impl FileSource {
+    /// The next record, borrowed until the next call, or `None` after the last file.
+    pub fn next_record(&mut self) -> Result<Option<Record<'_>>, SourceError> {
         loop {
             if self.current.is_none() {
                 let Some(path) = self.paths.get(self.next_file) else {
+                    self.at_end = true;
                     return Ok(None);
                 };
                 let file = File::open(path).map_err(|source| io_error(path, source))?;
@@ -86,6 +95,34 @@ impl RecordSource for FileSource {
                 bytes: &self.line,
             }));
         }
+    }
+}
+
+impl Source for FileSource {
+    fn poll(&mut self, max: usize, _timeout: Duration) -> Result<Vec<OwnedRecord>, SourceError> {
+        let mut records = Vec::with_capacity(max.min(1 << 16));
+        while records.len() < max {
+            let Some(record) = self.next_record()? else {
+                break;
+            };
+            records.push(OwnedRecord {
+                pos: record.pos,
+                bytes: record.bytes.to_vec(),
+            });
+        }
+        Ok(records)
+    }
+
+    fn at_end(&self) -> bool {
+        self.at_end
+    }
+
+    fn commit(&mut self, _upto: &[SourcePos]) -> Result<(), SourceError> {
+        Ok(()) // a file is not told what was read
+    }
+
+    fn lag(&mut self) -> Result<Vec<(u32, u64)>, SourceError> {
+        Ok(Vec::new())
     }
 }
 
@@ -125,6 +162,20 @@ mod tests {
             (4, b"\xfffour".to_vec()),
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn as_a_source_it_hands_out_batches_then_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.jsonl");
+        std::fs::write(&a, b"1\n2\n3\n4\n5").unwrap();
+        let mut source = FileSource::open(&[a]).unwrap();
+        let mut batches = Vec::new();
+        while !source.at_end() {
+            let batch = source.poll(2, Duration::ZERO).unwrap();
+            batches.push(batch.iter().map(|r| r.pos.offset).collect::<Vec<_>>());
+        }
+        assert_eq!(batches, vec![vec![0, 1], vec![2, 3], vec![4]]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Kafka topics as a [`LiveSource`] and a [`RecordPublisher`] (librdkafka through
+//! Kafka topics as a [`Source`] and a [`RecordPublisher`] (librdkafka through
 //! `rdkafka`), for Apache Kafka and Kafka-compatible brokers (tansu in CI).
 //!
 //! **Source.** [`KafkaSource`] reads every partition of the deltas topic
@@ -6,7 +6,7 @@
 //! join a consumer group, it *assigns* itself every partition and starts each one right
 //! after the position `open` was given for it (or at `kafka.start` when it has none), so
 //! no rebalance and no group join ever delays or reorders it. A record's position is
-//! `SourcePos { part: partition, offset: Kafka offset }`. [`LiveSource::commit`] commits
+//! `SourcePos { part: partition, offset: Kafka offset }`. [`Source::commit`] commits
 //! offset + 1 for the consumer group `kafka.group_id` (what Kafka tools show as the
 //! group's position and lag); nothing reads those offsets back. Any bytes are a record; a
 //! record without a value is an empty one. Transient errors (a broker restarting, a
@@ -38,7 +38,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use studio_config::{KafkaConfig, StartAt};
 use studio_model::SourcePos;
 
-use crate::{LiveSource, OutputStream, OwnedRecord, RecordPublisher, SinkError, SourceError};
+use crate::{OutputStream, OwnedRecord, RecordPublisher, SinkError, Source, SourceError};
 
 /// The topic that carries `stream`.
 pub fn topic_of(config: &KafkaConfig, stream: OutputStream) -> &str {
@@ -300,7 +300,7 @@ impl KafkaSource {
     }
 }
 
-impl LiveSource for KafkaSource {
+impl Source for KafkaSource {
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<OwnedRecord>, SourceError> {
         let mut out = Vec::new();
         let deadline = Instant::now() + timeout;

@@ -1,10 +1,10 @@
-//! NATS JetStream streams as a [`LiveSource`] and a [`RecordPublisher`] (`async-nats`,
+//! NATS JetStream streams as a [`Source`] and a [`RecordPublisher`] (`async-nats`,
 //! driven by an internal single-threaded tokio runtime: the traits are blocking).
 //!
 //! **Source.** [`NatsSource`] reads the input stream (`nats.stream`, capturing
 //! `nats.subjects.deltas`) through a durable pull consumer (`nats.durable`) with ack
 //! policy *all*: acknowledging a record acknowledges every earlier one, which is exactly
-//! [`LiveSource::commit`]. A record's position is `SourcePos { part: 0, offset: stream
+//! [`Source::commit`]. A record's position is `SourcePos { part: 0, offset: stream
 //! sequence }`. Studio's view database is authoritative: `open` recreates the durable
 //! consumer so that it starts right after the stored position (or at the start of the
 //! stream when there is none); the consumer's ack floor then follows the committed views
@@ -35,7 +35,7 @@ use studio_config::{NatsConfig, NatsStorage};
 use studio_model::SourcePos;
 use tokio::runtime::Runtime;
 
-use crate::{LiveSource, OutputStream, OwnedRecord, RecordPublisher, SinkError, SourceError};
+use crate::{OutputStream, OwnedRecord, RecordPublisher, SinkError, Source, SourceError};
 
 /// The header that carries a record's key.
 pub const KEY_HEADER: &str = "Studio-Key";
@@ -326,7 +326,7 @@ impl NatsSource {
     }
 }
 
-impl LiveSource for NatsSource {
+impl Source for NatsSource {
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<OwnedRecord>, SourceError> {
         let mut out = Vec::new();
         let deadline = Instant::now() + timeout;

@@ -97,19 +97,7 @@ fn parse_fields(raw: &[u8], pos: SourcePos) -> Check<Delta> {
     })?;
     let version = integer_field("version", required("version", w.version)?, 1)?;
     let created_at = time_field("created_at", required("created_at", w.created_at)?)?;
-    let provider_id = w
-        .provider_id
-        .map(|v| string_field("provider_id", v))
-        .transpose()?;
-    if provider_id.as_deref() == Some("") {
-        return Err("field \"provider_id\" is empty".into());
-    }
-    if let Some(p) = &provider_id {
-        no_nul("provider_id", p)?;
-    }
-    if operation == Operation::Transform && provider_id.is_none() {
-        return Err("missing field \"provider_id\" (required on transform, S3.3)".into());
-    }
+    let provider_id = provider_field(w.provider_id, operation)?;
     let parent_id = w
         .parent_id
         .map(|v| uuid_value("parent_id", v))
@@ -118,17 +106,7 @@ fn parse_fields(raw: &[u8], pos: SourcePos) -> Check<Delta> {
         .caused_by
         .map(|v| uuid_value("caused_by", v))
         .transpose()?;
-    let child_ids = match w.child_ids {
-        None => Vec::new(),
-        Some(v) => {
-            let items: Vec<&RawValue> = serde_json::from_str(v.get())
-                .map_err(|_| "field \"child_ids\" must be an array of UUIDs".to_string())?;
-            items
-                .into_iter()
-                .map(|item| uuid_value("child_ids[]", item))
-                .collect::<Check<Vec<_>>>()?
-        }
-    };
+    let child_ids = w.child_ids.map(child_ids_field).transpose()?;
     if let Some(v) = w.applied_at {
         time_field("applied_at", v)?;
     }
@@ -136,35 +114,11 @@ fn parse_fields(raw: &[u8], pos: SourcePos) -> Check<Delta> {
     if let Some(p) = w.patch {
         check_json_value("patch", p)?;
     }
-    let (mut content_type, mut patch_format, mut source_version) = (None, None, None);
-    if let Some(m) = w.metadata {
-        if !m.get().starts_with('{') {
-            return Err("field \"metadata\" must be an object".into());
-        }
-        check_json_value("metadata", m)?;
-        let meta: MetadataFields<'_> = serde_json::from_str(m.get())
-            .map_err(|e| format!("field \"metadata\": {}", describe_json_error(e)))?;
-        content_type = meta
-            .content_type
-            .map(|v| string_field("metadata.content_type", v))
-            .transpose()?;
-        if let Some(c) = &content_type {
-            no_nul("metadata.content_type", c)?;
-        }
-        if let Some(v) = meta.patch_format {
-            let name = string_field("metadata.patch_format", v)?;
-            patch_format = Some(PatchFormat::from_wire(&name).ok_or_else(|| {
-                format!(
-                    "field \"metadata.patch_format\" is {}, expected \"json-patch\" or \"merge-patch\"",
-                    quote(&name)
-                )
-            })?);
-        }
-        source_version = meta
-            .source_version
-            .map(|v| integer_field("metadata.source_version", v, 0))
-            .transpose()?;
-    }
+    let metadata = w
+        .metadata
+        .map(metadata_fields)
+        .transpose()?
+        .unwrap_or_default();
 
     let span = |v: &RawValue| {
         let start = v.get().as_ptr() as usize - text.as_ptr() as usize;
@@ -182,15 +136,86 @@ fn parse_fields(raw: &[u8], pos: SourcePos) -> Check<Delta> {
         created_at,
         provider_id,
         parent_id,
-        child_ids,
+        child_ids: child_ids.unwrap_or_default(),
         caused_by,
-        content_type,
-        patch_format,
-        source_version,
+        content_type: metadata.content_type,
+        patch_format: metadata.patch_format,
+        source_version: metadata.source_version,
         patch: w.patch.map(span),
         metadata: w.metadata.map(span),
         raw: text.into(),
         pos,
+    })
+}
+
+/// `provider_id`: a non-empty string, required on `transform` (S3.3).
+fn provider_field(value: Option<&RawValue>, operation: Operation) -> Check<Option<String>> {
+    let provider_id = value.map(|v| string_field("provider_id", v)).transpose()?;
+    if provider_id.as_deref() == Some("") {
+        return Err("field \"provider_id\" is empty".into());
+    }
+    if let Some(p) = &provider_id {
+        no_nul("provider_id", p)?;
+    }
+    if operation == Operation::Transform && provider_id.is_none() {
+        return Err("missing field \"provider_id\" (required on transform, S3.3)".into());
+    }
+    Ok(provider_id)
+}
+
+/// `child_ids`: an array of UUIDs.
+fn child_ids_field(value: &RawValue) -> Check<Vec<Uuid>> {
+    let items: Vec<&RawValue> = serde_json::from_str(value.get())
+        .map_err(|_| "field \"child_ids\" must be an array of UUIDs".to_string())?;
+    items
+        .into_iter()
+        .map(|item| uuid_value("child_ids[]", item))
+        .collect()
+}
+
+/// What a delta's `metadata` says that Studio reads.
+#[derive(Default)]
+struct Metadata {
+    content_type: Option<String>,
+    patch_format: Option<PatchFormat>,
+    source_version: Option<u64>,
+}
+
+/// `metadata`: an object Studio can hold, with its known fields typed.
+fn metadata_fields(m: &RawValue) -> Check<Metadata> {
+    if !m.get().starts_with('{') {
+        return Err("field \"metadata\" must be an object".into());
+    }
+    check_json_value("metadata", m)?;
+    let meta: MetadataFields<'_> = serde_json::from_str(m.get())
+        .map_err(|e| format!("field \"metadata\": {}", describe_json_error(e)))?;
+    let content_type = meta
+        .content_type
+        .map(|v| string_field("metadata.content_type", v))
+        .transpose()?;
+    if let Some(c) = &content_type {
+        no_nul("metadata.content_type", c)?;
+    }
+    let patch_format = match meta.patch_format {
+        None => None,
+        Some(v) => {
+            let name = string_field("metadata.patch_format", v)?;
+            Some(PatchFormat::from_wire(&name).ok_or_else(|| {
+                format!(
+                    "field \"metadata.patch_format\" is {}, expected \"json-patch\" or \"merge-patch\"",
+                    quote(&name)
+                )
+            })?)
+        }
+    };
+    let source_version = meta
+        .source_version
+        .map(|v| integer_field("metadata.source_version", v, 0))
+        .transpose()?;
+    Ok(Metadata {
+        content_type,
+        patch_format,
+        source_version,
     })
 }
 

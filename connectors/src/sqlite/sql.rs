@@ -182,10 +182,14 @@ pub(super) fn write_changes(
     delete_keys(tx, changes.table(), changes.deleted_keys())
 }
 
-/// The columns `PRAGMA table_info` should report for a declared table: name, type,
-/// not null, position in the primary key.
+/// A column as `PRAGMA table_info` reports it: name, type, not null, position in the
+/// primary key.
 #[cfg(test)]
-pub(super) fn declared_columns(table: &Table) -> Vec<(String, String, bool, i64)> {
+type ColumnInfo = (String, String, bool, i64);
+
+/// The columns `PRAGMA table_info` should report for a declared table.
+#[cfg(test)]
+pub(super) fn declared_columns(table: &Table) -> Vec<ColumnInfo> {
     table
         .columns
         .iter()
@@ -210,10 +214,7 @@ mod tests {
     use super::{declared_columns, schema};
 
     /// Every table's columns and indexes as SQLite reports them.
-    fn described(
-        conn: &Connection,
-        table: &str,
-    ) -> (Vec<(String, String, bool, i64)>, Vec<String>) {
+    fn described(conn: &Connection, table: &str) -> (Vec<super::ColumnInfo>, Vec<String>) {
         let columns = conn
             .prepare(&format!("PRAGMA table_info({table})"))
             .and_then(|mut s| {

@@ -255,15 +255,31 @@ impl Row for (Uuid, String) {
     }
 }
 
-/// Implements [`Row`] from the values' expressions, in column order.
-macro_rules! row {
-    ($row:ty, |$r:ident| [$($cell:expr),+ $(,)?]) => {
-        impl $crate::table::Row for $row {
+/// Declares a table and its row type's [`Row`] at once: each column beside the value
+/// a row gives it (none for a [`ColumnType::Seq`] column).
+macro_rules! table {
+    (
+        $(#[$doc:meta])*
+        $name:ident = $table:literal, $kind:ident by [$($key:literal),*],
+        $row:ty => |$r:ident| {
+            $($make:ident($column:literal, $ty:ident) $(=> $value:expr)?),+ $(,)?
+        }
+        $(indexed [$($index:literal on [$($on:literal),+]),+])?
+    ) => {
+        $(#[$doc])*
+        pub const $name: Table = Table::new(
+            $table,
+            Kind::$kind,
+            &[$($key),*],
+            &[$($make($column, $ty)),+],
+        )$(.indexed(&[$(Index { name: $index, columns: &[$($on),+] }),+]))?;
+
+        impl Row for $row {
             fn cells<'a>(&'a self, each: &mut dyn FnMut($crate::table::Cell<'a>)) {
                 let $r = self;
-                $(each($cell.into());)+
+                $($(each($value.into());)?)+
             }
         }
     };
 }
-pub(crate) use row;
+pub(crate) use table;

@@ -2,10 +2,10 @@
 //! their values ([`Row`]) and, for the views the dataflow maintains, how a batch
 //! carries their changes ([`View`]). Stores derive their SQL from these.
 //!
-//! Adding a view: its row type, a `Table` here with its `row!` and `View`, and a
-//! line in [`crate::for_each_view`]; Postgres also needs a migration.
+//! Adding a view: its row type, a `table!` here with its `View` (`keyed_view!` for a
+//! keyed one), and a line in [`crate::for_each_view`]; Postgres also needs a migration.
 
-use crate::table::{Column, ColumnType::*, Index, Kind, Row, Table, column, required, row};
+use crate::table::{Cell, Column, ColumnType::*, Index, Kind, Row, Table, column, required, table};
 use crate::views::{
     AppliedRow, DepthRow, EdgeRow, EventRow, KeyedChanges, ProcessedRow, ReachRow, RejectedEdgeRow,
     UserDepthRow, View, WaitingRow, consolidated, keyed_changes,
@@ -94,19 +94,23 @@ pub const DELTAS_APPLIED: Table = Table {
     )
 };
 
-row!(AppliedRow, |r| [
-    r.delta_id,
-    r.blob_id,
-    r.version,
-    r.operation.as_str(),
-    r.user_id,
-    r.provider_id.as_deref(),
-    r.caused_by,
-    r.created_at,
-    r.record.as_deref(),
-    r.pos.part,
-    r.pos.offset,
-]);
+/// A delta store row; `deltas_applied` binds its first eight cells.
+impl Row for AppliedRow {
+    fn cells<'a>(&'a self, each: &mut dyn FnMut(Cell<'a>)) {
+        let r = self;
+        each(r.delta_id.into());
+        each(r.blob_id.into());
+        each(r.version.into());
+        each(r.operation.as_str().into());
+        each(r.user_id.into());
+        each(r.provider_id.as_deref().into());
+        each(r.caused_by.into());
+        each(r.created_at.into());
+        each(r.record.as_deref().into());
+        each(r.pos.part.into());
+        each(r.pos.offset.into());
+    }
+}
 
 impl View for AppliedRow {
     const TABLE: &'static Table = &DELTAS;
@@ -116,30 +120,19 @@ impl View for AppliedRow {
     }
 }
 
-/// `deltas_waiting`: deltas waiting for a gap to fill (S4.1), kept so that a restart
-/// does not lose them.
-pub const DELTAS_WAITING: Table = Table::new(
-    "deltas_waiting",
-    Kind::InsertOnce,
-    &["delta_id"],
-    &[
-        column("delta_id", Id),
-        required("blob_id", Id),
-        required("version", Int),
-        required("pos_part", Int),
-        required("pos_offset", Int),
-        required("record", Text),
-    ],
-);
-
-row!(WaitingRow, |r| [
-    r.delta_id,
-    r.blob_id,
-    r.version,
-    r.pos.part,
-    r.pos.offset,
-    &*r.record,
-]);
+table! {
+    /// `deltas_waiting`: deltas waiting for a gap to fill (S4.1), kept so that a
+    /// restart does not lose them.
+    DELTAS_WAITING = "deltas_waiting", InsertOnce by ["delta_id"],
+    WaitingRow => |r| {
+        column("delta_id", Id) => r.delta_id,
+        required("blob_id", Id) => r.blob_id,
+        required("version", Int) => r.version,
+        required("pos_part", Int) => r.pos.part,
+        required("pos_offset", Int) => r.pos.offset,
+        required("record", Text) => &*r.record,
+    }
+}
 keyed_view!(WaitingRow, DELTAS_WAITING);
 
 /// `checkpoints`: where each live source was when the views were last committed,
@@ -155,53 +148,33 @@ pub const CHECKPOINTS: Table = Table::new(
     ],
 );
 
-/// `processed_by`: the latest output of a provider on a blob (S3.3).
-pub const PROCESSED_BY: Table = Table::new(
-    "processed_by",
-    Kind::Upsert,
-    &["blob_id", "provider_id"],
-    &[
-        column("blob_id", Id),
-        column("provider_id", Text),
-        column("version", Int),
-        column("delta_id", Id),
-    ],
-);
-
-row!(ProcessedRow, |r| [
-    r.blob_id,
-    r.provider_id.as_str(),
-    r.version,
-    r.delta_id
-]);
+table! {
+    /// `processed_by`: the latest output of a provider on a blob (S3.3).
+    PROCESSED_BY = "processed_by", Upsert by ["blob_id", "provider_id"],
+    ProcessedRow => |r| {
+        column("blob_id", Id) => r.blob_id,
+        column("provider_id", Text) => r.provider_id.as_str(),
+        column("version", Int) => r.version,
+        column("delta_id", Id) => r.delta_id,
+    }
+}
 keyed_view!(ProcessedRow, PROCESSED_BY);
 
-/// `dead_letters`: rejected records in the order they were decided, with their log
-/// position (a restart replays the rejected deltas, so a later copy of one is still
-/// a duplicate, S4.2).
-pub const DEAD_LETTERS: Table = Table::new(
-    "dead_letters",
-    Kind::Append,
-    &["seq"],
-    &[
+table! {
+    /// `dead_letters`: rejected records in the order they were decided, with their
+    /// log position (a restart replays the rejected deltas, so a later copy of one is
+    /// still a duplicate, S4.2).
+    DEAD_LETTERS = "dead_letters", Append by ["seq"],
+    DeadLetter => |r| {
         column("seq", Seq),
-        column("delta_id", Id),
-        column("blob_id", Id),
-        required("reason", Text),
-        required("raw", Raw),
-        required("pos_part", Int),
-        required("pos_offset", Int),
-    ],
-);
-
-row!(DeadLetter, |r| [
-    r.delta_id,
-    r.blob_id,
-    r.reason.to_string(),
-    r.raw_text(),
-    r.pos.part,
-    r.pos.offset,
-]);
+        column("delta_id", Id) => r.delta_id,
+        column("blob_id", Id) => r.blob_id,
+        required("reason", Text) => r.reason.to_string(),
+        required("raw", Raw) => r.raw_text(),
+        required("pos_part", Int) => r.pos.part,
+        required("pos_offset", Int) => r.pos.offset,
+    }
+}
 
 impl View for DeadLetter {
     const TABLE: &'static Table = &DEAD_LETTERS;
@@ -213,85 +186,60 @@ impl View for DeadLetter {
     }
 }
 
-/// `blob_edges`: accepted edges of the blob DAG (S5.1) whose two ends exist.
-pub const BLOB_EDGES: Table = Table::new(
-    "blob_edges",
-    Kind::Upsert,
-    &["parent_id", "child_id"],
-    &[
-        column("parent_id", Id),
-        column("child_id", Id),
-        column("delta_id", Id),
-    ],
-)
-.indexed(&[Index {
-    name: "blob_edges_by_child",
-    columns: &["child_id"],
-}]);
-
-row!(EdgeRow, |r| [r.parent_id, r.child_id, r.delta_id]);
+table! {
+    /// `blob_edges`: accepted edges of the blob DAG (S5.1) whose two ends exist.
+    BLOB_EDGES = "blob_edges", Upsert by ["parent_id", "child_id"],
+    EdgeRow => |r| {
+        column("parent_id", Id) => r.parent_id,
+        column("child_id", Id) => r.child_id,
+        column("delta_id", Id) => r.delta_id,
+    }
+    indexed ["blob_edges_by_child" on ["child_id"]]
+}
 keyed_view!(EdgeRow, BLOB_EDGES);
 
-/// `blob_reach`: the DAG's closure with shortest distances (S5.2).
-pub const BLOB_REACH: Table = Table::new(
-    "blob_reach",
-    Kind::Upsert,
-    &["ancestor_id", "descendant_id"],
-    &[
-        column("ancestor_id", Id),
-        column("descendant_id", Id),
-        column("distance", Int),
-    ],
-)
-.indexed(&[Index {
-    name: "blob_reach_by_descendant",
-    columns: &["descendant_id"],
-}]);
-
-row!(ReachRow, |r| [r.ancestor_id, r.descendant_id, r.distance]);
+table! {
+    /// `blob_reach`: the DAG's closure with shortest distances (S5.2).
+    BLOB_REACH = "blob_reach", Upsert by ["ancestor_id", "descendant_id"],
+    ReachRow => |r| {
+        column("ancestor_id", Id) => r.ancestor_id,
+        column("descendant_id", Id) => r.descendant_id,
+        column("distance", Int) => r.distance,
+    }
+    indexed ["blob_reach_by_descendant" on ["descendant_id"]]
+}
 keyed_view!(ReachRow, BLOB_REACH);
 
-/// `blob_depth`: each blob's longest path from a root.
-pub const BLOB_DEPTH: Table = Table::new(
-    "blob_depth",
-    Kind::Upsert,
-    &["blob_id"],
-    &[column("blob_id", Id), column("depth", Int)],
-);
-
-row!(DepthRow, |r| [r.blob_id, r.depth]);
+table! {
+    /// `blob_depth`: each blob's longest path from a root.
+    BLOB_DEPTH = "blob_depth", Upsert by ["blob_id"],
+    DepthRow => |r| {
+        column("blob_id", Id) => r.blob_id,
+        column("depth", Int) => r.depth,
+    }
+}
 keyed_view!(DepthRow, BLOB_DEPTH);
 
-/// `user_depth`: each user's deepest blob.
-pub const USER_DEPTH: Table = Table::new(
-    "user_depth",
-    Kind::Upsert,
-    &["user_id"],
-    &[column("user_id", Id), column("max_depth", Int)],
-);
-
-row!(UserDepthRow, |r| [r.user_id, r.max_depth]);
+table! {
+    /// `user_depth`: each user's deepest blob.
+    USER_DEPTH = "user_depth", Upsert by ["user_id"],
+    UserDepthRow => |r| {
+        column("user_id", Id) => r.user_id,
+        column("max_depth", Int) => r.max_depth,
+    }
+}
 keyed_view!(UserDepthRow, USER_DEPTH);
 
-/// `rejected_edges`: edges that would have closed a cycle (S5.1).
-pub const REJECTED_EDGES: Table = Table::new(
-    "rejected_edges",
-    Kind::Append,
-    &[],
-    &[
-        column("delta_id", Id),
-        column("parent_id", Id),
-        column("child_id", Id),
-        column("reason", Text),
-    ],
-);
-
-row!(RejectedEdgeRow, |r| [
-    r.delta_id,
-    r.parent_id,
-    r.child_id,
-    r.reason.as_str()
-]);
+table! {
+    /// `rejected_edges`: edges that would have closed a cycle (S5.1).
+    REJECTED_EDGES = "rejected_edges", Append by [],
+    RejectedEdgeRow => |r| {
+        column("delta_id", Id) => r.delta_id,
+        column("parent_id", Id) => r.parent_id,
+        column("child_id", Id) => r.child_id,
+        column("reason", Text) => r.reason.as_str(),
+    }
+}
 
 impl View for RejectedEdgeRow {
     const TABLE: &'static Table = &REJECTED_EDGES;
@@ -326,7 +274,7 @@ pub const TRANSFORM_REQUESTS: Table = Table::new(
 
 /// A request with its state after a batch: pending (`true`) or superseded.
 impl Row for (&TransformRequest, bool) {
-    fn cells<'a>(&'a self, each: &mut dyn FnMut(crate::table::Cell<'a>)) {
+    fn cells<'a>(&'a self, each: &mut dyn FnMut(Cell<'a>)) {
         let r = self.0;
         each(r.request_id.into());
         each(r.provider_id.as_str().into());
@@ -348,35 +296,21 @@ impl View for TransformRequest {
     }
 }
 
-/// `processing` (S5.8): the workers' results, one row per request.
-pub const PROCESSING: Table = Table::new(
-    "processing",
-    Kind::Upsert,
-    &["request_id"],
-    &[
-        column("request_id", Id),
-        required("provider_id", Text),
-        required("blob_id", Id),
-        required("version", Int),
-        required("status", Text),
-        required("attempts", Int),
-        column("error", Text),
-        required("started_at", Time),
-        required("finished_at", Time),
-    ],
-);
-
-row!(ProcessingResult, |r| [
-    r.request_id,
-    r.provider_id.as_str(),
-    r.blob_id,
-    r.version,
-    r.status.as_str(),
-    r.attempts,
-    r.error.as_deref(),
-    r.started_at,
-    r.finished_at,
-]);
+table! {
+    /// `processing` (S5.8): the workers' results, one row per request.
+    PROCESSING = "processing", Upsert by ["request_id"],
+    ProcessingResult => |r| {
+        column("request_id", Id) => r.request_id,
+        required("provider_id", Text) => r.provider_id.as_str(),
+        required("blob_id", Id) => r.blob_id,
+        required("version", Int) => r.version,
+        required("status", Text) => r.status.as_str(),
+        required("attempts", Int) => r.attempts,
+        column("error", Text) => r.error.as_deref(),
+        required("started_at", Time) => r.started_at,
+        required("finished_at", Time) => r.finished_at,
+    }
+}
 
 impl View for ProcessingResult {
     const TABLE: &'static Table = &PROCESSING;
@@ -388,30 +322,19 @@ impl View for ProcessingResult {
     }
 }
 
-/// `events` (S5.8): what happened, in the order it was decided.
-pub const EVENTS: Table = Table::new(
-    "events",
-    Kind::Append,
-    &["seq"],
-    &[
+table! {
+    /// `events` (S5.8): what happened, in the order it was decided.
+    EVENTS = "events", Append by ["seq"],
+    EventRow => |r| {
         column("seq", Seq),
-        required("type", Text),
-        required("blob_id", Id),
-        column("delta_id", Id),
-        column("provider_id", Text),
-        required("at", Time),
-        required("payload", Json),
-    ],
-);
-
-row!(EventRow, |r| [
-    r.event_type,
-    r.blob_id,
-    r.delta_id,
-    r.provider_id.as_deref(),
-    r.at,
-    r.payload.as_str(),
-]);
+        required("type", Text) => r.event_type,
+        required("blob_id", Id) => r.blob_id,
+        column("delta_id", Id) => r.delta_id,
+        column("provider_id", Text) => r.provider_id.as_deref(),
+        required("at", Time) => r.at,
+        required("payload", Json) => r.payload.as_str(),
+    }
+}
 
 /// `large_docs` (Postgres only): large documents when no other large store is
 /// configured, named by `blobs.doc_ref`.

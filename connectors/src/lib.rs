@@ -51,28 +51,14 @@ pub mod query;
 pub mod retry;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod stored;
 
 pub use open::{Db, OpenError, open_publisher, open_reader, open_source, open_view_store};
 pub use query::{Param, Rows, ViewReader};
 
 /// The view tables Studio owns, in every view store (a replay rebuilds exactly these).
-pub const VIEW_TABLES: &[&str] = &[
-    "blobs",
-    "deltas_applied",
-    "deltas",
-    "deltas_waiting",
-    "checkpoints",
-    "processed_by",
-    "dead_letters",
-    "blob_edges",
-    "blob_reach",
-    "blob_depth",
-    "user_depth",
-    "rejected_edges",
-    "transform_requests",
-    "processing",
-    "events",
-];
+pub const VIEW_TABLES: &[&str] = &studio_model::tables::TABLE_NAMES;
 
 /// The Postgres table of large documents when no other large store is configured
 /// (not a view: SQLite keeps large documents in a directory beside its file).

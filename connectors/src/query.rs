@@ -33,7 +33,17 @@ pub trait ViewReader {
     fn rows(&mut self, sql: &str, params: &[Param]) -> Result<Rows, SinkError>;
 
     /// The stored content of a blob's document (`None`: no such blob).
-    fn content(&mut self, blob_id: Uuid) -> Result<Option<Content>, SinkError>;
+    fn content(&mut self, blob_id: Uuid) -> Result<Option<Content>, SinkError> {
+        let rows = self.rows(
+            "SELECT doc, doc_ref FROM blobs WHERE blob_id = ?",
+            &[Param::Id(blob_id)],
+        )?;
+        let text = |value: &serde_json::Value| value.as_str().map(str::to_owned);
+        Ok(rows.first().and_then(|row| match row.as_slice() {
+            [(_, doc), (_, reference)] => Content::from_columns(text(doc), text(reference)),
+            _ => None,
+        }))
+    }
 
     /// The document's JSON, wherever it is stored.
     fn resolve(&mut self, content: Content) -> Result<String, SinkError>;

@@ -5,11 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use differential_dataflow::{AsCollection, VecCollection};
-use studio_model::{
-    AppliedRow, BlobRow, DeadLetter, Delta, DepthRow, EdgeRow, ProcessedRow, ProcessingResult,
-    ReachRow, RejectedEdgeRow, SourcePos, TransformRequest, UserDepthRow, Uuid, WaitingRow,
-    parse_record,
-};
+use studio_model::{DeadLetter, Delta, ProcessingResult, SourcePos, Uuid, parse_record};
 use studio_operators::{
     ApplyDeltas, ApplyOptions, CycleGuard, DagLimits, DagViews, DedupById, PendingTriggers,
     ProviderChange,
@@ -68,33 +64,19 @@ pub struct RenderOptions {
     pub store_records: bool,
 }
 
-/// The maintained views, as collections.
-pub struct ViewStreams<'scope> {
-    /// `blobs`.
-    pub blobs: VecCollection<'scope, Time, BlobRow>,
-    /// `processed_by`.
-    pub processed: VecCollection<'scope, Time, ProcessedRow>,
-    /// `deltas_applied`.
-    pub applied: VecCollection<'scope, Time, AppliedRow>,
-    /// `dead_letters`: malformed records and rejected deltas.
-    pub dead_letters: VecCollection<'scope, Time, DeadLetter>,
-    /// `blob_edges`: accepted edges whose two ends exist.
-    pub edges: VecCollection<'scope, Time, EdgeRow>,
-    /// `rejected_edges`: edges that would have closed a cycle.
-    pub rejected_edges: VecCollection<'scope, Time, RejectedEdgeRow>,
-    /// `blob_reach`.
-    pub reach: VecCollection<'scope, Time, ReachRow>,
-    /// `blob_depth`.
-    pub depth: VecCollection<'scope, Time, DepthRow>,
-    /// `user_depth`.
-    pub user_depth: VecCollection<'scope, Time, UserDepthRow>,
-    /// The pending transform requests (S5.4–S5.7).
-    pub requests: VecCollection<'scope, Time, TransformRequest>,
-    /// `processing`: the workers' results, insert-only.
-    pub processing: VecCollection<'scope, Time, ProcessingResult>,
-    /// `deltas_waiting`: deltas waiting for a gap (S4.1).
-    pub waiting: VecCollection<'scope, Time, WaitingRow>,
+macro_rules! view_streams {
+    (
+        by_hand { $($(#[$hdoc:meta])* $hand:ident: $hrow:ty,)* }
+        by_declaration { $($(#[$ddoc:meta])* $decl:ident: $drow:ty,)* }
+    ) => {
+        /// The maintained views, as collections (one per [`studio_model::for_each_view`]).
+        pub struct ViewStreams<'scope> {
+            $($(#[$hdoc])* pub $hand: VecCollection<'scope, Time, $hrow>,)*
+            $($(#[$ddoc])* pub $decl: VecCollection<'scope, Time, $drow>,)*
+        }
+    };
 }
+studio_model::for_each_view!(view_streams);
 
 /// A malformed record's dead letter, as a collection update.
 type Malformed = (DeadLetter, Time, isize);

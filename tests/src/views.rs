@@ -1,4 +1,4 @@
-//! The four view tables of a SQLite view database (connectors/src/sqlite/schema.sql),
+//! The four view tables of a SQLite view database (declared in `studio_model::tables`),
 //! read back into plain rows that compare with `assert_eq!` against the reference
 //! model's [`crate::model::Expected`].
 //!

@@ -997,3 +997,32 @@ fn an_old_postgres_database_has_its_lz4_documents_turned_into_jsonb_by_migration
         ["5"]
     );
 }
+
+/// The tables the migrations make have the declared columns, in order, with the
+/// declared types (`studio_model::tables`): the statements generated from the
+/// declarations fit the schema that history made.
+#[test]
+fn the_postgres_migrations_make_the_declared_tables() {
+    let url = fresh_database("declared");
+    drop(pg_sink(&url, ContentSpec::in_dir(std::env::temp_dir())));
+    let declared = studio_model::tables::TABLES
+        .into_iter()
+        .chain([&studio_model::tables::LARGE_DOCS]);
+    for table in declared {
+        let found = pg_texts(
+            &url,
+            &format!(
+                "SELECT column_name || ' ' || udt_name FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = '{}' \
+                 ORDER BY ordinal_position",
+                table.name
+            ),
+        );
+        let expected: Vec<String> = table
+            .columns
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.ty.postgres()))
+            .collect();
+        assert_eq!(found, expected, "{}", table.name);
+    }
+}

@@ -542,7 +542,7 @@ fn sqlite(args: &Args, graph: &Graph, rng: &mut StdRng) -> anyhow::Result<Vec<Qu
             .journal_mode(SqliteJournalMode::Off)
             .synchronous(SqliteSynchronous::Off);
         let mut conn = SqliteConnection::connect_with(&options).await?;
-        // The schema of connectors/src/sqlite/schema.sql for these two tables.
+        // The schema of these two tables, as declared in studio_model::tables.
         sqlx::query(
             "CREATE TABLE blob_edges (parent_id TEXT, child_id TEXT, delta_id TEXT, \
              PRIMARY KEY (parent_id, child_id))",

@@ -266,6 +266,23 @@ pub struct EncodedBlob<'a> {
     pub stored: Stored,
 }
 
+impl studio_model::Row for EncodedBlob<'_> {
+    fn cells<'a>(&'a self, each: &mut dyn FnMut(studio_model::Cell<'a>)) {
+        let (r, stored) = (self.row, &self.stored);
+        each(r.blob_id.into());
+        each(r.user_id.into());
+        each(r.version.into());
+        each(r.content_type.as_str().into());
+        each(stored.doc.as_deref().into());
+        each(stored.doc_ref.as_deref().into());
+        each(stored.doc_bytes.into());
+        each(r.parent_id.into());
+        each(r.created_at.into());
+        each(r.updated_at.into());
+        each(r.deleted_at.into());
+    }
+}
+
 impl ContentCodec {
     /// Encodes the upserted rows of a batch, sorted by key (B-tree inserts in key order
     /// touch neighbouring pages). Large documents are written to the large store first,

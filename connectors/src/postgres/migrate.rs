@@ -6,7 +6,7 @@ use sqlx::postgres::PgConnection;
 use studio_model::Uuid;
 
 use super::connection::pg_error;
-use super::tables::jsonb_text;
+use super::table::jsonb_text;
 use crate::SinkError;
 use crate::content::inflate_legacy_lz4;
 use crate::open::redact;

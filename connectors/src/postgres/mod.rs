@@ -8,9 +8,10 @@
 //! - **Writes:** one transaction per [`ViewBatch`]. Each table is written with one
 //!   statement per chunk of rows: `INSERT ... SELECT * FROM UNNEST($1::uuid[], ...)`,
 //!   with `ON CONFLICT (key) DO UPDATE` for the keyed views and
-//!   `DELETE ... WHERE (key) IN (SELECT * FROM UNNEST(...))` for their deletes. A table
-//!   is described once ([`PgTable`]) and its SQL is generated from that; adding a view
-//!   is a migration, a `PgTable` and a bind function.
+//!   `DELETE ... WHERE (key) IN (SELECT * FROM UNNEST(...))` for their deletes. The SQL
+//!   and the bound arrays are generated from the tables declared in
+//!   `studio_model::tables` ([`table`]); adding a view is a declaration there and a
+//!   migration here.
 //! - **The delta store:** `deltas`, partitioned by month of `created_at`; the sink
 //!   creates a month's partition in the transaction of the first delta that needs it.
 //!   Each row keeps the delta's record exactly as read (`text`) and its log position;
@@ -33,8 +34,7 @@ mod migrate;
 mod partitions;
 mod reader;
 mod recover;
-mod table;
-mod tables;
+pub mod table;
 mod write;
 
 use std::collections::HashSet;
@@ -57,7 +57,6 @@ pub use crate::open::{is_postgres_url, redact};
 pub use migrate::{MIGRATIONS, migrate};
 pub use partitions::partition_name;
 pub use reader::PgReader;
-pub use table::PgTable;
 
 pub use crate::OpenMode;
 

@@ -13,7 +13,7 @@ use studio_model::{Timestamp, Uuid};
 
 use super::connection::{connect, pg_error, runtime};
 use crate::SinkError;
-use crate::content::{Content, ContentColumns, ContentReader, POSTGRES_REF_PREFIX};
+use crate::content::{Content, ContentReader, POSTGRES_REF_PREFIX};
 use crate::query::{Param, Rows, ViewReader, hex};
 
 /// A connection to a Postgres view database, for reading.
@@ -80,18 +80,6 @@ impl ViewReader for PgReader {
                 .map_err(pg_error("querying the views"))?;
             Ok(rows.iter().map(to_json).collect())
         })
-    }
-
-    fn content(&mut self, blob_id: Uuid) -> Result<Option<Content>, SinkError> {
-        let conn = &mut self.conn;
-        let row: Option<ContentColumns> = self.runtime.block_on(async {
-            sqlx::query_as("SELECT doc::text, doc_ref FROM blobs WHERE blob_id = $1")
-                .bind(blob_id)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(pg_error("reading a document"))
-        })?;
-        Ok(row.and_then(|(doc, reference)| Content::from_columns(doc, reference)))
     }
 
     fn resolve(&mut self, content: Content) -> Result<String, SinkError> {

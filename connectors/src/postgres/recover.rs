@@ -5,6 +5,7 @@ use sqlx::postgres::PgConnection;
 use studio_model::{Checkpoint, SourcePos};
 
 use super::connection::pg_error;
+use crate::stored::{RECOVERY_QUERY, recovered};
 use crate::{RecoveredAs, SinkError};
 
 /// Streams the delta store in log order to `each`, then reads `source`'s checkpoint.
@@ -13,27 +14,15 @@ pub(crate) async fn recover(
     source: &str,
     each: &mut dyn FnMut(SourcePos, &str, RecoveredAs),
 ) -> Result<Option<Checkpoint>, SinkError> {
-    let mut rows = sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<String>, bool)>(
-        "SELECT pos_part, pos_offset, record, false FROM deltas \
-         UNION ALL SELECT pos_part, pos_offset, record, false FROM deltas_waiting \
-         UNION ALL SELECT pos_part, pos_offset, raw, reason LIKE 'S4.4%' FROM dead_letters \
-             WHERE delta_id IS NOT NULL \
-         ORDER BY 1, 2",
-    )
-    .fetch(&mut *conn);
+    let mut rows =
+        sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<String>, bool)>(RECOVERY_QUERY)
+            .fetch(&mut *conn);
     while let Some(row) = rows
         .try_next()
         .await
         .map_err(pg_error("reading the delta store"))?
     {
-        let (Some(part), Some(offset), Some(record), expired) = row else {
-            return Err(SinkError::Refused(crate::NO_RECORDS.into()));
-        };
-        let pos = SourcePos {
-            part: part as u32,
-            offset: offset as u64,
-        };
-        each(pos, &record, crate::recovered_as(expired));
+        recovered(row, each)?;
     }
     drop(rows);
     let stored: Option<(String, i64)> =

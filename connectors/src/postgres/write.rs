@@ -6,18 +6,19 @@ use std::collections::BTreeMap;
 use chrono::NaiveDate;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
-use studio_model::{
-    AppliedRow, Checkpoint, DeadLetter, EventRow, KeyedChanges, ProcessingResult, RejectedEdgeRow,
-    Uuid, ViewBatch,
+use studio_model::tables::{
+    BLOBS, CHECKPOINTS, DEAD_LETTERS, DELTAS, DELTAS_APPLIED, EVENTS, LARGE_DOCS, PROCESSING,
+    TRANSFORM_REQUESTS,
 };
+use studio_model::{AppliedRow, ProcessingResult, Row, Uuid, ViewBatch};
 
 use super::OpenMode;
 use super::connection::pg_error;
 use super::partitions::ensure_partition;
-use super::table::{PgQuery, PgTable, col, int};
-use super::tables::*;
+use super::table::{Binding, delete, insert, insert_sql, plain_insert_sql, run};
+use crate::SinkError;
 use crate::content::EncodedBlob;
-use crate::{SinkError, positions_json};
+use crate::stored::{LargeDoc, StoredCheckpoint};
 
 /// The first `seq` of a batch's dead letters and of its events.
 #[derive(Clone, Copy)]
@@ -55,72 +56,39 @@ pub(crate) async fn write_batch(
     tx.commit().await.map_err(pg_error("COMMIT"))
 }
 
-/// The large documents, `blobs` and the keyed views.
+/// The large documents, `blobs` and the views written by their declaration alone.
 async fn write_views(
     conn: &mut PgConnection,
     batch: &ViewBatch,
     blobs: &[EncodedBlob<'_>],
     chunk: usize,
 ) -> Result<(), SinkError> {
-    let large: Vec<(&str, &str)> = blobs
+    let large: Vec<LargeDoc<'_>> = blobs
         .iter()
-        .filter_map(|e| Some((e.stored.doc_ref.as_deref()?, e.stored.large_doc.as_deref()?)))
+        .filter_map(|e| {
+            Some(LargeDoc {
+                doc_ref: e.stored.doc_ref.as_deref()?,
+                doc: e.stored.large_doc.as_deref()?,
+            })
+        })
         .collect();
     // Large documents in their own chunks: a chunk of rows each ≥ 1 MiB is large.
-    LARGE_DOCS.insert(conn, &large, 16, bind_large_docs).await?;
-    BLOBS.insert(conn, blobs, chunk, bind_blobs).await?;
-    BLOBS
-        .delete(conn, &batch.blobs.deletes, chunk, bind_uuid_keys)
-        .await?;
-    write_keyed(
-        conn,
-        &PROCESSED,
-        &batch.processed,
-        chunk,
-        bind_processed,
-        bind_processed_keys,
-    )
-    .await?;
-    write_keyed(
-        conn,
-        &EDGES,
-        &batch.edges,
-        chunk,
-        bind_edges,
-        bind_pair_keys,
-    )
-    .await?;
-    write_keyed(
-        conn,
-        &REACH,
-        &batch.reach,
-        chunk,
-        bind_reach,
-        bind_pair_keys,
-    )
-    .await?;
-    write_keyed(
-        conn,
-        &DEPTH,
-        &batch.depth,
-        chunk,
-        bind_depth,
-        bind_uuid_keys,
-    )
-    .await?;
-    write_keyed(
-        conn,
-        &USER_DEPTH,
-        &batch.user_depth,
-        chunk,
-        bind_user_depth,
-        bind_uuid_keys,
-    )
-    .await
+    insert(conn, &LARGE_DOCS, &rows(&large), 16).await?;
+    insert(conn, &BLOBS, &rows(blobs), chunk).await?;
+    delete(conn, &BLOBS, &rows(&batch.blobs.deletes), chunk).await?;
+    for changes in batch.declared_changes() {
+        insert(conn, changes.table(), &changes.rows(), chunk).await?;
+        delete(conn, changes.table(), &changes.deleted_keys(), chunk).await?;
+    }
+    Ok(())
 }
 
-/// `deltas_applied`, the delta store (`deltas`, `deltas_waiting`) and the source's
-/// checkpoint.
+/// Rows as the statements bind them.
+fn rows<R: Row>(rows: &[R]) -> Vec<&dyn Row> {
+    rows.iter().map(|r| r as &dyn Row).collect()
+}
+
+/// `deltas_applied`, the delta store (`deltas`) and the source's checkpoint.
 async fn write_delta_store(
     conn: &mut PgConnection,
     batch: &ViewBatch,
@@ -128,58 +96,29 @@ async fn write_delta_store(
 ) -> Result<(), SinkError> {
     let mut applied: Vec<&AppliedRow> = batch.applied.iter().collect();
     applied.sort_unstable_by_key(|r| r.delta_id);
-    APPLIED.insert(conn, &applied, chunk, bind_applied).await?;
-    DELTAS.insert(conn, &applied, chunk, bind_deltas).await?;
-    write_keyed(
-        conn,
-        &WAITING,
-        &batch.waiting,
-        chunk,
-        bind_waiting,
-        bind_uuid_keys,
-    )
-    .await?;
+    let applied: Vec<&dyn Row> = applied.into_iter().map(|r| r as &dyn Row).collect();
+    insert(conn, &DELTAS_APPLIED, &applied, chunk).await?;
+    insert(conn, &DELTAS, &applied, chunk).await?;
     if let Some(checkpoint) = &batch.checkpoint {
-        write_checkpoint(conn, checkpoint).await?;
+        insert(conn, &CHECKPOINTS, &[&StoredCheckpoint(checkpoint)], chunk).await?;
     }
     Ok(())
 }
 
-/// `rejected_edges` and `dead_letters`, numbered from `first_dead_letter_seq`.
+/// `dead_letters`, numbered from `first_dead_letter_seq`.
 async fn write_errors(
     conn: &mut PgConnection,
     batch: &ViewBatch,
     first_dead_letter_seq: i64,
     chunk: usize,
 ) -> Result<(), SinkError> {
-    let rejected: Vec<&RejectedEdgeRow> = batch.rejected_edges.iter().collect();
-    REJECTED
-        .insert(conn, &rejected, chunk, bind_rejected)
-        .await?;
-    let dead: Vec<(i64, &DeadLetter)> = batch
-        .dead_letters
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (first_dead_letter_seq + i as i64, d))
-        .collect();
-    DEAD.insert(conn, &dead, chunk, bind_dead).await
-}
-
-async fn write_checkpoint(
-    conn: &mut PgConnection,
-    checkpoint: &Checkpoint,
-) -> Result<(), SinkError> {
-    sqlx::query(
-        "INSERT INTO checkpoints (source, positions, next_seq) VALUES ($1, $2::jsonb, $3) \
-         ON CONFLICT (source) DO UPDATE SET positions = EXCLUDED.positions, next_seq = EXCLUDED.next_seq",
-    )
-    .bind(&checkpoint.source)
-    .bind(positions_json(&checkpoint.positions))
-    .bind(int(checkpoint.next_seq))
-    .execute(&mut *conn)
-    .await
-    .map_err(pg_error("writing the source checkpoint"))?;
-    Ok(())
+    let binding = Binding {
+        first_seq: first_dead_letter_seq,
+        ..Binding::rows(&DEAD_LETTERS)
+    };
+    let sql = insert_sql(&DEAD_LETTERS);
+    let letters = rows(&batch.dead_letters);
+    run(conn, binding, &sql, &letters, chunk, "writing dead_letters").await
 }
 
 /// `transform_requests`, `processing` and `events`, as SQLite writes them (one
@@ -194,13 +133,20 @@ async fn write_provider_tables(
 ) -> Result<(), SinkError> {
     write_requests(conn, batch, chunk).await?;
     write_processing(conn, batch, chunk).await?;
-    let events: Vec<(i64, &EventRow)> = batch
-        .events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (first_event_seq + i as i64, e))
-        .collect();
-    EVENTS.insert(conn, &events, chunk, bind_events).await
+    let binding = Binding {
+        first_seq: first_event_seq,
+        ..Binding::rows(&EVENTS)
+    };
+    let sql = insert_sql(&EVENTS);
+    run(
+        conn,
+        binding,
+        &sql,
+        &rows(&batch.events),
+        chunk,
+        "writing events",
+    )
+    .await
 }
 
 /// The requests the batch touched: inserted (or kept) `pending` when they appeared,
@@ -211,15 +157,16 @@ async fn write_requests(
     chunk: usize,
 ) -> Result<(), SinkError> {
     let changes = batch.request_changes();
-    REQUESTS
-        .insert_with(
-            conn,
-            REQUESTS_ON_CONFLICT,
-            &changes.upserts,
-            chunk,
-            bind_requests,
-        )
-        .await?;
+    // A request that appeared keeps a settled status (`completed`, `failed`) already
+    // written; otherwise it takes the batch's (`pending`, or `superseded`).
+    let sql = format!(
+        "{} ON CONFLICT (request_id) DO UPDATE SET status = EXCLUDED.status \
+         WHERE transform_requests.status IN ('pending', 'superseded')",
+        plain_insert_sql(&TRANSFORM_REQUESTS)
+    );
+    let binding = Binding::rows(&TRANSFORM_REQUESTS);
+    let context = "writing transform_requests";
+    run(conn, binding, &sql, &rows(&changes.upserts), chunk, context).await?;
     for part in changes.superseded.chunks(chunk.max(1)) {
         sqlx::query(
             "UPDATE transform_requests SET status = 'superseded' \
@@ -259,41 +206,41 @@ async fn write_processing(
             }
         }
     }
-    PROCESSING
-        .insert_with(
-            conn,
-            PROCESSING_ON_CONFLICT,
-            &results,
-            chunk,
-            bind_processing,
-        )
-        .await?;
+    // A request answered again (a later round) adds its attempts to the earlier ones.
+    // The same result written again (a batch retried after a commit whose
+    // acknowledgement was lost) has the same `finished_at` and adds nothing.
+    let sql = format!(
+        "{} ON CONFLICT (request_id) DO UPDATE SET status = EXCLUDED.status, \
+         attempts = CASE WHEN processing.finished_at = EXCLUDED.finished_at THEN processing.attempts \
+         ELSE processing.attempts + EXCLUDED.attempts END, \
+         error = EXCLUDED.error, finished_at = EXCLUDED.finished_at",
+        plain_insert_sql(&PROCESSING)
+    );
+    let binding = Binding::rows(&PROCESSING);
+    run(
+        conn,
+        binding,
+        &sql,
+        &rows(&results),
+        chunk,
+        "writing processing",
+    )
+    .await?;
     for part in results.chunks(chunk.max(1)) {
         sqlx::query(
             "UPDATE transform_requests t SET status = u.status \
              FROM UNNEST($1::uuid[], $2::text[]) AS u(request_id, status) \
              WHERE t.request_id = u.request_id",
         )
-        .bind(col(part, |r| r.request_id))
-        .bind(col(part, |r| r.status.as_str().to_owned()))
+        .bind(part.iter().map(|r| r.request_id).collect::<Vec<_>>())
+        .bind(
+            part.iter()
+                .map(|r| r.status.as_str().to_owned())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *conn)
         .await
         .map_err(pg_error("writing transform_requests"))?;
     }
     Ok(())
-}
-
-/// Writes one keyed view's net changes: upserts sorted by key, then deletes.
-async fn write_keyed<R: studio_model::Keyed>(
-    conn: &mut PgConnection,
-    table: &PgTable,
-    changes: &KeyedChanges<R>,
-    chunk: usize,
-    bind_rows: for<'q> fn(PgQuery<'q>, &[&R]) -> PgQuery<'q>,
-    bind_keys: for<'q> fn(PgQuery<'q>, &[R::Key]) -> PgQuery<'q>,
-) -> Result<(), SinkError> {
-    let mut rows: Vec<&R> = changes.upserts.iter().collect();
-    rows.sort_unstable_by_key(|r| r.key());
-    table.insert(conn, &rows, chunk, bind_rows).await?;
-    table.delete(conn, &changes.deletes, chunk, bind_keys).await
 }

@@ -10,8 +10,9 @@
 //!
 //! Upserts for `blobs` and `processed_by`, inserts for `deltas` and `dead_letters`
 //! (whose `seq` follows the order in which letters were decided), rows sorted by key
-//! so that B-tree inserts walk the index instead of jumping across it. The schema is
-//! `schema.sql` beside this file. Documents are stored by the shared content rule
+//! so that B-tree inserts walk the index instead of jumping across it. The schema and
+//! the statements are generated from the tables declared in `studio_model::tables`
+//! ([`sql`]). Documents are stored by the shared content rule
 //! ([`crate::content`]): JSON text in `blobs.doc` (SQLite's JSON functions read it), or
 //! a reference to a large store (a local directory or S3) in `blobs.doc_ref`.
 //!
@@ -24,6 +25,7 @@
 //!   never loses a committed batch and a batch is wholly visible or not at all.
 
 mod reader;
+pub mod sql;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -33,28 +35,16 @@ use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, Transaction, params};
 use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
-use studio_model::{
-    AppliedRow, Checkpoint, Keyed, KeyedChanges, SourcePos, Timestamp, Uuid, ViewBatch,
-};
+use studio_model::{AppliedRow, Checkpoint, Row, SourcePos, Timestamp, Uuid, ViewBatch, tables};
 
 use crate::content::{ContentCodec, ContentSpec, LargeStoreSpec, inflate_legacy_lz4};
 use crate::retry::RetryPolicy;
-use crate::{RecoveredAs, SinkError, ViewSink, positions_json};
+use crate::stored::{RECOVERY_QUERY, StoredCheckpoint, recovered};
+use crate::{RecoveredAs, SinkError, ViewSink};
 
 pub use crate::VIEW_TABLES;
 pub use crate::query::Rows;
 pub use reader::SqliteReader;
-
-/// The view tables, created if missing.
-pub const SCHEMA: &str = include_str!("schema.sql");
-
-/// Everything a restart replays, in log order: the accepted deltas, the waiting ones,
-/// and the rejected deltas except expired gaps (see [`crate::ViewSink::recover`]).
-const RECOVERY_QUERY: &str = "SELECT pos_part, pos_offset, record, 0 FROM deltas \
-     UNION ALL SELECT pos_part, pos_offset, record, 0 FROM deltas_waiting \
-     UNION ALL SELECT pos_part, pos_offset, raw, reason LIKE 'S4.4%' FROM dead_letters \
-         WHERE delta_id IS NOT NULL \
-     ORDER BY 1, 2";
 
 /// How long a statement waits for another connection's lock (the readers').
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -169,9 +159,10 @@ impl SqliteViews {
         .map_err(sql_error(format!(
             "cannot configure SQLite database {path}"
         )))?;
-        conn.execute_batch(SCHEMA).map_err(sql_error(format!(
-            "cannot create the view tables in {path}"
-        )))?;
+        conn.execute_batch(&sql::schema())
+            .map_err(sql_error(format!(
+                "cannot create the view tables in {path}"
+            )))?;
         conn.set_prepared_statement_cache_capacity(64);
         inflate_legacy_documents(&mut conn)?;
         if let LargeStoreSpec::Postgres = options.content.large {
@@ -267,124 +258,6 @@ fn time(t: Timestamp) -> String {
     t.to_rfc3339()
 }
 
-/// How one keyed view is written: an upsert per row, a delete by key.
-struct KeyedTable<R: Keyed> {
-    /// `INSERT INTO t (columns) VALUES (...) ON CONFLICT (key) DO UPDATE SET ...`.
-    upsert: &'static str,
-    /// Runs the prepared upsert with one row's columns.
-    run_upsert: fn(&mut rusqlite::CachedStatement<'_>, &R) -> rusqlite::Result<usize>,
-    /// `DELETE FROM t WHERE key = ?`.
-    delete: &'static str,
-    /// Runs the prepared delete with a key.
-    run_delete: fn(&mut rusqlite::CachedStatement<'_>, &R::Key) -> rusqlite::Result<usize>,
-}
-
-impl<R: Keyed> KeyedTable<R> {
-    fn write(&self, tx: &Transaction<'_>, changes: &KeyedChanges<R>) -> Result<(), SinkError> {
-        if !changes.upserts.is_empty() {
-            let mut rows: Vec<&R> = changes.upserts.iter().collect();
-            // B-tree inserts in key order touch neighbouring pages, where random UUID
-            // order would jump across the whole index.
-            rows.sort_unstable_by_key(|r| r.key());
-            let mut upsert = tx
-                .prepare_cached(self.upsert)
-                .map_err(sql_error(self.upsert))?;
-            for row in rows {
-                (self.run_upsert)(&mut upsert, row).map_err(sql_error(self.upsert))?;
-            }
-        }
-        if !changes.deletes.is_empty() {
-            let mut delete = tx
-                .prepare_cached(self.delete)
-                .map_err(sql_error(self.delete))?;
-            for key in &changes.deletes {
-                (self.run_delete)(&mut delete, key).map_err(sql_error(self.delete))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-const BLOBS_UPSERT: &str = "INSERT INTO blobs (blob_id, user_id, version, content_type, doc, doc_ref, doc_bytes, parent_id, created_at, updated_at, deleted_at) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-    ON CONFLICT (blob_id) DO UPDATE SET user_id = excluded.user_id, version = excluded.version, \
-    content_type = excluded.content_type, doc = excluded.doc, doc_ref = excluded.doc_ref, \
-    doc_bytes = excluded.doc_bytes, parent_id = excluded.parent_id, \
-    created_at = excluded.created_at, updated_at = excluded.updated_at, deleted_at = excluded.deleted_at";
-
-const DELTAS_INSERT: &str = "INSERT INTO deltas (delta_id, blob_id, version, operation, user_id, provider_id, caused_by, created_at, record, pos_part, pos_offset) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-
-const PROCESSED: KeyedTable<studio_model::ProcessedRow> = KeyedTable {
-    upsert: "INSERT INTO processed_by (blob_id, provider_id, version, delta_id) VALUES (?, ?, ?, ?) \
-        ON CONFLICT (blob_id, provider_id) DO UPDATE SET version = excluded.version, delta_id = excluded.delta_id",
-    run_upsert: |s, r| {
-        s.execute(params![
-            id(r.blob_id),
-            r.provider_id,
-            r.version as i64,
-            id(r.delta_id)
-        ])
-    },
-    delete: "DELETE FROM processed_by WHERE blob_id = ? AND provider_id = ?",
-    run_delete: |s, (blob, provider)| s.execute(params![id(*blob), provider]),
-};
-
-const WAITING: KeyedTable<studio_model::WaitingRow> = KeyedTable {
-    upsert: "INSERT INTO deltas_waiting (delta_id, blob_id, version, pos_part, pos_offset, record) \
-        VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (delta_id) DO NOTHING",
-    run_upsert: |s, r| {
-        s.execute(params![
-            id(r.delta_id),
-            id(r.blob_id),
-            r.version as i64,
-            r.pos.part as i64,
-            r.pos.offset as i64,
-            &*r.record,
-        ])
-    },
-    delete: "DELETE FROM deltas_waiting WHERE delta_id = ?",
-    run_delete: |s, k| s.execute(params![id(*k)]),
-};
-
-const EDGES: KeyedTable<studio_model::EdgeRow> = KeyedTable {
-    upsert: "INSERT INTO blob_edges (parent_id, child_id, delta_id) VALUES (?, ?, ?) \
-        ON CONFLICT (parent_id, child_id) DO UPDATE SET delta_id = excluded.delta_id",
-    run_upsert: |s, r| s.execute(params![id(r.parent_id), id(r.child_id), id(r.delta_id)]),
-    delete: "DELETE FROM blob_edges WHERE parent_id = ? AND child_id = ?",
-    run_delete: |s, (p, c)| s.execute(params![id(*p), id(*c)]),
-};
-
-const REACH: KeyedTable<studio_model::ReachRow> = KeyedTable {
-    upsert: "INSERT INTO blob_reach (ancestor_id, descendant_id, distance) VALUES (?, ?, ?) \
-        ON CONFLICT (ancestor_id, descendant_id) DO UPDATE SET distance = excluded.distance",
-    run_upsert: |s, r| {
-        s.execute(params![
-            id(r.ancestor_id),
-            id(r.descendant_id),
-            r.distance as i64
-        ])
-    },
-    delete: "DELETE FROM blob_reach WHERE ancestor_id = ? AND descendant_id = ?",
-    run_delete: |s, (a, d)| s.execute(params![id(*a), id(*d)]),
-};
-
-const DEPTH: KeyedTable<studio_model::DepthRow> = KeyedTable {
-    upsert: "INSERT INTO blob_depth (blob_id, depth) VALUES (?, ?) \
-        ON CONFLICT (blob_id) DO UPDATE SET depth = excluded.depth",
-    run_upsert: |s, r| s.execute(params![id(r.blob_id), r.depth as i64]),
-    delete: "DELETE FROM blob_depth WHERE blob_id = ?",
-    run_delete: |s, k| s.execute(params![id(*k)]),
-};
-
-const USER_DEPTH: KeyedTable<studio_model::UserDepthRow> = KeyedTable {
-    upsert: "INSERT INTO user_depth (user_id, max_depth) VALUES (?, ?) \
-        ON CONFLICT (user_id) DO UPDATE SET max_depth = excluded.max_depth",
-    run_upsert: |s, r| s.execute(params![id(r.user_id), r.max_depth as i64]),
-    delete: "DELETE FROM user_depth WHERE user_id = ?",
-    run_delete: |s, k| s.execute(params![id(*k)]),
-};
-
 impl ViewSink for SqliteViews {
     fn finish(&mut self) -> Result<(), SinkError> {
         if self.mode == OpenMode::Rebuild {
@@ -415,23 +288,12 @@ impl ViewSink for SqliteViews {
                 .map_err(sql_error("reading the delta store"))?;
             while let Some(row) = rows.next().map_err(sql_error("reading the delta store"))? {
                 let read = |row: &rusqlite::Row<'_>| -> rusqlite::Result<_> {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, Option<String>>(2)?,
-                        row.get::<_, bool>(3)?,
-                    ))
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
                 };
-                let (part, offset, record, expired) =
-                    read(row).map_err(sql_error("reading the delta store"))?;
-                let Some(record) = record else {
-                    return Err(SinkError::Refused(crate::NO_RECORDS.into()));
-                };
-                let pos = SourcePos {
-                    part: part as u32,
-                    offset: offset as u64,
-                };
-                each(pos, &record, crate::recovered_as(expired));
+                recovered(
+                    read(row).map_err(sql_error("reading the delta store"))?,
+                    each,
+                )?;
             }
         }
         let stored: Option<(String, i64)> = match self.conn.query_row(
@@ -448,125 +310,42 @@ impl ViewSink for SqliteViews {
 }
 
 impl SqliteViews {
-    /// One attempt at a batch: its large documents, then one transaction.
+    /// One attempt at a batch: its large documents, then one transaction: `blobs`, the
+    /// views written by declaration, the delta store, the checkpoint, the dead letters
+    /// and the provider tables.
     fn try_write(&mut self, batch: &ViewBatch) -> Result<(), SinkError> {
         let blobs = self
             .runtime
             .block_on(self.content.encode_rows(&batch.blobs.upserts))?;
         let tx = self.conn.transaction().map_err(sql_error("BEGIN"))?;
-        if !blobs.is_empty() {
-            let mut upsert = tx
-                .prepare_cached(BLOBS_UPSERT)
-                .map_err(sql_error("writing blobs"))?;
-            for e in &blobs {
-                let r = e.row;
-                upsert
-                    .execute(params![
-                        id(r.blob_id),
-                        id(r.user_id),
-                        r.version as i64,
-                        r.content_type,
-                        e.stored.doc,
-                        e.stored.doc_ref,
-                        e.stored.doc_bytes,
-                        r.parent_id.map(id),
-                        time(r.created_at),
-                        time(r.updated_at),
-                        r.deleted_at.map(time),
-                    ])
-                    .map_err(sql_error("writing blobs"))?;
-            }
+        sql::insert_rows(&tx, &tables::BLOBS, blobs.iter().map(|e| e as &dyn Row))?;
+        sql::delete_keys(
+            &tx,
+            &tables::BLOBS,
+            batch.blobs.deletes.iter().map(|k| k as &dyn Row),
+        )?;
+        for changes in batch.declared_changes() {
+            sql::write_changes(&tx, changes)?;
         }
-        if !batch.blobs.deletes.is_empty() {
-            let mut delete = tx
-                .prepare_cached("DELETE FROM blobs WHERE blob_id = ?")
-                .map_err(sql_error("DELETE FROM blobs"))?;
-            for key in &batch.blobs.deletes {
-                delete
-                    .execute(params![id(*key)])
-                    .map_err(sql_error("DELETE FROM blobs"))?;
-            }
-        }
-        PROCESSED.write(&tx, &batch.processed)?;
-        EDGES.write(&tx, &batch.edges)?;
-        REACH.write(&tx, &batch.reach)?;
-        DEPTH.write(&tx, &batch.depth)?;
-        USER_DEPTH.write(&tx, &batch.user_depth)?;
-        if !batch.applied.is_empty() {
-            let mut applied: Vec<&AppliedRow> = batch.applied.iter().collect();
-            applied.sort_unstable_by_key(|r| r.delta_id);
-            let mut insert = tx
-                .prepare_cached(DELTAS_INSERT)
-                .map_err(sql_error("writing deltas"))?;
-            for r in applied {
-                insert
-                    .execute(params![
-                        id(r.delta_id),
-                        id(r.blob_id),
-                        r.version as i64,
-                        r.operation.as_str(),
-                        id(r.user_id),
-                        r.provider_id,
-                        r.caused_by.map(id),
-                        time(r.created_at),
-                        r.record.as_deref(),
-                        r.pos.part as i64,
-                        r.pos.offset as i64,
-                    ])
-                    .map_err(sql_error("writing deltas"))?;
-            }
-        }
-        WAITING.write(&tx, &batch.waiting)?;
+        let mut applied: Vec<&AppliedRow> = batch.applied.iter().collect();
+        applied.sort_unstable_by_key(|r| r.delta_id);
+        sql::insert_rows(
+            &tx,
+            &tables::DELTAS,
+            applied.into_iter().map(|r| r as &dyn Row),
+        )?;
         if let Some(checkpoint) = &batch.checkpoint {
-            tx.prepare_cached(
-                "INSERT INTO checkpoints (source, positions, next_seq) VALUES (?, ?, ?) \
-                 ON CONFLICT (source) DO UPDATE SET positions = excluded.positions, next_seq = excluded.next_seq",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    checkpoint.source,
-                    positions_json(&checkpoint.positions),
-                    checkpoint.next_seq as i64
-                ])
-            })
-            .map_err(sql_error("writing the source checkpoint"))?;
+            sql::insert_rows(
+                &tx,
+                &tables::CHECKPOINTS,
+                [&StoredCheckpoint(checkpoint) as &dyn Row],
+            )?;
         }
-        if !batch.rejected_edges.is_empty() {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO rejected_edges (delta_id, parent_id, child_id, reason) VALUES (?, ?, ?, ?)",
-                )
-                .map_err(sql_error("writing rejected_edges"))?;
-            for r in &batch.rejected_edges {
-                insert
-                    .execute(params![
-                        id(r.delta_id),
-                        id(r.parent_id),
-                        id(r.child_id),
-                        r.reason
-                    ])
-                    .map_err(sql_error("writing rejected_edges"))?;
-            }
-        }
-        if !batch.dead_letters.is_empty() {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO dead_letters (delta_id, blob_id, reason, raw, pos_part, pos_offset) VALUES (?, ?, ?, ?, ?, ?)",
-                )
-                .map_err(sql_error("writing dead_letters"))?;
-            for r in &batch.dead_letters {
-                insert
-                    .execute(params![
-                        r.delta_id.map(id),
-                        r.blob_id.map(id),
-                        r.reason.to_string(),
-                        r.raw_text(),
-                        r.pos.part as i64,
-                        r.pos.offset as i64,
-                    ])
-                    .map_err(sql_error("writing dead_letters"))?;
-            }
-        }
+        sql::insert_rows(
+            &tx,
+            &tables::DEAD_LETTERS,
+            batch.dead_letters.iter().map(|r| r as &dyn Row),
+        )?;
         write_provider_tables(&tx, batch)?;
         tx.commit().map_err(sql_error("COMMIT"))
     }
@@ -577,92 +356,45 @@ impl SqliteViews {
 /// settled it; a result sets `completed` or `failed`.
 fn write_provider_tables(tx: &Transaction<'_>, batch: &ViewBatch) -> Result<(), SinkError> {
     let changes = batch.request_changes();
-    if !changes.upserts.is_empty() {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO transform_requests (request_id, provider_id, blob_id, version, fingerprint, created_at, status) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (request_id) DO UPDATE SET status = excluded.status \
-                 WHERE transform_requests.status IN ('pending', 'superseded')",
-            )
-            .map_err(sql_error("writing transform_requests"))?;
-        for (r, pending) in &changes.upserts {
-            insert
-                .execute(params![
-                    id(r.request_id),
-                    r.provider_id,
-                    id(r.blob_id),
-                    r.version as i64,
-                    r.fingerprint.to_string(),
-                    time(r.created_at),
-                    if *pending { "pending" } else { "superseded" },
-                ])
-                .map_err(sql_error("writing transform_requests"))?;
-        }
-    }
-    if !changes.superseded.is_empty() {
-        let mut supersede = tx
-            .prepare_cached(
-                "UPDATE transform_requests SET status = 'superseded' WHERE status = 'pending' AND request_id = ?",
-            )
-            .map_err(sql_error("superseding transform_requests"))?;
-        for request_id in &changes.superseded {
-            supersede
-                .execute(params![id(*request_id)])
-                .map_err(sql_error("superseding transform_requests"))?;
-        }
-    }
+    let requests = &tables::TRANSFORM_REQUESTS;
+    sql::run_rows(
+        tx,
+        requests,
+        &format!(
+            "{} ON CONFLICT (request_id) DO UPDATE SET status = excluded.status \
+             WHERE transform_requests.status IN ('pending', 'superseded')",
+            sql::plain_insert_sql(requests)
+        ),
+        changes.upserts.iter().map(|r| r as &dyn Row),
+    )?;
+    sql::run_rows(
+        tx,
+        requests,
+        "UPDATE transform_requests SET status = 'superseded' WHERE status = 'pending' AND request_id = ?",
+        changes.superseded.iter().map(|r| r as &dyn Row),
+    )?;
     if !batch.processing.is_empty() {
-        let mut upsert = tx
-            .prepare_cached(
-                "INSERT INTO processing (request_id, provider_id, blob_id, version, status, attempts, error, started_at, finished_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, attempts = processing.attempts + excluded.attempts, \
-                 error = excluded.error, finished_at = excluded.finished_at",
-            )
-            .map_err(sql_error("writing processing"))?;
+        let upsert_sql = format!(
+            "{} ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, \
+             attempts = processing.attempts + excluded.attempts, \
+             error = excluded.error, finished_at = excluded.finished_at",
+            sql::plain_insert_sql(&tables::PROCESSING)
+        );
         let mut status = tx
             .prepare_cached("UPDATE transform_requests SET status = ? WHERE request_id = ?")
             .map_err(sql_error("writing transform_requests"))?;
         for r in &batch.processing {
-            upsert
-                .execute(params![
-                    id(r.request_id),
-                    r.provider_id,
-                    id(r.blob_id),
-                    r.version as i64,
-                    r.status.as_str(),
-                    r.attempts as i64,
-                    r.error,
-                    time(r.started_at),
-                    time(r.finished_at),
-                ])
-                .map_err(sql_error("writing processing"))?;
+            sql::run_rows(tx, &tables::PROCESSING, &upsert_sql, [r as &dyn Row])?;
             status
                 .execute(params![r.status.as_str(), id(r.request_id)])
                 .map_err(sql_error("writing transform_requests"))?;
         }
     }
-    if !batch.events.is_empty() {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO events (type, blob_id, delta_id, provider_id, at, payload) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .map_err(sql_error("writing events"))?;
-        for e in &batch.events {
-            insert
-                .execute(params![
-                    e.event_type,
-                    id(e.blob_id),
-                    e.delta_id.map(id),
-                    e.provider_id,
-                    time(e.at),
-                    e.payload,
-                ])
-                .map_err(sql_error("writing events"))?;
-        }
-    }
-    Ok(())
+    sql::insert_rows(
+        tx,
+        &tables::EVENTS,
+        batch.events.iter().map(|e| e as &dyn Row),
+    )
 }
 
 /// Deletes a view database a previous replay left, with its WAL and journal files.

@@ -9,9 +9,8 @@ use sqlx::{Column, Connection, Row, TypeInfo, ValueRef};
 
 use super::{connect_options, db_error, sqlx_runtime};
 use crate::SinkError;
-use crate::content::{Content, ContentColumns, ContentReader};
+use crate::content::{Content, ContentReader};
 use crate::query::{Param, Rows, ViewReader, hex};
-use studio_model::Uuid;
 
 /// A read-only connection to a view database.
 pub struct SqliteReader {
@@ -61,18 +60,6 @@ impl ViewReader for SqliteReader {
                 .map_err(db_error("querying the views"))?;
             Ok(rows.iter().map(to_json).collect())
         })
-    }
-
-    fn content(&mut self, blob_id: Uuid) -> Result<Option<Content>, SinkError> {
-        let conn = &mut self.conn;
-        let row: Option<ContentColumns> = self.runtime.block_on(async {
-            sqlx::query_as("SELECT doc, doc_ref FROM blobs WHERE blob_id = ?")
-                .bind(blob_id.hyphenated().to_string())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db_error("reading a document"))
-        })?;
-        Ok(row.and_then(|(doc, reference)| Content::from_columns(doc, reference)))
     }
 
     fn resolve(&mut self, content: Content) -> Result<String, SinkError> {

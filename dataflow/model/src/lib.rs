@@ -24,6 +24,8 @@ pub mod ledger;
 pub mod parse;
 pub mod position;
 pub mod provider;
+pub mod table;
+pub mod tables;
 pub mod time;
 pub mod views;
 
@@ -37,10 +39,12 @@ pub use provider::{
     BlobFacts, DerivedRef, Fingerprint, InvalidProvider, ProcessingResult, ProcessingStatus,
     Provider, Settled, TransformRequest,
 };
+pub use table::{Cell, Column, ColumnType, Kind, Row, Table};
 pub use time::Timestamp;
 pub use views::{
-    AppliedRow, BlobRow, Checkpoint, DepthRow, EdgeRow, EventRow, Keyed, KeyedChanges,
-    ProcessedRow, ReachRow, RejectedEdgeRow, RequestChanges, UserDepthRow, ViewBatch, WaitingRow,
+    AppliedRow, BlobRow, Changes, Checkpoint, DepthRow, EdgeRow, EventRow, Keyed, KeyedChanges,
+    ProcessedRow, ReachRow, RejectedEdgeRow, RequestChanges, TableChanges, UserDepthRow, View,
+    ViewBatch, WaitingRow,
 };
 
 /// Identifiers of deltas, blobs and users (SPEC S1: UUIDs).

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{
-    DeadLetter, Delta, Doc, Operation, ProcessingResult, SourcePos, Timestamp, TransformRequest,
-};
+use crate::table::{Row, Table};
+use crate::{Delta, Doc, Operation, ProcessingResult, SourcePos, Timestamp, TransformRequest};
 
 /// A row of `blobs`: the current state of one blob.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -335,41 +334,193 @@ impl<R: Keyed> KeyedChanges<R> {
     }
 }
 
-/// Everything that changed in the views at one completed timestamp, already net
-/// (one upsert or delete per key). A sink writes it in one transaction.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ViewBatch {
-    /// `blobs`.
-    pub blobs: KeyedChanges<BlobRow>,
-    /// `processed_by`.
-    pub processed: KeyedChanges<ProcessedRow>,
-    /// `blob_edges`.
-    pub edges: KeyedChanges<EdgeRow>,
-    /// `blob_reach`.
-    pub reach: KeyedChanges<ReachRow>,
-    /// `blob_depth`.
-    pub depth: KeyedChanges<DepthRow>,
-    /// `user_depth`.
-    pub user_depth: KeyedChanges<UserDepthRow>,
-    /// Accepted deltas (`deltas_applied`), insert-only, in no particular order.
-    pub applied: Vec<AppliedRow>,
-    /// Rejected edges, insert-only.
-    pub rejected_edges: Vec<RejectedEdgeRow>,
-    /// Dead letters in the order they were decided.
-    pub dead_letters: Vec<DeadLetter>,
-    /// Changes of the pending transform requests (S5.7), in time order and, within a
-    /// time, retractions first: `+1` a request became pending (or its payload changed),
-    /// `-1` it is no longer pending (superseded, or settled).
-    pub requests: Vec<(TransformRequest, isize)>,
-    /// Processing results (`processing`), in the order they finished.
-    pub processing: Vec<ProcessingResult>,
-    /// Events (S5.8), when the run records them.
-    pub events: Vec<EventRow>,
-    /// Deltas waiting for a gap (`deltas_waiting`).
-    pub waiting: KeyedChanges<WaitingRow>,
-    /// With a live source: where it was when this batch was cut.
-    pub checkpoint: Option<Checkpoint>,
+/// A view the dataflow maintains: the table it is stored in, and how a batch carries
+/// its changes.
+pub trait View: Sized {
+    /// Its table.
+    const TABLE: &'static Table;
+    /// Its changes in a [`ViewBatch`].
+    type Changes: Changes;
+    /// The net changes at one time from its updates there, as they came.
+    fn changes(updates: Vec<(Self, isize)>) -> Self::Changes;
 }
+
+/// One view's changes in a batch.
+pub trait Changes: Default {
+    /// True when nothing changes.
+    fn is_empty(&self) -> bool;
+    /// Appends later changes.
+    fn absorb(&mut self, later: Self);
+}
+
+impl<R: Keyed> Changes for KeyedChanges<R> {
+    fn is_empty(&self) -> bool {
+        KeyedChanges::is_empty(self)
+    }
+    fn absorb(&mut self, later: Self) {
+        KeyedChanges::absorb(self, later);
+    }
+}
+
+impl<T> Changes for Vec<T> {
+    fn is_empty(&self) -> bool {
+        <[T]>::is_empty(self)
+    }
+    fn absorb(&mut self, later: Self) {
+        self.extend(later);
+    }
+}
+
+/// Updates sorted, equal rows summed, zero sums dropped (differential's `consolidate`).
+pub(crate) fn consolidated<R: Ord>(mut updates: Vec<(R, isize)>) -> Vec<(R, isize)> {
+    updates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<(R, isize)> = Vec::with_capacity(updates.len());
+    for (row, diff) in updates {
+        match out.last_mut() {
+            Some((last, sum)) if *last == row => *sum += diff,
+            _ => out.push((row, diff)),
+        }
+    }
+    out.retain(|(_, diff)| *diff != 0);
+    out
+}
+
+/// A keyed view's net changes at one time.
+pub(crate) fn keyed_changes<R: Keyed + Ord>(updates: Vec<(R, isize)>) -> KeyedChanges<R> {
+    KeyedChanges::from_updates(consolidated(updates))
+}
+
+/// A view's changes as a store writes them from its [`Table`] alone.
+pub trait TableChanges {
+    /// The table.
+    fn table(&self) -> &'static Table;
+    /// Rows to insert (or upsert), keyed rows in key order.
+    fn rows(&self) -> Vec<&dyn Row>;
+    /// Keys of rows to delete, each a row of the key's columns.
+    fn deleted_keys(&self) -> Vec<&dyn Row>;
+}
+
+impl<R: View + Keyed + Row> TableChanges for KeyedChanges<R>
+where
+    R::Key: Row,
+{
+    fn table(&self) -> &'static Table {
+        R::TABLE
+    }
+    fn rows(&self) -> Vec<&dyn Row> {
+        let mut rows: Vec<&R> = self.upserts.iter().collect();
+        // B-tree inserts in key order touch neighbouring pages.
+        rows.sort_unstable_by_key(|r| r.key());
+        rows.into_iter().map(|r| r as &dyn Row).collect()
+    }
+    fn deleted_keys(&self) -> Vec<&dyn Row> {
+        self.deletes.iter().map(|k| k as &dyn Row).collect()
+    }
+}
+
+impl<R: View + Row> TableChanges for Vec<R> {
+    fn table(&self) -> &'static Table {
+        R::TABLE
+    }
+    fn rows(&self) -> Vec<&dyn Row> {
+        self.iter().map(|r| r as &dyn Row).collect()
+    }
+    fn deleted_keys(&self) -> Vec<&dyn Row> {
+        Vec::new()
+    }
+}
+
+/// The views the dataflow maintains, listed once: calls `$then!` with them, in two
+/// groups. `by_declaration`: every store writes them from their [`Table`] alone (a new
+/// view goes here). `by_hand`: stores write them with rules of their own (documents'
+/// storage, the delta store, numbered dead letters, the requests' statuses).
+#[macro_export]
+macro_rules! for_each_view {
+    ($then:ident) => {
+        $then! {
+            by_hand {
+                /// `blobs`.
+                blobs: $crate::BlobRow,
+                /// Accepted deltas (`deltas_applied` and the delta store), insert-only,
+                /// in no particular order.
+                applied: $crate::AppliedRow,
+                /// Dead letters in the order they were decided.
+                dead_letters: $crate::DeadLetter,
+                /// Changes of the pending transform requests (S5.7), in time order and,
+                /// within a time, retractions first: `+1` a request became pending (or
+                /// its payload changed), `-1` it is no longer pending (superseded, or
+                /// settled).
+                requests: $crate::TransformRequest,
+                /// Processing results (`processing`), in the order they finished.
+                processing: $crate::ProcessingResult,
+            }
+            by_declaration {
+                /// `processed_by`.
+                processed: $crate::ProcessedRow,
+                /// `blob_edges`.
+                edges: $crate::EdgeRow,
+                /// `blob_reach`.
+                reach: $crate::ReachRow,
+                /// `blob_depth`.
+                depth: $crate::DepthRow,
+                /// `user_depth`.
+                user_depth: $crate::UserDepthRow,
+                /// Deltas waiting for a gap (`deltas_waiting`).
+                waiting: $crate::WaitingRow,
+                /// Rejected edges, insert-only.
+                rejected_edges: $crate::RejectedEdgeRow,
+            }
+        }
+    };
+}
+
+macro_rules! view_batch {
+    (
+        by_hand { $($(#[$hdoc:meta])* $hand:ident: $hrow:ty,)* }
+        by_declaration { $($(#[$ddoc:meta])* $decl:ident: $drow:ty,)* }
+    ) => {
+        /// Everything that changed in the views at one completed timestamp, already net
+        /// (one upsert or delete per key). A sink writes it in one transaction.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct ViewBatch {
+            $($(#[$hdoc])* pub $hand: <$hrow as View>::Changes,)*
+            $($(#[$ddoc])* pub $decl: <$drow as View>::Changes,)*
+            /// Events (S5.8), when the run records them.
+            pub events: Vec<EventRow>,
+            /// With a live source: where it was when this batch was cut.
+            pub checkpoint: Option<Checkpoint>,
+        }
+
+        impl ViewBatch {
+            /// True when the batch changes nothing.
+            pub fn is_empty(&self) -> bool {
+                $(Changes::is_empty(&self.$hand) &&)*
+                $(Changes::is_empty(&self.$decl) &&)*
+                self.events.is_empty() && self.checkpoint.is_none()
+            }
+
+            /// Appends a later batch: its upserts and deletes win over this one's.
+            pub fn absorb(&mut self, later: ViewBatch) {
+                if self.is_empty() {
+                    *self = later;
+                    return;
+                }
+                $(Changes::absorb(&mut self.$hand, later.$hand);)*
+                $(Changes::absorb(&mut self.$decl, later.$decl);)*
+                self.events.extend(later.events);
+                if later.checkpoint.is_some() {
+                    self.checkpoint = later.checkpoint;
+                }
+            }
+
+            /// The views every store writes from their declaration alone, in list order.
+            pub fn declared_changes(&self) -> Vec<&dyn TableChanges> {
+                vec![$(&self.$decl as &dyn TableChanges),*]
+            }
+        }
+    };
+}
+for_each_view!(view_batch);
 
 /// What one batch does to `transform_requests`, decided once for every store.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -413,24 +564,6 @@ impl ViewBatch {
         changes
     }
 
-    /// True when the batch changes nothing.
-    pub fn is_empty(&self) -> bool {
-        self.blobs.is_empty()
-            && self.processed.is_empty()
-            && self.edges.is_empty()
-            && self.reach.is_empty()
-            && self.depth.is_empty()
-            && self.user_depth.is_empty()
-            && self.applied.is_empty()
-            && self.rejected_edges.is_empty()
-            && self.dead_letters.is_empty()
-            && self.requests.is_empty()
-            && self.processing.is_empty()
-            && self.events.is_empty()
-            && self.waiting.is_empty()
-            && self.checkpoint.is_none()
-    }
-
     /// Fills `events` from the accepted deltas and processing results (S5.8).
     pub fn record_events(&mut self) {
         let mut applied: Vec<&AppliedRow> = self.applied.iter().collect();
@@ -440,29 +573,5 @@ impl ViewBatch {
             .flat_map(EventRow::of_applied)
             .chain(self.processing.iter().map(EventRow::of_processing))
             .collect();
-    }
-
-    /// Appends a later batch: its upserts and deletes win over this one's.
-    pub fn absorb(&mut self, later: ViewBatch) {
-        if self.is_empty() {
-            *self = later;
-            return;
-        }
-        self.blobs.absorb(later.blobs);
-        self.processed.absorb(later.processed);
-        self.edges.absorb(later.edges);
-        self.reach.absorb(later.reach);
-        self.depth.absorb(later.depth);
-        self.user_depth.absorb(later.user_depth);
-        self.applied.extend(later.applied);
-        self.rejected_edges.extend(later.rejected_edges);
-        self.dead_letters.extend(later.dead_letters);
-        self.requests.extend(later.requests);
-        self.processing.extend(later.processing);
-        self.events.extend(later.events);
-        self.waiting.absorb(later.waiting);
-        if later.checkpoint.is_some() {
-            self.checkpoint = later.checkpoint;
-        }
     }
 }

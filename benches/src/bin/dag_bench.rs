@@ -8,9 +8,11 @@
 //!    uses) or the `iterate`-based `Reachability` and `Depth` (`--engine iterate`) on a
 //!    timely worker, with `Closure::apply` alone and, with `--duckdb`, DuckDB's recursive
 //!    CTEs over the same edges as cold-build baselines (`--shape issue16`: issue #16's graph);
-//!    the base graph is loaded at time 0, then batches of `--batches` new edges (random,
-//!    acyclic: from a blob to one later in a topological order) are added at later
-//!    times, each timed with the probe until both views are complete;
+//!    the base graph is loaded at time 0, then batches of `--batches` new edges are
+//!    added at later times, each timed with the probe until both views are complete:
+//!    for each of `--batch-shapes`, `derived` (new blobs under random existing blobs,
+//!    1 % with a second parent: issue #16's "new derived blobs and diamond edges") and
+//!    `random` (random acyclic edges between existing blobs: mostly shortcuts);
 //! 2. **from scratch** per batch: a breadth-first search from every blob (the closure
 //!    with shortest distances) plus a longest-path pass (Kahn), on the full edge set;
 //!    and once, a fresh dataflow over the full edge set;
@@ -20,6 +22,10 @@
 //! 4. **cycle guard**: `TopoOrder::insert` (Pearce-Kelly) per proposed edge against a
 //!    naive check (a depth-first search from the child for the parent), on the base
 //!    graph in log order, on random edges, and on edges that all close a cycle.
+//!
+//! With `--write-log DIR` it writes the base graph as a delta log instead (for timing
+//! `studio replay`), and with `--query-db` it times `studio query`'s DAG questions on a
+//! replayed database (`benches/dag_replay.sh` does both).
 //!
 //! `cargo run --release -p studio-benches --bin studio-dag-bench -- --blobs 100000`
 

@@ -198,29 +198,7 @@ impl Closure {
                 continue;
             }
             self.view_children[p as usize].push(c);
-            // Depth: grow forward from c, in topological order, only where it increases.
-            let (dp, dc) = (self.depth[p as usize], self.depth[c as usize]);
-            if dp + 1 > dc {
-                depth_before
-                    .entry(c)
-                    .or_insert(self.owner[c as usize].map(|_| dc));
-                self.depth[c as usize] = dp + 1;
-                heap.push(Reverse((self.topo.position(c), c)));
-                while let Some(Reverse((_, x))) = heap.pop() {
-                    let dx = self.depth[x as usize];
-                    for i in 0..self.view_children[x as usize].len() {
-                        let y = self.view_children[x as usize][i];
-                        let dy = self.depth[y as usize];
-                        if dx + 1 > dy {
-                            depth_before
-                                .entry(y)
-                                .or_insert(self.owner[y as usize].map(|_| dy));
-                            self.depth[y as usize] = dx + 1;
-                            heap.push(Reverse((self.topo.position(y), y)));
-                        }
-                    }
-                }
-            }
+            self.raise_depth(p, c, &mut depth_before, &mut heap);
         }
 
         // Clear the batch's marks; every touched pair changed (distances only shrink).
@@ -238,6 +216,13 @@ impl Closure {
             changes.reach.push(((a, d), Some(old), *slot));
         }
 
+        self.depth_changes(depth_before, &mut changes);
+        changes
+    }
+
+    /// The depth and user-depth changes of a batch, from the depth each changed blob
+    /// had before it (`None`: created in it), into `changes`.
+    fn depth_changes(&mut self, depth_before: FxHashMap<u32, Option<u32>>, changes: &mut Changes) {
         let mut users: FxHashMap<Uuid, Option<u32>> = FxHashMap::default();
         for (n, old) in depth_before {
             let Some(owner) = self.owner[n as usize] else {
@@ -272,7 +257,41 @@ impl Closure {
             }
         }
         changes.user_depth.sort_unstable();
-        changes
+    }
+
+    /// Depth after the edge `p -> c`: grows forward from `c`, in topological order, only
+    /// where it increases; the depth each changed blob had before the batch goes into
+    /// `depth_before` (`None` for blobs created in it).
+    fn raise_depth(
+        &mut self,
+        p: u32,
+        c: u32,
+        depth_before: &mut FxHashMap<u32, Option<u32>>,
+        heap: &mut BinaryHeap<Reverse<(u32, u32)>>,
+    ) {
+        let (dp, dc) = (self.depth[p as usize], self.depth[c as usize]);
+        if dp + 1 <= dc {
+            return;
+        }
+        depth_before
+            .entry(c)
+            .or_insert(self.owner[c as usize].map(|_| dc));
+        self.depth[c as usize] = dp + 1;
+        heap.push(Reverse((self.topo.position(c), c)));
+        while let Some(Reverse((_, x))) = heap.pop() {
+            let dx = self.depth[x as usize];
+            for i in 0..self.view_children[x as usize].len() {
+                let y = self.view_children[x as usize][i];
+                let dy = self.depth[y as usize];
+                if dx + 1 > dy {
+                    depth_before
+                        .entry(y)
+                        .or_insert(self.owner[y as usize].map(|_| dy));
+                    self.depth[y as usize] = dx + 1;
+                    heap.push(Reverse((self.topo.position(y), y)));
+                }
+            }
+        }
     }
 
     /// The descendants of `c` with their shortest distances, `c` itself first at 0: a

@@ -270,7 +270,7 @@ impl Closure {
         heap: &mut BinaryHeap<Reverse<(u32, u32)>>,
     ) {
         let (dp, dc) = (self.depth[p as usize], self.depth[c as usize]);
-        if dp + 1 <= dc {
+        if dp < dc {
             return;
         }
         depth_before

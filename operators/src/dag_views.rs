@@ -12,10 +12,12 @@
 //! Differential's `iterate` pays one round per level of the graph (a 1,000-long chain
 //! is 1,000 rounds, each with its own progress tracking and arrangement merges), however
 //! few pairs change. This operator keeps the closure itself ([`Closure`]): for each
-//! blob its ancestors and descendants with shortest distances, and its depth. A new edge
-//! `p -> c` joins `ancestors(p) ∪ {p}` with `descendants(c) ∪ {c}` (every new shortest
-//! path through the edge is a shortest path to `p`, the edge, and a shortest path from
-//! `c`: the graph is acyclic), and depth grows forward from `c` in topological order
+//! blob its ancestors with shortest distances (one hash entry per pair), and its depth.
+//! A new edge `p -> c` joins `ancestors(p) ∪ {p}` with `descendants(c) ∪ {c}` (every new
+//! shortest path through the edge is a shortest path to `p`, the edge, and a shortest
+//! path from `c`: the graph is acyclic); the descendants of `c` with their distances are
+//! found by a breadth-first search from `c` over the edges in the views, which costs
+//! what iterating a stored set would. Depth grows forward from `c` in topological order
 //! only where it increases. Its cost is that of the pairs the edge may change, not of a
 //! pass over the graph, and there are no rounds. Within one timestamp the new edges are
 //! applied in topological order of their child, so a cold load costs what a single pass
@@ -53,8 +55,8 @@ use timely::progress::Timestamp;
 /// The reason recorded for an edge left out of the views at the pair limit.
 pub const REACH_LIMIT_REASON: &str = "S5.2 reach limit";
 
-/// The default [`DagLimits::max_reach_pairs`]: 10M pairs, about 0.5 GB of closure
-/// state (two hash entries per pair) on top of the views' own rows.
+/// The default [`DagLimits::max_reach_pairs`]: 10M pairs of closure state (one hash
+/// entry of 8 bytes per pair, with the table's slack) on top of the views' own rows.
 pub const MAX_REACH_PAIRS: u64 = 10_000_000;
 
 /// Bounds on the DAG views.
@@ -85,8 +87,8 @@ pub struct Changes {
     pub limited: Vec<(u32, u32)>,
 }
 
-/// Marks, in `descendants`, a distance set during the current batch (distances are
-/// far below 2^31).
+/// Marks, in `ancestors`, a distance set during the current batch (distances are far
+/// below 2^31).
 const TOUCHED: u32 = 1 << 31;
 
 /// The pairs one batch touched, each once: so no map of old values is needed.
@@ -108,11 +110,11 @@ pub struct Closure {
     ids: Vec<Uuid>,
     /// The owner of each created blob (`None`: named only by an edge so far).
     owner: Vec<Option<Uuid>>,
-    /// `ancestors[n]`: ancestor -> shortest distance.
-    ancestors: Vec<FxHashMap<u32, u32>>,
-    /// `descendants[n]`: descendant -> shortest distance ([`TOUCHED`] marks the pairs
+    /// `ancestors[n]`: ancestor -> shortest distance ([`TOUCHED`] marks the pairs
     /// changed by the batch being applied).
-    descendants: Vec<FxHashMap<u32, u32>>,
+    ancestors: Vec<FxHashMap<u32, u32>>,
+    /// Scratch for the breadth-first search of descendants: all false between searches.
+    seen: Vec<bool>,
     depth: Vec<u32>,
     /// The children of each node through edges in the views.
     view_children: Vec<Vec<u32>>,
@@ -150,7 +152,7 @@ impl Closure {
             self.ids.push(id);
             self.owner.push(None);
             self.ancestors.push(FxHashMap::default());
-            self.descendants.push(FxHashMap::default());
+            self.seen.push(false);
             self.depth.push(0);
             self.view_children.push(Vec::new());
         }
@@ -196,29 +198,7 @@ impl Closure {
                 continue;
             }
             self.view_children[p as usize].push(c);
-            // Depth: grow forward from c, in topological order, only where it increases.
-            let (dp, dc) = (self.depth[p as usize], self.depth[c as usize]);
-            if dp + 1 > dc {
-                depth_before
-                    .entry(c)
-                    .or_insert(self.owner[c as usize].map(|_| dc));
-                self.depth[c as usize] = dp + 1;
-                heap.push(Reverse((self.topo.position(c), c)));
-                while let Some(Reverse((_, x))) = heap.pop() {
-                    let dx = self.depth[x as usize];
-                    for i in 0..self.view_children[x as usize].len() {
-                        let y = self.view_children[x as usize][i];
-                        let dy = self.depth[y as usize];
-                        if dx + 1 > dy {
-                            depth_before
-                                .entry(y)
-                                .or_insert(self.owner[y as usize].map(|_| dy));
-                            self.depth[y as usize] = dx + 1;
-                            heap.push(Reverse((self.topo.position(y), y)));
-                        }
-                    }
-                }
-            }
+            self.raise_depth(p, c, &mut depth_before, &mut heap);
         }
 
         // Clear the batch's marks; every touched pair changed (distances only shrink).
@@ -226,16 +206,23 @@ impl Closure {
             .reach
             .reserve(batch.created.len() + batch.shortened.len());
         for (a, d) in batch.created {
-            let slot = self.descendants[a as usize].get_mut(&d).expect("created");
+            let slot = self.ancestors[d as usize].get_mut(&a).expect("created");
             *slot &= !TOUCHED;
             changes.reach.push(((a, d), None, *slot));
         }
         for ((a, d), old) in batch.shortened {
-            let slot = self.descendants[a as usize].get_mut(&d).expect("present");
+            let slot = self.ancestors[d as usize].get_mut(&a).expect("present");
             *slot &= !TOUCHED;
             changes.reach.push(((a, d), Some(old), *slot));
         }
 
+        self.depth_changes(depth_before, &mut changes);
+        changes
+    }
+
+    /// The depth and user-depth changes of a batch, from the depth each changed blob
+    /// had before it (`None`: created in it), into `changes`.
+    fn depth_changes(&mut self, depth_before: FxHashMap<u32, Option<u32>>, changes: &mut Changes) {
         let mut users: FxHashMap<Uuid, Option<u32>> = FxHashMap::default();
         for (n, old) in depth_before {
             let Some(owner) = self.owner[n as usize] else {
@@ -270,41 +257,99 @@ impl Closure {
             }
         }
         changes.user_depth.sort_unstable();
-        changes
+    }
+
+    /// Depth after the edge `p -> c`: grows forward from `c`, in topological order, only
+    /// where it increases; the depth each changed blob had before the batch goes into
+    /// `depth_before` (`None` for blobs created in it).
+    fn raise_depth(
+        &mut self,
+        p: u32,
+        c: u32,
+        depth_before: &mut FxHashMap<u32, Option<u32>>,
+        heap: &mut BinaryHeap<Reverse<(u32, u32)>>,
+    ) {
+        let (dp, dc) = (self.depth[p as usize], self.depth[c as usize]);
+        if dp < dc {
+            return;
+        }
+        depth_before
+            .entry(c)
+            .or_insert(self.owner[c as usize].map(|_| dc));
+        self.depth[c as usize] = dp + 1;
+        heap.push(Reverse((self.topo.position(c), c)));
+        while let Some(Reverse((_, x))) = heap.pop() {
+            let dx = self.depth[x as usize];
+            for i in 0..self.view_children[x as usize].len() {
+                let y = self.view_children[x as usize][i];
+                let dy = self.depth[y as usize];
+                if dx + 1 > dy {
+                    depth_before
+                        .entry(y)
+                        .or_insert(self.owner[y as usize].map(|_| dy));
+                    self.depth[y as usize] = dx + 1;
+                    heap.push(Reverse((self.topo.position(y), y)));
+                }
+            }
+        }
+    }
+
+    /// The descendants of `c` with their shortest distances, `c` itself first at 0: a
+    /// breadth-first search over the edges in the views, into `out`.
+    fn descendants_of(&mut self, c: u32, out: &mut Vec<(u32, u32)>) {
+        out.clear();
+        out.push((c, 0));
+        self.seen[c as usize] = true;
+        let mut next = 0;
+        while let Some(&(x, dx)) = out.get(next) {
+            next += 1;
+            for &y in &self.view_children[x as usize] {
+                if !self.seen[y as usize] {
+                    self.seen[y as usize] = true;
+                    out.push((y, dx + 1));
+                }
+            }
+        }
+        for &(x, _) in out.iter() {
+            self.seen[x as usize] = false;
+        }
     }
 
     /// Adds the pairs that `p -> c` creates or shortens, recording them in `batch`;
-    /// false (and nothing changed) if that would pass the pair limit.
+    /// false (and nothing changed) if that would pass the pair limit. One descendant at
+    /// a time, so that its map of ancestors stays in cache across the ancestors of `p`.
     fn add_reach(&mut self, p: u32, c: u32, batch: &mut Batch) -> bool {
         let mut left = std::mem::take(&mut self.left);
         let mut right = std::mem::take(&mut self.right);
         left.clear();
-        right.clear();
         left.push((p, 0));
-        left.extend(self.ancestors[p as usize].iter().map(|(&a, &d)| (a, d)));
-        right.push((c, 0));
-        right.extend(
-            self.descendants[c as usize]
+        left.extend(
+            self.ancestors[p as usize]
                 .iter()
-                .map(|(&d, &k)| (d, k & !TOUCHED)),
+                .map(|(&a, &k)| (a, k & !TOUCHED)),
         );
+        self.descendants_of(c, &mut right);
 
         let bound = (left.len() as u64) * (right.len() as u64);
         let mut fits = self.pairs + bound <= self.limits.max_reach_pairs;
         if !fits {
             // Count the pairs that would be new.
             let mut new = 0u64;
-            for &(a, _) in &left {
-                let known = &self.descendants[a as usize];
-                new += right.iter().filter(|(d, _)| !known.contains_key(d)).count() as u64;
+            for &(d, _) in &right {
+                let known = &self.ancestors[d as usize];
+                new += left.iter().filter(|(a, _)| !known.contains_key(a)).count() as u64;
             }
             fits = self.pairs + new <= self.limits.max_reach_pairs;
         }
         if fits {
-            for &(a, da) in &left {
-                for &(d, dd) in &right {
+            for &(d, dd) in &right {
+                let ancestors = &mut self.ancestors[d as usize];
+                if ancestors.is_empty() {
+                    ancestors.reserve(left.len());
+                }
+                for &(a, da) in &left {
                     let distance = da + 1 + dd;
-                    match self.descendants[a as usize].entry(d) {
+                    match ancestors.entry(a) {
                         std::collections::hash_map::Entry::Occupied(mut e) => {
                             let current = *e.get();
                             if current & !TOUCHED <= distance {
@@ -321,7 +366,6 @@ impl Closure {
                             batch.created.push((a, d));
                         }
                     }
-                    self.ancestors[d as usize].insert(a, distance);
                 }
             }
         }
@@ -668,6 +712,67 @@ mod tests {
         assert_eq!(changes.reach.len() as u32, n);
         assert_eq!(changes.depth, vec![(n, None, n)]);
         assert_eq!(changes.user_depth, vec![(owner(0), Some(n - 1), n)]);
+    }
+
+    /// Issue #16's batches on a 1,000-long chain beside a small forest: batches of new
+    /// derived blobs under random blobs (1 in 10 with a second parent: a diamond), then
+    /// batches of random shortcuts between existing blobs; after every batch the views
+    /// equal the oracle's.
+    #[test]
+    fn derived_blobs_and_shortcuts_on_a_long_chain_match_the_oracle() {
+        let mut rng = StdRng::seed_from_u64(16);
+        let chain = 1000u32;
+        let mut created: BTreeSet<u32> = (0..chain + 50).collect();
+        let mut edges: BTreeSet<(u32, u32)> = (1..chain).map(|c| (c - 1, c)).collect();
+        // A forest of 50 blobs, one of them above the chain's head.
+        for c in chain + 1..chain + 50 {
+            edges.insert((rng.random_range(chain..c), c));
+        }
+        edges.insert((chain + 3, 0));
+        let blobs: Vec<(Uuid, Uuid)> = created.iter().map(|&b| (id(b), owner(b))).collect();
+        let first: Vec<(Uuid, Uuid)> = edges.iter().map(|&(p, c)| (id(p), id(c))).collect();
+        let mut closure = Closure::new(DagLimits::default());
+        let mut views = Views::default();
+        let changes = closure.apply(&blobs, &first);
+        views.apply(&closure, &changes);
+        assert_eq!(views, oracle(&created, &edges));
+        // A topological order: the forest, then the chain (under blob chain+3), then the
+        // derived blobs in order.
+        let rank = |x: u32| match x {
+            x if x < chain => 100 + x,
+            x if x < chain + 50 => x - chain,
+            x => 10_000 + x,
+        };
+        let mut next = chain + 50;
+        for round in 0..6 {
+            let (mut blobs, mut new_edges) = (Vec::new(), Vec::new());
+            for _ in 0..40 {
+                if round < 3 {
+                    let c = next;
+                    next += 1;
+                    blobs.push((id(c), owner(c)));
+                    created.insert(c);
+                    let p = rng.random_range(0..c);
+                    new_edges.push((p, c));
+                    if rng.random_bool(0.1) {
+                        new_edges.push((rng.random_range(0..c), c));
+                    }
+                } else {
+                    let (a, b) = (rng.random_range(0..next), rng.random_range(0..next));
+                    let (a, b) = if rank(a) < rank(b) { (a, b) } else { (b, a) };
+                    if a != b {
+                        new_edges.push((a, b));
+                    }
+                }
+            }
+            new_edges.retain(|e| edges.insert(*e));
+            let pairs: Vec<(Uuid, Uuid)> = new_edges.iter().map(|&(p, c)| (id(p), id(c))).collect();
+            let changes = closure.apply(&blobs, &pairs);
+            assert!(changes.limited.is_empty());
+            views.apply(&closure, &changes);
+            assert_eq!(views, oracle(&created, &edges), "round {round}");
+            assert_eq!(closure.pairs() as usize, views.reach.len());
+        }
     }
 
     /// At the pair limit an edge is left out whole, and the views are those of the graph

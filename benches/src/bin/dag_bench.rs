@@ -8,9 +8,11 @@
 //!    uses) or the `iterate`-based `Reachability` and `Depth` (`--engine iterate`) on a
 //!    timely worker, with `Closure::apply` alone and, with `--duckdb`, DuckDB's recursive
 //!    CTEs over the same edges as cold-build baselines (`--shape issue16`: issue #16's graph);
-//!    the base graph is loaded at time 0, then batches of `--batches` new edges (random,
-//!    acyclic: from a blob to one later in a topological order) are added at later
-//!    times, each timed with the probe until both views are complete;
+//!    the base graph is loaded at time 0, then batches of `--batches` new edges are
+//!    added at later times, each timed with the probe until both views are complete:
+//!    for each of `--batch-shapes`, `derived` (new blobs under random existing blobs,
+//!    1 % with a second parent: issue #16's "new derived blobs and diamond edges") and
+//!    `random` (random acyclic edges between existing blobs: mostly shortcuts);
 //! 2. **from scratch** per batch: a breadth-first search from every blob (the closure
 //!    with shortest distances) plus a longest-path pass (Kahn), on the full edge set;
 //!    and once, a fresh dataflow over the full edge set;
@@ -21,14 +23,21 @@
 //!    naive check (a depth-first search from the child for the parent), on the base
 //!    graph in log order, on random edges, and on edges that all close a cycle.
 //!
+//! With `--write-log DIR` it writes the base graph as a delta log instead (for timing
+//! `studio replay`), and with `--query-db` it times `studio query`'s DAG questions on a
+//! replayed database (`benches/dag_replay.sh` does both).
+//!
 //! `cargo run --release -p studio-benches --bin studio-dag-bench -- --blobs 100000`
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Parser;
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::Input;
@@ -65,6 +74,12 @@ struct Args {
     /// Sizes of the edge batches added to the loaded graph, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
     batches: Vec<usize>,
+    /// What the batches are, comma-separated, applied in this order: `derived` (issue
+    /// #16's words: new derived blobs, each under an existing blob drawn at random, 1 %
+    /// of them with a second parent, a diamond edge) and `random` (random new edges
+    /// between existing blobs, from a blob to a later one: mostly shortcuts).
+    #[arg(long, value_delimiter = ',', default_value = "derived,random")]
+    batch_shapes: Vec<String>,
     /// Batches of each size (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
@@ -97,6 +112,17 @@ struct Args {
     /// Only the views: skip the SQLite queries and the cycle-guard workloads.
     #[arg(long)]
     views_only: bool,
+    /// Write the base graph as two delta logs into this folder and stop: `dag.jsonl`
+    /// (every blob a `create` with its first parent as `parent_id`, each further parent
+    /// an `update` of that parent with `child_ids`) and `dag-noedges.jsonl` (the same
+    /// records without `parent_id` and `child_ids`), for timing `studio replay`.
+    #[arg(long, value_name = "DIR")]
+    write_log: Option<PathBuf>,
+    /// Time `studio query`'s DAG questions (descendants, ancestors, depth) on this view
+    /// database, made by `studio replay` of `--write-log`'s `dag.jsonl` with the same
+    /// graph flags, through the library's SQLite reader, and stop.
+    #[arg(long, value_name = "PATH.sqlite")]
+    query_db: Option<PathBuf>,
 }
 
 /// The owner of blob `n` (100 users).
@@ -111,13 +137,43 @@ fn id(n: u32) -> Uuid {
 /// The generated graph. Blob numbers are a topological order: every edge goes from a
 /// lower number to a higher one.
 struct Graph {
+    /// Blobs of the base graph.
     n: u32,
+    /// Blobs in all, with those the batches create.
+    total: u32,
     /// Base edges in log order (each blob's create adds the edge from its parent).
     base: Vec<(u32, u32)>,
     /// The create's parent of each blob.
     parent: Vec<Option<u32>>,
-    /// Edge batches to add, in order: `batches[size index][repeat]`.
-    batches: Vec<Vec<Vec<(u32, u32)>>>,
+    /// Batches to add, in order.
+    batches: Vec<BatchSet>,
+}
+
+/// One batch: the blobs it creates and its new edges.
+#[derive(Clone, Default)]
+struct Batch {
+    blobs: Vec<u32>,
+    edges: Vec<(u32, u32)>,
+}
+
+/// `--repeats` batches of one shape and size.
+#[derive(Clone)]
+struct BatchSet {
+    shape: String,
+    size: usize,
+    repeats: Vec<Batch>,
+}
+
+impl Graph {
+    /// Every edge, base and batches.
+    fn all_edges(&self) -> Vec<(u32, u32)> {
+        let batches = self.batches.iter().flat_map(|s| &s.repeats);
+        self.base
+            .iter()
+            .chain(batches.flat_map(|b| &b.edges))
+            .copied()
+            .collect()
+    }
 }
 
 /// Issue #16's graph: a random forest (28 % roots, the other blobs spread over levels
@@ -167,41 +223,82 @@ fn generate_issue16(args: &Args, rng: &mut StdRng) -> Graph {
             base.push((head + i - 1, head + i));
         }
     }
-    let batches = random_batches(args, n, &base, rng);
+    batches(args, n, base, parent, rng)
+}
+
+/// The graph with its batches: for each of `--batch-shapes`, `--repeats` batches of
+/// each of `--batches` sizes.
+fn batches(
+    args: &Args,
+    n: u32,
+    base: Vec<(u32, u32)>,
+    parent: Vec<Option<u32>>,
+    rng: &mut StdRng,
+) -> Graph {
+    let mut seen: FxHashSet<(u32, u32)> = base.iter().copied().collect();
+    let mut total = n;
+    let mut sets = Vec::new();
+    for shape in &args.batch_shapes {
+        for &size in &args.batches {
+            let repeats = (0..args.repeats)
+                .map(|_| match shape.as_str() {
+                    "derived" => derived_batch(size, &mut total, rng),
+                    "random" => random_batch(size, n, &mut seen, rng),
+                    other => panic!("--batch-shapes {other}: derived or random"),
+                })
+                .collect();
+            sets.push(BatchSet {
+                shape: shape.clone(),
+                size,
+                repeats,
+            });
+        }
+    }
     Graph {
         n,
+        total,
         base,
         parent,
-        batches,
+        batches: sets,
     }
 }
 
-/// Batches of random new edges (from a blob to a later one: acyclic).
-fn random_batches(
-    args: &Args,
-    n: u32,
-    base: &[(u32, u32)],
-    rng: &mut StdRng,
-) -> Vec<Vec<Vec<(u32, u32)>>> {
-    let mut seen: FxHashSet<(u32, u32)> = base.iter().copied().collect();
-    args.batches
-        .iter()
-        .map(|&size| {
-            (0..args.repeats)
-                .map(|_| {
-                    let mut batch = Vec::with_capacity(size);
-                    while batch.len() < size {
-                        let (a, b) = (rng.random_range(0..n), rng.random_range(0..n));
-                        let edge = (a.min(b), a.max(b));
-                        if a != b && seen.insert(edge) {
-                            batch.push(edge);
-                        }
-                    }
-                    batch
-                })
-                .collect()
-        })
-        .collect()
+/// `size` random new edges between the first `n` blobs (from a blob to a later one:
+/// acyclic).
+fn random_batch(size: usize, n: u32, seen: &mut FxHashSet<(u32, u32)>, rng: &mut StdRng) -> Batch {
+    let mut edges = Vec::with_capacity(size);
+    while edges.len() < size {
+        let (a, b) = (rng.random_range(0..n), rng.random_range(0..n));
+        let edge = (a.min(b), a.max(b));
+        if a != b && seen.insert(edge) {
+            edges.push(edge);
+        }
+    }
+    Batch {
+        blobs: Vec::new(),
+        edges,
+    }
+}
+
+/// `size` new edges as issue #16 words them: new derived blobs, each under a blob drawn
+/// at random from all that exist (the new ones before it included), and 1 % of them
+/// with a second parent drawn the same way (a diamond edge, the base graph's rate).
+fn derived_batch(size: usize, total: &mut u32, rng: &mut StdRng) -> Batch {
+    let mut batch = Batch::default();
+    while batch.edges.len() < size {
+        let c = *total;
+        *total += 1;
+        batch.blobs.push(c);
+        let p = rng.random_range(0..c);
+        batch.edges.push((p, c));
+        if batch.edges.len() < size && rng.random_bool(0.01) {
+            let q = rng.random_range(0..c);
+            if q != p {
+                batch.edges.push((q, c));
+            }
+        }
+    }
+    batch
 }
 
 fn generate(args: &Args, rng: &mut StdRng) -> Graph {
@@ -244,13 +341,7 @@ fn generate(args: &Args, rng: &mut StdRng) -> Graph {
         .enumerate()
         .filter_map(|(c, p)| p.map(|p| (p, c as u32)))
         .collect();
-    let batches = random_batches(args, n, &base, rng);
-    Graph {
-        n,
-        base,
-        parent,
-        batches,
-    }
+    batches(args, n, base, parent, rng)
 }
 
 /// The closure with shortest distances (a BFS from every blob, every pair written out
@@ -367,7 +458,7 @@ struct Incremental {
 fn incremental(args: &Args, graph: &Graph) -> Incremental {
     let graph_base = graph.base.clone();
     let batches = graph.batches.clone();
-    let n = graph.n;
+    let (n, total) = (graph.n, graph.total);
     let workers = args.workers;
     let engine = args.engine.clone();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
@@ -417,13 +508,17 @@ fn incremental(args: &Args, graph: &Graph) -> Incremental {
         let base_reach_rows = reach_size.get();
 
         let mut steps = Vec::new();
-        for size_batches in &batches {
+        for set in &batches {
             let (mut times, mut changes) = (Vec::new(), Vec::new());
-            for batch in size_batches {
+            let set_started = Instant::now();
+            for batch in &set.repeats {
                 let before = reach_changes.get();
                 let started = Instant::now();
                 if index == 0 {
-                    for &(p, c) in batch {
+                    for &x in &batch.blobs {
+                        nodes_in.insert((id(x), owner_of(x)));
+                    }
+                    for &(p, c) in &batch.edges {
                         edges_in.insert(edge(p, c));
                     }
                 }
@@ -435,6 +530,15 @@ fn incremental(args: &Args, graph: &Graph) -> Incremental {
                 worker.step_while(|| probe.less_than(&time));
                 times.push(started.elapsed());
                 changes.push(reach_changes.get() - before);
+            }
+            if std::env::var_os("STUDIO_DAG_SPANS").is_some() {
+                // Monotonic clock readings, for `perf report --time` (perf record -k mono).
+                eprintln!(
+                    "{} x {}: {set_started:?} .. {:?}",
+                    set.shape,
+                    set.size,
+                    Instant::now()
+                );
             }
             steps.push((times, changes));
         }
@@ -454,10 +558,11 @@ fn incremental(args: &Args, graph: &Graph) -> Incremental {
         });
         let started = Instant::now();
         if index == 0 {
-            for x in 0..n {
+            for x in 0..total {
                 nodes_in.insert((id(x), owner_of(x)));
             }
-            for &(p, c) in graph_base.iter().chain(batches.iter().flatten().flatten()) {
+            let added = batches.iter().flat_map(|s| &s.repeats);
+            for &(p, c) in graph_base.iter().chain(added.flat_map(|b| &b.edges)) {
                 edges_in.insert(edge(p, c));
             }
         }
@@ -517,13 +622,8 @@ struct QuerySet {
 /// `blob_reach`, for `--queries` random blobs and for the 100 blobs with the most
 /// descendants.
 fn sqlite(args: &Args, graph: &Graph, rng: &mut StdRng) -> anyhow::Result<Vec<QuerySet>> {
-    let edges: Vec<(u32, u32)> = graph
-        .base
-        .iter()
-        .chain(graph.batches.iter().flatten().flatten())
-        .copied()
-        .collect();
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); graph.n as usize];
+    let edges = graph.all_edges();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); graph.total as usize];
     for &(p, c) in &edges {
         out[p as usize].push(c);
     }
@@ -533,7 +633,7 @@ fn sqlite(args: &Args, graph: &Graph, rng: &mut StdRng) -> anyhow::Result<Vec<Qu
         .enable_all()
         .build()?;
     let random: Vec<u32> = (0..args.queries)
-        .map(|_| rng.random_range(0..graph.n))
+        .map(|_| rng.random_range(0..graph.total))
         .collect();
     runtime.block_on(async {
         let options = SqliteConnectOptions::from_str("sqlite:")?
@@ -568,11 +668,11 @@ fn sqlite(args: &Args, graph: &Graph, rng: &mut StdRng) -> anyhow::Result<Vec<Qu
                 .await?;
         }
         // blob_reach, from a BFS from every blob; and who has the most descendants.
-        let mut dist = vec![u32::MAX; graph.n as usize];
+        let mut dist = vec![u32::MAX; graph.total as usize];
         let mut touched = Vec::new();
         let mut queue = VecDeque::new();
-        let mut descendants: Vec<(usize, u32)> = Vec::with_capacity(graph.n as usize);
-        for start in 0..graph.n {
+        let mut descendants: Vec<(usize, u32)> = Vec::with_capacity(graph.total as usize);
+        for start in 0..graph.total {
             dist[start as usize] = 0;
             touched.push(start);
             queue.push_back(start);
@@ -796,7 +896,6 @@ fn ms(d: Duration) -> f64 {
 
 /// DuckDB's recursive CTEs over `edges` (`benches/scripts/dag_duckdb.py`): its JSON line.
 fn duckdb(n: u32, edges: &[(u32, u32)]) -> anyhow::Result<serde_json::Value> {
-    use std::io::Write;
     let dir = tempfile::tempdir()?;
     let (edges_csv, blobs_csv) = (dir.path().join("edges.csv"), dir.path().join("blobs.csv"));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&edges_csv)?);
@@ -844,6 +943,12 @@ fn main() -> anyhow::Result<()> {
         args.workers
     );
 
+    if let Some(dir) = &args.write_log {
+        return write_logs(&graph, dir);
+    }
+    if let Some(db) = &args.query_db {
+        return query_latency(&args, &graph, db, &mut rng);
+    }
     let inc = incremental(&args, &graph);
     // The closure operator's state machine alone, without timely.
     let started = Instant::now();
@@ -893,14 +998,14 @@ fn main() -> anyhow::Result<()> {
     let mut edges = graph.base.clone();
     let mut scratch: Vec<Vec<Duration>> = Vec::new();
     let mut scratch_rows: Vec<u64> = Vec::new();
-    let mut final_pairs = 0;
-    let mut final_depth = 0;
-    for size_batches in &graph.batches {
+    let mut final_pairs = base_pairs;
+    let mut final_depth = base_depth;
+    for set in &graph.batches {
         let mut times = Vec::new();
-        for batch in size_batches {
-            edges.extend(batch);
+        for batch in &set.repeats {
+            edges.extend(&batch.edges);
             let started = Instant::now();
-            let (pairs, _, depth) = recompute(graph.n, &edges);
+            let (pairs, _, depth) = recompute(graph.total, &edges);
             times.push(started.elapsed());
             (final_pairs, final_depth) = (pairs, depth);
         }
@@ -916,7 +1021,8 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:>6} | {:>14} | {:>16} | {:>14} | {:>22} | {:>9} | {:>18} | {:>9}",
+        "{:>7} | {:>6} | {:>14} | {:>16} | {:>14} | {:>22} | {:>9} | {:>18} | {:>9}",
+        "batch",
         "edges",
         "incremental ms",
         "reach rows moved",
@@ -926,7 +1032,7 @@ fn main() -> anyhow::Result<()> {
         "fresh dataflow ms",
         "fresh/incr"
     );
-    for (i, &size) in args.batches.iter().enumerate() {
+    for (i, set) in graph.batches.iter().enumerate() {
         let incr = median(inc.steps[i].0.clone());
         let moved = {
             let mut c = inc.steps[i].1.clone();
@@ -935,7 +1041,9 @@ fn main() -> anyhow::Result<()> {
         };
         let bfs = median(scratch[i].clone());
         println!(
-            "{size:>6} | {:>14.2} | {moved:>16} | {:>14} | {:>22.1} | {:>8.2}x | {:>18.0} | {:>8.0}x",
+            "{:>7} | {:>6} | {:>14.2} | {moved:>16} | {:>14} | {:>22.1} | {:>8.2}x | {:>18.0} | {:>8.0}x",
+            set.shape,
+            set.size,
             ms(incr),
             scratch_rows[i],
             ms(bfs),
@@ -995,6 +1103,216 @@ fn main() -> anyhow::Result<()> {
             row.naive_ns,
             row.naive_ns / row.topo_ns
         );
+    }
+    Ok(())
+}
+
+/// One delta of the logs `--write-log` writes, as a JSON line.
+fn delta_line(
+    seq: u64,
+    blob: u32,
+    version: u64,
+    parent: Option<u32>,
+    child: Option<u32>,
+) -> String {
+    let ms = seq * 7;
+    let created_at = format!(
+        "2026-01-01T{:02}:{:02}:{:02}.{:03}Z",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    );
+    let delta = Uuid::from_u128(0x0000_000d_0000_4000_8000_0000_0000_0000 | u128::from(seq));
+    let (operation, patch) = if version == 1 {
+        ("create", format!(r#"{{"content":"blob {blob}"}}"#))
+    } else {
+        ("update", format!(r#"{{"n":{seq}}}"#))
+    };
+    let mut line = format!(
+        r#"{{"id":"{delta}","blob_id":"{}","user_id":"{}","operation":"{operation}","version":{version},"created_at":"{created_at}","patch":{patch}"#,
+        id(blob),
+        owner_of(blob)
+    );
+    if version == 1 {
+        line.push_str(r#","metadata":{"content_type":"text/plain"}"#);
+    }
+    if let Some(p) = parent {
+        line.push_str(&format!(r#","parent_id":"{}""#, id(p)));
+    }
+    if let Some(c) = child {
+        line.push_str(&format!(r#","child_ids":["{}"]"#, id(c)));
+    }
+    line.push('}');
+    line
+}
+
+/// `--write-log`: the base graph as a delta log with its edges and without them.
+fn write_logs(graph: &Graph, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    // The parents of each blob beyond its create's.
+    let mut further: Vec<Vec<u32>> = vec![Vec::new(); graph.n as usize];
+    for &(p, c) in &graph.base {
+        if graph.parent[c as usize] != Some(p) {
+            further[c as usize].push(p);
+        }
+    }
+    for (name, with_edges) in [("dag.jsonl", true), ("dag-noedges.jsonl", false)] {
+        let path = dir.join(name);
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let mut version = vec![1u64; graph.n as usize];
+        let mut seq = 0u64;
+        for c in 0..graph.n {
+            let parent = graph.parent[c as usize].filter(|_| with_edges);
+            writeln!(out, "{}", delta_line(seq, c, 1, parent, None))?;
+            seq += 1;
+            for &q in &further[c as usize] {
+                version[q as usize] += 1;
+                let child = Some(c).filter(|_| with_edges);
+                writeln!(
+                    out,
+                    "{}",
+                    delta_line(seq, q, version[q as usize], None, child)
+                )?;
+                seq += 1;
+            }
+        }
+        out.flush()?;
+        println!(
+            "{}: {seq} deltas, {} blobs, {} edges",
+            path.display(),
+            graph.n,
+            if with_edges { graph.base.len() } else { 0 }
+        );
+    }
+    Ok(())
+}
+
+/// The descendants of each blob (a BFS from it), counted.
+fn descendant_counts(n: u32, edges: &[(u32, u32)]) -> Vec<usize> {
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); n as usize];
+    for &(p, c) in edges {
+        out[p as usize].push(c);
+    }
+    let mut seen = vec![u32::MAX; n as usize];
+    let mut stack = Vec::new();
+    (0..n)
+        .map(|start| {
+            let mut count = 0;
+            stack.push(start);
+            while let Some(x) = stack.pop() {
+                for &y in &out[x as usize] {
+                    if seen[y as usize] != start {
+                        seen[y as usize] = start;
+                        count += 1;
+                        stack.push(y);
+                    }
+                }
+            }
+            count
+        })
+        .collect()
+}
+
+/// `--query-db`: the latency of `studio query descendants|ancestors|depth` through the
+/// library's reader, on random blobs and on the heads and ends of the long chains (the
+/// widest answers); each answer's size checked against a BFS; and SQLite's plan for each.
+fn query_latency(args: &Args, graph: &Graph, db: &Path, rng: &mut StdRng) -> anyhow::Result<()> {
+    use studio_connectors::{Db, Param, open_reader};
+    let config = studio_config::Config::default();
+    let path = db.to_str().context("a UTF-8 path")?;
+    let mut reader = open_reader(&config, &Db::parse(path)?)?;
+    let reach: i64 = reader.rows("SELECT count(*) AS n FROM blob_reach", &[])?[0][0]
+        .1
+        .as_i64()
+        .unwrap_or(-1);
+    println!("{}: blob_reach {reach} rows", db.display());
+    let down = descendant_counts(graph.n, &graph.base);
+    let reversed: Vec<(u32, u32)> = graph.base.iter().map(|&(p, c)| (c, p)).collect();
+    let up = descendant_counts(graph.n, &reversed);
+    let forest = graph.n - args.chains * args.chain_len;
+    let random: Vec<u32> = (0..args.queries)
+        .map(|_| rng.random_range(0..graph.n))
+        .collect();
+    let chain_ends: Vec<u32> = (0..args.chains)
+        .flat_map(|k| {
+            let head = forest + k * args.chain_len;
+            [head, head + args.chain_len - 1]
+        })
+        .collect();
+    // The SQL of `ViewReader::{descendants, ancestors, blob_depth}` (connectors/src/query.rs).
+    let plans = [
+        (
+            "descendants",
+            "SELECT r.descendant_id AS blob_id, r.distance, \
+             CASE WHEN b.deleted_at IS NULL THEN 0 ELSE 1 END AS deleted \
+             FROM blob_reach r JOIN blobs b ON b.blob_id = r.descendant_id \
+             WHERE r.ancestor_id = ? ORDER BY r.distance, r.descendant_id",
+        ),
+        (
+            "ancestors",
+            "SELECT r.ancestor_id AS blob_id, r.distance, \
+             CASE WHEN b.deleted_at IS NULL THEN 0 ELSE 1 END AS deleted \
+             FROM blob_reach r JOIN blobs b ON b.blob_id = r.ancestor_id \
+             WHERE r.descendant_id = ? ORDER BY r.distance, r.ancestor_id",
+        ),
+        (
+            "depth",
+            "SELECT blob_id, depth FROM blob_depth WHERE blob_id = ?",
+        ),
+    ];
+    for (name, sql) in plans {
+        let plan = reader.rows(&format!("EXPLAIN QUERY PLAN {sql}"), &[Param::Id(id(0))])?;
+        let steps: Vec<String> = plan
+            .iter()
+            .filter_map(|row| row.iter().find(|(c, _)| c == "detail"))
+            .map(|(_, v)| v.as_str().unwrap_or_default().to_owned())
+            .collect();
+        println!("plan of {name}: {}", steps.join("; "));
+    }
+    println!();
+    println!(
+        "{:<12} | {:<28} | {:>7} | {:>9} | {:>7} | {:>7} | {:>7}",
+        "query", "blobs", "queries", "rows", "p50 µs", "p99 µs", "max µs"
+    );
+    for (set, sample) in [
+        (format!("{} random", random.len()), &random),
+        ("chain heads and ends".to_owned(), &chain_ends),
+    ] {
+        for name in ["descendants", "ancestors", "depth"] {
+            let mut times = Vec::with_capacity(sample.len());
+            let mut rows = 0;
+            for &x in sample.iter() {
+                let started = Instant::now();
+                let got = match name {
+                    "descendants" => reader.descendants(id(x))?,
+                    "ancestors" => reader.ancestors(id(x))?,
+                    _ => reader.blob_depth(id(x))?,
+                };
+                times.push(started.elapsed());
+                let want = match name {
+                    "descendants" => down[x as usize],
+                    "ancestors" => up[x as usize],
+                    _ => 1,
+                };
+                anyhow::ensure!(
+                    got.len() == want,
+                    "{name} of blob {x}: {} rows, not {want}",
+                    got.len()
+                );
+                rows += got.len();
+            }
+            times.sort();
+            let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            println!(
+                "{name:<12} | {set:<28} | {:>7} | {rows:>9} | {:>7.0} | {:>7.0} | {:>7.0}",
+                times.len(),
+                us(at(0.5)),
+                us(at(0.99)),
+                us(at(1.0))
+            );
+        }
     }
     Ok(())
 }

@@ -125,77 +125,20 @@ impl KafkaSource {
             ensure_topics(config, &[&topic])
                 .map_err(|e| SourceError::bus(format!("cannot create topic {topic}"), e))?;
         }
-        let mut c = client_config(config);
-        c.set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", config.session_timeout_ms.to_string())
-            // A fetch that finds nothing new returns after 10 ms rather than
-            // librdkafka's 500: a record that arrives meanwhile waits for the next fetch,
-            // so this bounds the latency the consumer adds (override in kafka.client).
-            .set("fetch.wait.max.ms", "10")
-            .set(
-                "auto.offset.reset",
-                match config.start {
-                    StartAt::Earliest => "earliest",
-                    StartAt::Latest => "latest",
-                },
-            );
-        apply_extra(&mut c, config);
-        let consumer: BaseConsumer<DefaultConsumerContext> = c
+        let consumer: BaseConsumer<DefaultConsumerContext> = consumer_config(config)
             .create()
             .map_err(|e| SourceError::bus("cannot create the Kafka consumer", e))?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), timeout(config))
-            .map_err(|e| {
-                SourceError::bus(
-                    format!(
-                        "cannot read the metadata of topic {topic} from {}",
-                        config.brokers
-                    ),
-                    e,
-                )
-            })?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(SourceError::bus(
-                format!("topic {topic} has no partitions"),
-                "the topic does not exist (set kafka.create_topics to create it)",
-            ));
-        }
-        let mut stored: BTreeMap<i32, i64> = BTreeMap::new();
-        for pos in resume_from {
-            let part = pos.part as i32;
-            if !partitions.contains(&part) {
-                return Err(SourceError::bus(
-                    format!("cannot resume topic {topic} at {pos}"),
-                    format!("the topic has partitions {partitions:?}"),
-                ));
-            }
-            let offset = stored.entry(part).or_insert(pos.offset as i64);
-            *offset = (*offset).max(pos.offset as i64);
-        }
+        let partitions = topic_partitions(&consumer, &topic, config)?;
+        let stored = stored_offsets(&topic, &partitions, resume_from)?;
         let mut assignment = TopicPartitionList::new();
         let mut next = BTreeMap::new();
         for &part in &partitions {
-            let offset = match stored.get(&part) {
-                Some(&last) => {
-                    next.insert(part, Some(last + 1));
-                    Offset::Offset(last + 1)
-                }
-                None => {
-                    next.insert(part, None);
-                    match config.start {
-                        StartAt::Earliest => Offset::Beginning,
-                        StartAt::Latest => Offset::End,
-                    }
-                }
+            let resume_at = stored.get(&part).map(|last| last + 1);
+            next.insert(part, resume_at);
+            let offset = match (resume_at, config.start) {
+                (Some(at), _) => Offset::Offset(at),
+                (None, StartAt::Earliest) => Offset::Beginning,
+                (None, StartAt::Latest) => Offset::End,
             };
             assignment
                 .add_partition_offset(&topic, part, offset)
@@ -298,6 +241,81 @@ impl KafkaSource {
             }
         }
     }
+}
+
+/// The consumer's settings: Studio commits positions itself, after the views.
+fn consumer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = client_config(config);
+    c.set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        // A fetch that finds nothing new returns after 10 ms rather than
+        // librdkafka's 500: a record that arrives meanwhile waits for the next fetch,
+        // so this bounds the latency the consumer adds (override in kafka.client).
+        .set("fetch.wait.max.ms", "10")
+        .set(
+            "auto.offset.reset",
+            match config.start {
+                StartAt::Earliest => "earliest",
+                StartAt::Latest => "latest",
+            },
+        );
+    apply_extra(&mut c, config);
+    c
+}
+
+/// The partitions of `topic`, from the brokers' metadata.
+fn topic_partitions(
+    consumer: &BaseConsumer<DefaultConsumerContext>,
+    topic: &str,
+    config: &KafkaConfig,
+) -> Result<Vec<i32>, SourceError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout(config))
+        .map_err(|e| {
+            let context = format!(
+                "cannot read the metadata of topic {topic} from {}",
+                config.brokers
+            );
+            SourceError::bus(context, e)
+        })?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(SourceError::bus(
+            format!("topic {topic} has no partitions"),
+            "the topic does not exist (set kafka.create_topics to create it)",
+        ));
+    }
+    Ok(partitions)
+}
+
+/// The last committed offset of each partition in `resume_from` (all of them must be
+/// partitions of the topic).
+fn stored_offsets(
+    topic: &str,
+    partitions: &[i32],
+    resume_from: &[SourcePos],
+) -> Result<BTreeMap<i32, i64>, SourceError> {
+    let mut stored: BTreeMap<i32, i64> = BTreeMap::new();
+    for pos in resume_from {
+        let part = pos.part as i32;
+        if !partitions.contains(&part) {
+            return Err(SourceError::bus(
+                format!("cannot resume topic {topic} at {pos}"),
+                format!("the topic has partitions {partitions:?}"),
+            ));
+        }
+        let offset = stored.entry(part).or_insert(pos.offset as i64);
+        *offset = (*offset).max(pos.offset as i64);
+    }
+    Ok(stored)
 }
 
 impl Source for KafkaSource {

@@ -170,12 +170,24 @@ pub fn run_pipeline(
     }
     control.set_phase(Phase::Stopped);
     let lead = std::mem::take(&mut *tally.lock().expect("tally lock"));
+    let duplicates = duplicates.load(Ordering::Relaxed);
     let wall = started.elapsed().as_secs_f64();
-    Ok(Report {
+    Ok(report(lead, written, duplicates, workers, wall))
+}
+
+/// The end report, from what the lead and the writer counted.
+fn report(
+    lead: LeadTally,
+    written: writer::WriterTally,
+    duplicates: u64,
+    workers: usize,
+    wall: f64,
+) -> Report {
+    Report {
         recovered: lead.recovered,
         records_read: lead.records_read,
         accepted: written.accepted,
-        duplicates: duplicates.load(Ordering::Relaxed),
+        duplicates,
         dead_letters: written.dead_letters.values().sum(),
         dead_letters_by_reason: written.dead_letters,
         edges_accepted: written.edges_accepted,
@@ -190,7 +202,7 @@ pub fn run_pipeline(
         records_per_second: lead.records_read as f64 / wall.max(1e-9),
         batch_latency_ms: Latency::from_micros(&written.latency_us),
         providers: lead.providers,
-    })
+    }
 }
 
 /// Spawns a thread beside the workers; its failure stops the pipeline.

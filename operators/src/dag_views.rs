@@ -426,38 +426,10 @@ impl<'scope, T: Timestamp + TotalOrder> DagViews<'scope, T> for VecCollection<'s
             let mut pending: BTreeMap<T, Pending<T>> = BTreeMap::new();
             move |frontiers| {
                 edges_in.for_each_stamp(|cap, data| {
-                    for batch in data {
-                        for (edge, time, diff) in batch.drain(..) {
-                            debug_assert!(diff > 0, "accepted edges are insert-only");
-                            let entry = pending.entry(time.clone()).or_insert_with(|| {
-                                (
-                                    (0..4).map(|port| cap.delayed(&time, port)).collect(),
-                                    Vec::new(),
-                                    Vec::new(),
-                                )
-                            });
-                            if diff > 0 {
-                                entry.2.push(edge);
-                            }
-                        }
-                    }
+                    stash(&mut pending, &cap, data, |p, edge| p.2.push(edge));
                 });
                 created_in.for_each_stamp(|cap, data| {
-                    for batch in data {
-                        for (blob, time, diff) in batch.drain(..) {
-                            debug_assert!(diff > 0, "created blobs are insert-only");
-                            let entry = pending.entry(time.clone()).or_insert_with(|| {
-                                (
-                                    (0..4).map(|port| cap.delayed(&time, port)).collect(),
-                                    Vec::new(),
-                                    Vec::new(),
-                                )
-                            });
-                            if diff > 0 {
-                                entry.1.push(blob);
-                            }
-                        }
-                    }
+                    stash(&mut pending, &cap, data, |p, blob| p.1.push(blob));
                 });
                 let mut reach_session = reach_out.activate();
                 let mut depth_session = depth_out.activate();
@@ -472,84 +444,36 @@ impl<'scope, T: Timestamp + TotalOrder> DagViews<'scope, T> for VecCollection<'s
                     let pairs: Vec<(Uuid, Uuid)> =
                         edges.iter().map(|e| (e.parent_id, e.child_id)).collect();
                     let changes = closure.apply(&created, &pairs);
-
-                    let mut out = reach_session.session(&caps[0]);
-                    for ((a, d), old, new) in changes.reach {
+                    let reach = changes.reach.into_iter().map(|((a, d), old, new)| {
                         let row = |distance| ReachRow {
                             ancestor_id: closure.id(a),
                             descendant_id: closure.id(d),
                             distance,
                         };
-                        if let Some(old) = old {
-                            out.give((row(old), time.clone(), -1));
-                        }
-                        out.give((row(new), time.clone(), 1));
-                    }
-                    drop(out);
-                    let mut out = depth_session.session(&caps[1]);
-                    for (n, old, new) in changes.depth {
+                        (old.map(row), row(new))
+                    });
+                    reach_session
+                        .session(&caps[0])
+                        .give_iterator(updates(&time, reach));
+                    let depth = changes.depth.into_iter().map(|(n, old, new)| {
                         let blob_id = closure.id(n);
-                        if let Some(old) = old {
-                            out.give((
-                                DepthRow {
-                                    blob_id,
-                                    depth: old,
-                                },
-                                time.clone(),
-                                -1,
-                            ));
-                        }
-                        out.give((
-                            DepthRow {
-                                blob_id,
-                                depth: new,
-                            },
-                            time.clone(),
-                            1,
-                        ));
-                    }
-                    drop(out);
-                    let mut out = user_session.session(&caps[2]);
-                    for (user_id, old, new) in changes.user_depth {
-                        if let Some(old) = old {
-                            out.give((
-                                UserDepthRow {
-                                    user_id,
-                                    max_depth: old,
-                                },
-                                time.clone(),
-                                -1,
-                            ));
-                        }
-                        out.give((
-                            UserDepthRow {
-                                user_id,
-                                max_depth: new,
-                            },
-                            time.clone(),
-                            1,
-                        ));
-                    }
-                    drop(out);
+                        let row = |depth| DepthRow { blob_id, depth };
+                        (old.map(row), row(new))
+                    });
+                    depth_session
+                        .session(&caps[1])
+                        .give_iterator(updates(&time, depth));
+                    let user_depth = changes.user_depth.into_iter().map(|(user_id, old, new)| {
+                        let row = |max_depth| UserDepthRow { user_id, max_depth };
+                        (old.map(row), row(new))
+                    });
+                    user_session
+                        .session(&caps[2])
+                        .give_iterator(updates(&time, user_depth));
                     if !changes.limited.is_empty() {
+                        let rows = limited_rows(&closure, &edges, changes.limited);
                         let mut out = limited_session.session(&caps[3]);
-                        let by_pair: FxHashMap<(Uuid, Uuid), Uuid> = edges
-                            .iter()
-                            .map(|e| ((e.parent_id, e.child_id), e.delta_id))
-                            .collect();
-                        for (p, c) in changes.limited {
-                            let (parent_id, child_id) = (closure.id(p), closure.id(c));
-                            out.give((
-                                RejectedEdgeRow {
-                                    delta_id: by_pair[&(parent_id, child_id)],
-                                    parent_id,
-                                    child_id,
-                                    reason: REACH_LIMIT_REASON.to_owned(),
-                                },
-                                time.clone(),
-                                1,
-                            ));
-                        }
+                        out.give_iterator(rows.into_iter().map(|row| (row, time.clone(), 1)));
                     }
                 }
             }
@@ -561,6 +485,63 @@ impl<'scope, T: Timestamp + TotalOrder> DagViews<'scope, T> for VecCollection<'s
             limited: limited.as_collection(),
         }
     }
+}
+
+/// Adds one input's updates to the pending timestamps, with capabilities for the four
+/// outputs at each new timestamp.
+fn stash<'a, T: Timestamp, D: 'a>(
+    pending: &mut BTreeMap<T, Pending<T>>,
+    cap: &timely::dataflow::operators::InputCapability<T>,
+    data: impl IntoIterator<Item = &'a mut Vec<(D, T, isize)>>,
+    push: impl Fn(&mut Pending<T>, D),
+) {
+    for batch in data {
+        for (item, time, diff) in batch.drain(..) {
+            debug_assert!(diff > 0, "the DAG's inputs are insert-only");
+            let entry = pending.entry(time.clone()).or_insert_with(|| {
+                let caps = (0..4).map(|port| cap.delayed(&time, port)).collect();
+                (caps, Vec::new(), Vec::new())
+            });
+            if diff > 0 {
+                push(entry, item);
+            }
+        }
+    }
+}
+
+/// Each change as collection updates at `time`: `-old` (if any), `+new`.
+fn updates<T: Timestamp, R>(
+    time: &T,
+    changes: impl IntoIterator<Item = (Option<R>, R)>,
+) -> impl Iterator<Item = (R, T, isize)> {
+    changes.into_iter().flat_map(move |(old, new)| {
+        let retract = old.map(|old| (old, time.clone(), -1));
+        retract.into_iter().chain([(new, time.clone(), 1)])
+    })
+}
+
+/// The `rejected_edges` rows of the edges left out at the pair limit (S5.2).
+fn limited_rows(
+    closure: &Closure,
+    edges: &[EdgeRow],
+    limited: Vec<(u32, u32)>,
+) -> Vec<RejectedEdgeRow> {
+    let by_pair: FxHashMap<(Uuid, Uuid), Uuid> = edges
+        .iter()
+        .map(|e| ((e.parent_id, e.child_id), e.delta_id))
+        .collect();
+    limited
+        .into_iter()
+        .map(|(p, c)| {
+            let (parent_id, child_id) = (closure.id(p), closure.id(c));
+            RejectedEdgeRow {
+                delta_id: by_pair[&(parent_id, child_id)],
+                parent_id,
+                child_id,
+                reason: REACH_LIMIT_REASON.to_owned(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

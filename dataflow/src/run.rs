@@ -24,11 +24,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use studio_connectors::{OutputStream, RecordPublisher, ViewSink};
+use studio_config::RunConfig;
+use studio_connectors::OutputStream;
 use studio_model::Provider;
 
 use crate::pipeline::{
-    Clock, Control, Endpoints, OpenSource, PipelineError, PipelineOptions, Report, run_pipeline,
+    Clock, Control, Endpoints, PipelineError, PipelineOptions, Report, run_pipeline,
 };
 
 /// What a run did, from its start to its stop.
@@ -37,27 +38,13 @@ pub type RunReport = Report;
 /// A run that failed.
 pub type RunError = PipelineError;
 
-/// How the service runs.
+/// What the service is given besides its `[run]` settings.
 #[derive(Clone, Debug)]
-pub struct RunOptions {
+pub struct Service {
     /// The source's name in the checkpoints (`kafka:TOPIC`, `nats:STREAM`).
     pub source: String,
-    /// Timely worker threads.
-    pub workers: usize,
-    /// Records per timestamp at most.
-    pub max_batch_records: usize,
-    /// How long a poll waits for its first record.
-    pub poll_timeout: Duration,
-    /// Batches read ahead of the dataflow before reading pauses.
-    pub max_batches_in_flight: usize,
-    /// Completed batches queued for the writer before the dataflow pauses.
-    pub writer_queue_batches: usize,
-    /// Deltas waiting for a gap this long become dead letters (S4.4).
-    pub gap_timeout: Duration,
     /// Providers registered at start (S5.3): their pending requests are maintained.
     pub providers: Vec<Provider>,
-    /// Record events (S5.8).
-    pub events: bool,
     /// The output streams to publish (with a publisher).
     pub publish: Vec<OutputStream>,
     /// Stop (gracefully) after this long without a record.
@@ -67,32 +54,26 @@ pub struct RunOptions {
 /// Runs the service until `control.stop()` (or `exit_when_idle`), or until a part
 /// fails.
 pub fn run(
-    options: RunOptions,
-    open_source: OpenSource,
-    sink: Box<dyn ViewSink + Send>,
-    publisher: Option<Box<dyn RecordPublisher>>,
+    config: &RunConfig,
+    service: Service,
+    endpoints: Endpoints,
     control: Arc<Control>,
 ) -> Result<Report, PipelineError> {
     let pipeline = PipelineOptions {
-        workers: options.workers,
+        workers: config.workers,
         clock: Clock::WallClock,
-        max_batch_records: options.max_batch_records,
-        poll_timeout: options.poll_timeout,
-        max_batches_in_flight: options.max_batches_in_flight,
-        writer_queue_batches: options.writer_queue_batches,
-        gap_timeout: Some(options.gap_timeout),
+        max_batch_records: config.max_batch_records,
+        poll_timeout: Duration::from_millis(config.poll_timeout_ms),
+        max_batches_in_flight: config.max_batches_in_flight,
+        writer_queue_batches: config.writer_queue_batches,
+        gap_timeout: Some(Duration::from_millis(config.gap_timeout_ms)),
         store_records: true, // recovery replays them
-        providers: options.providers,
+        providers: service.providers,
         provider_workers: None,
-        events: options.events,
-        durable: Some(options.source),
-        publish: options.publish,
-        exit_when_idle: options.exit_when_idle,
-    };
-    let endpoints = Endpoints {
-        open_source,
-        sink,
-        publisher,
+        events: config.events,
+        durable: Some(service.source),
+        publish: service.publish,
+        exit_when_idle: service.exit_when_idle,
     };
     run_pipeline(pipeline, endpoints, control)
 }

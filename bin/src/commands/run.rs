@@ -10,8 +10,8 @@ use anyhow::Context;
 use studio_config::{BusKind, Config};
 use studio_connectors::open::{output_streams, source_name};
 use studio_connectors::{Db, OpenMode, open_publisher, open_source, open_view_store};
-use studio_dataflow::pipeline::{Control, OpenSource};
-use studio_dataflow::run::{RunOptions, RunReport, run as run_service};
+use studio_dataflow::pipeline::{Control, Endpoints, OpenSource};
+use studio_dataflow::run::{RunReport, Service, run as run_service};
 
 use crate::cli::RunArgs;
 use crate::http;
@@ -49,22 +49,19 @@ pub fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
     let source_config = config.clone();
     let open_bus_source: OpenSource =
         Box::new(move |positions| open_source(kind, &source_config, positions));
-    let r = &config.run;
-    let options = RunOptions {
+    let service = Service {
         source: source_name(kind, &config),
-        workers: r.workers,
-        max_batch_records: r.max_batch_records,
-        poll_timeout: Duration::from_millis(r.poll_timeout_ms),
-        max_batches_in_flight: r.max_batches_in_flight,
-        writer_queue_batches: r.writer_queue_batches,
-        gap_timeout: Duration::from_millis(r.gap_timeout_ms),
         providers,
-        events: r.events,
         publish: streams,
         exit_when_idle: args.exit_when_idle.map(Duration::from_millis),
     };
-    tracing::info!(db = %db.display(), source = %options.source, workers = r.workers, "studio run starting");
-    let report = run_service(options, open_bus_source, sink, publisher, control)?;
+    tracing::info!(db = %db.display(), source = %service.source, workers = config.run.workers, "studio run starting");
+    let endpoints = Endpoints {
+        open_source: open_bus_source,
+        sink,
+        publisher,
+    };
+    let report = run_service(&config.run, service, endpoints, control)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

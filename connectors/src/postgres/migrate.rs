@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "documents_as_json",
         include_str!("migrations/0005_documents_as_json.sql"),
     ),
+    (
+        6,
+        "reach_covering_index",
+        include_str!("migrations/0006_reach_covering_index.sql"),
+    ),
 ];
 
 /// The migration before which `doc_lz4` is turned back into JSON in `doc`.

@@ -206,7 +206,7 @@ table! {
         column("descendant_id", Id) => r.descendant_id,
         column("distance", Int) => r.distance,
     }
-    indexed ["blob_reach_by_descendant" on ["descendant_id"]]
+    indexed ["blob_reach_to_ancestors" on ["descendant_id", "ancestor_id", "distance"]]
 }
 keyed_view!(ReachRow, BLOB_REACH);
 

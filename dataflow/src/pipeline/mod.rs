@@ -112,25 +112,25 @@ pub fn run_pipeline(
         publisher,
     } = endpoints;
     let writer = {
-        let (options, control2) = (options.clone(), Arc::clone(&control));
+        let options = options.clone();
         let channels = WriterChannels {
             recovered: recovered_tx,
             completed: completed_rx,
             acknowledge: acknowledge_tx,
         };
-        spawn_part("studio-view-writer", &control, move || {
-            writer::write_views(sink, publisher, &options, channels, &control2)
+        spawn_part("studio-view-writer", &control, move |control| {
+            writer::write_views(sink, publisher, &options, channels, control)
         })
     };
     let reader = {
-        let (options, control2) = (options.clone(), Arc::clone(&control));
+        let options = options.clone();
         let channels = ReaderChannels {
             resume_from: resume_rx,
             polled: polled_tx,
             acknowledge: acknowledge_rx,
         };
-        spawn_part("studio-source", &control, move || {
-            reader::read_source(open_source, &options, channels, &control2)
+        spawn_part("studio-source", &control, move |control| {
+            reader::read_source(open_source, &options, channels, control)
         })
     };
 
@@ -205,17 +205,18 @@ fn report(
     }
 }
 
-/// Spawns a thread beside the workers; its failure stops the pipeline.
+/// Spawns a thread beside the workers, handing it the control; its failure stops the
+/// pipeline.
 fn spawn_part<T: Send + 'static>(
     name: &str,
     control: &Arc<Control>,
-    part: impl FnOnce() -> Result<T, PipelineError> + Send + 'static,
+    part: impl FnOnce(&Control) -> Result<T, PipelineError> + Send + 'static,
 ) -> std::thread::JoinHandle<Result<T, PipelineError>> {
     let control = Arc::clone(control);
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            let result = part();
+            let result = part(&control);
             if result.is_err() {
                 control.fail();
             }

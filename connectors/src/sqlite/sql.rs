@@ -12,10 +12,79 @@ use crate::SinkError;
 /// Every view table, created if missing (`CREATE TABLE IF NOT EXISTS`, its indexes, and
 /// the tables SQLite keeps as views).
 pub fn schema() -> String {
-    TABLES.iter().map(|t| create_sql(t)).collect()
+    TABLES.iter().map(|t| create_sql(t, Indexes::WithTable)).collect()
 }
 
-fn create_sql(table: &Table) -> String {
+/// The schema for a bulk load into a new file: the append-only tables (the delta
+/// store) without their key and indexes, which [`bulk_load_indexes`] builds once the
+/// rows are in. A million random-key index inserts cost several times one sort.
+pub fn bulk_load_schema() -> String {
+    TABLES
+        .iter()
+        .map(|t| create_sql(t, Indexes::AfterLoad))
+        .collect()
+}
+
+/// The key (as a unique index) and the indexes [`bulk_load_schema`] left out.
+pub fn bulk_load_indexes() -> String {
+    TABLES
+        .iter()
+        .filter(|t| loaded_in_bulk(t))
+        .map(|t| format!("{}{}", key_index_sql(t), indexes_sql(t)))
+        .collect()
+}
+
+/// The key of a table [`bulk_load_schema`] made, when a bulk load stopped before
+/// [`bulk_load_indexes`]: `(table, CREATE UNIQUE INDEX ...)` for each such table.
+pub fn bulk_load_keys() -> impl Iterator<Item = (&'static str, String)> {
+    TABLES
+        .iter()
+        .filter(|t| loaded_in_bulk(t))
+        .map(|t| (t.name, key_index_sql(t)))
+}
+
+/// Append-only tables with a key of their own (not a sequence): the delta store.
+fn loaded_in_bulk(table: &Table) -> bool {
+    table.kind == Kind::Append
+        && table.sqlite_view_of.is_none()
+        && !table.key.is_empty()
+        && table.key_columns().all(|c| c.ty != studio_model::ColumnType::Seq)
+}
+
+/// When a table's key and indexes are made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Indexes {
+    /// With the table.
+    WithTable,
+    /// After a bulk load, for the tables [`loaded_in_bulk`].
+    AfterLoad,
+}
+
+fn key_index_sql(table: &Table) -> String {
+    format!(
+        "CREATE UNIQUE INDEX IF NOT EXISTS {0}_key ON {0} ({1});\n",
+        table.name,
+        table.key.join(", ")
+    )
+}
+
+fn indexes_sql(table: &Table) -> String {
+    table
+        .indexes
+        .iter()
+        .map(|index| {
+            format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {} ({});\n",
+                index.name,
+                table.name,
+                index.columns.join(", ")
+            )
+        })
+        .collect()
+}
+
+fn create_sql(table: &Table, indexes: Indexes) -> String {
+    let deferred = indexes == Indexes::AfterLoad && loaded_in_bulk(table);
     let columns: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
     if let Some(base) = table.sqlite_view_of {
         return format!(
@@ -24,7 +93,7 @@ fn create_sql(table: &Table) -> String {
             columns.join(", ")
         );
     }
-    let single_key = (table.key.len() == 1).then(|| table.key[0]);
+    let single_key = (table.key.len() == 1 && !deferred).then(|| table.key[0]);
     let mut lines: Vec<String> = table
         .columns
         .iter()
@@ -38,23 +107,19 @@ fn create_sql(table: &Table) -> String {
             format!("    {} {}{key}{not_null}", c.name, c.ty.sqlite())
         })
         .collect();
-    if table.key.len() > 1 {
+    if table.key.len() > 1 && !deferred {
         lines.push(format!("    PRIMARY KEY ({})", table.key.join(", ")));
     }
-    let mut sql = format!(
+    let sql = format!(
         "CREATE TABLE IF NOT EXISTS {} (\n{}\n);\n",
         table.name,
         lines.join(",\n")
     );
-    for index in table.indexes {
-        sql.push_str(&format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {} ({});\n",
-            index.name,
-            table.name,
-            index.columns.join(", ")
-        ));
+    if deferred {
+        sql
+    } else {
+        sql + &indexes_sql(table)
     }
-    sql
 }
 
 /// `INSERT INTO t (columns) VALUES (?, ...)` over the columns rows supply, without a
@@ -230,6 +295,69 @@ mod tests {
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .unwrap();
         (columns, indexes)
+    }
+
+    /// Each table's unique and plain indexes, as (unique, columns), sorted: what a
+    /// query planner can use, whatever the indexes are named.
+    fn index_shapes(conn: &Connection, table: &str) -> Vec<(bool, Vec<String>)> {
+        let indexes: Vec<(String, bool)> = conn
+            .prepare("SELECT name, \"unique\" FROM pragma_index_list(?1)")
+            .and_then(|mut s| s.query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .unwrap();
+        let mut shapes: Vec<(bool, Vec<String>)> = indexes
+            .into_iter()
+            .map(|(name, unique)| {
+                let columns = conn
+                    .prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")
+                    .and_then(|mut s| s.query_map([&name], |r| r.get(0))?.collect())
+                    .unwrap();
+                (unique, columns)
+            })
+            .collect();
+        shapes.sort();
+        shapes
+    }
+
+    /// A bulk load's schema, once its indexes are built, answers the same queries with
+    /// the same indexes and enforces the same keys as the service's schema.
+    #[test]
+    fn a_bulk_load_ends_with_the_same_keys_and_indexes() {
+        let service = Connection::open_in_memory().unwrap();
+        service.execute_batch(&schema()).unwrap();
+        let bulk = Connection::open_in_memory().unwrap();
+        bulk.execute_batch(&super::bulk_load_schema()).unwrap();
+        let deltas_while_loading = index_shapes(&bulk, "deltas");
+        assert!(deltas_while_loading.is_empty(), "{deltas_while_loading:?}");
+        bulk.execute_batch(&super::bulk_load_indexes()).unwrap();
+        for table in TABLES {
+            let (columns, _) = described(&bulk, table.name);
+            let (expected, _) = described(&service, table.name);
+            let without_pk = |c: Vec<super::ColumnInfo>| -> Vec<_> {
+                c.into_iter().map(|(n, t, nn, _)| (n, t, nn)).collect()
+            };
+            assert_eq!(without_pk(columns), without_pk(expected), "{}", table.name);
+            assert_eq!(
+                index_shapes(&bulk, table.name),
+                index_shapes(&service, table.name),
+                "{}",
+                table.name
+            );
+        }
+    }
+
+    /// A bulk load that stopped before its indexes: the service's open builds the
+    /// delta store's key, and only when it is missing.
+    #[test]
+    fn the_service_adds_a_key_a_stopped_bulk_load_left_out() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&super::bulk_load_schema()).unwrap();
+        conn.execute_batch(&schema()).unwrap();
+        super::super::add_missing_keys(&conn).unwrap();
+        super::super::add_missing_keys(&conn).unwrap();
+        let service = Connection::open_in_memory().unwrap();
+        service.execute_batch(&schema()).unwrap();
+        super::super::add_missing_keys(&service).unwrap();
+        assert_eq!(index_shapes(&conn, "deltas"), index_shapes(&service, "deltas"));
     }
 
     #[test]

@@ -19,8 +19,11 @@ pub struct Stash<T: Timestamp, D> {
     ports: usize,
     /// The messages of each time as they came: appending them to one vector would
     /// regrow (copy) it over and over in a large timestamp.
-    by_time: BTreeMap<T, (Vec<Capability<T>>, Vec<Vec<D>>)>,
+    by_time: BTreeMap<T, Waiting<T, D>>,
 }
+
+/// One timestamp's capabilities (one per output port) and its messages' records.
+type Waiting<T, D> = (Vec<Capability<T>>, Vec<Vec<D>>);
 
 /// One completed timestamp: its capabilities (one per output port) and its records.
 pub type Complete<T, D> = (Vec<Capability<T>>, Vec<D>);

@@ -12,7 +12,10 @@ use crate::SinkError;
 /// Every view table, created if missing (`CREATE TABLE IF NOT EXISTS`, its indexes, and
 /// the tables SQLite keeps as views).
 pub fn schema() -> String {
-    TABLES.iter().map(|t| create_sql(t, Indexes::WithTable)).collect()
+    TABLES
+        .iter()
+        .map(|t| create_sql(t, Indexes::WithTable))
+        .collect()
 }
 
 /// The schema for a bulk load into a new file: the append-only tables (the delta
@@ -48,7 +51,9 @@ fn loaded_in_bulk(table: &Table) -> bool {
     table.kind == Kind::Append
         && table.sqlite_view_of.is_none()
         && !table.key.is_empty()
-        && table.key_columns().all(|c| c.ty != studio_model::ColumnType::Seq)
+        && table
+            .key_columns()
+            .all(|c| c.ty != studio_model::ColumnType::Seq)
 }
 
 /// When a table's key and indexes are made.
@@ -302,7 +307,10 @@ mod tests {
     fn index_shapes(conn: &Connection, table: &str) -> Vec<(bool, Vec<String>)> {
         let indexes: Vec<(String, bool)> = conn
             .prepare("SELECT name, \"unique\" FROM pragma_index_list(?1)")
-            .and_then(|mut s| s.query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .and_then(|mut s| {
+                s.query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
             .unwrap();
         let mut shapes: Vec<(bool, Vec<String>)> = indexes
             .into_iter()
@@ -357,7 +365,10 @@ mod tests {
         let service = Connection::open_in_memory().unwrap();
         service.execute_batch(&schema()).unwrap();
         super::super::add_missing_keys(&service).unwrap();
-        assert_eq!(index_shapes(&conn, "deltas"), index_shapes(&service, "deltas"));
+        assert_eq!(
+            index_shapes(&conn, "deltas"),
+            index_shapes(&service, "deltas")
+        );
     }
 
     #[test]

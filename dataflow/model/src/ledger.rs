@@ -421,12 +421,12 @@ impl BlobLedger {
                         current: state.version,
                     });
                 }
-                let doc = state
-                    .doc_at(to_version, &self.history)
-                    .map_err(|detail| Reason::PatchFailed {
+                let doc = state.doc_at(to_version, &self.history).map_err(|detail| {
+                    Reason::PatchFailed {
                         operation: op,
                         detail,
-                    })?;
+                    }
+                })?;
                 state.doc = doc;
                 // S3.5: deleted_at is cleared when k predates the delete. A revert
                 // never deletes: going back to a version that was deleted only
@@ -619,8 +619,9 @@ fn patch_unchecked(doc: &mut Value, format: PatchFormat, patch: &str) -> Result<
                 // `json_patch` compares `test` values with `Value` equality, where 1 and
                 // 1.0 differ; RFC 6902 section 4.6 compares numbers by value. Only a
                 // failed patch with a numeric `test` pays for the slower path.
-                Err(e) if has_numeric_test(&ops) => patch_comparing_numbers(doc, &ops)
-                    .map_err(|_| refused(e.to_string()))?,
+                Err(e) if has_numeric_test(&ops) => {
+                    patch_comparing_numbers(doc, &ops).map_err(|_| refused(e.to_string()))?
+                }
                 Err(e) => return Err(refused(e.to_string())),
             }
             let copied = ops.0.iter().any(|op| {

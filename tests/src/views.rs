@@ -130,10 +130,11 @@ pub fn reason_kind(reason: &str) -> &str {
 }
 
 /// The reason as compared: the full text, but only the kind for `patch does not apply`
-/// (whose detail is the patch library's message).
+/// (whose detail is the patch library's message) and `not authorized` (whose detail
+/// is wording).
 pub fn comparable_reason(reason: &str) -> String {
     let kind = reason_kind(reason);
-    if kind.ends_with("patch does not apply") {
+    if kind.ends_with("patch does not apply") || kind.ends_with("not authorized") {
         kind.to_owned()
     } else {
         reason.to_owned()

@@ -47,7 +47,8 @@ pub struct Faults {
 pub struct GenStats {
     /// Lines written.
     pub lines: u64,
-    /// Valid deltas (all of them apply).
+    /// Valid records (all of them apply): deltas, and the `read` grants that make
+    /// their edges to other users' blobs allowed (S6.4).
     pub valid: u64,
     /// Extra copies of valid deltas.
     pub duplicates: u64,
@@ -101,7 +102,10 @@ pub fn generate(spec: &GenSpec, out: &mut impl Write) -> io::Result<GenStats> {
     for (i, &b) in schedule.iter().enumerate() {
         let at = Timestamp::from_unix_millis(start_ms + i as i64 * 250).expect("in range");
         let mut delta = next_delta(&mut rng, &mut blobs[b as usize], at);
-        link(&mut rng, &mut delta, &blobs, b as usize, &mut created);
+        if let Some(grant) = link(&mut rng, &mut delta, &blobs, b as usize, &mut created) {
+            window.push(grant.to_string());
+            stats.valid += 1;
+        }
         let line = delta.to_string();
         stats.valid += 1;
         if rng.random_bool(spec.faults.duplicate_rate) {
@@ -243,23 +247,46 @@ fn next_delta(rng: &mut StdRng, blob: &mut Blob, at: Timestamp) -> Value {
 /// Adds DAG edges (S5.1): a third of the creates derive from an earlier blob
 /// (`parent_id`), and one update in fifty links to another blob (`child_ids`), which
 /// may not exist yet or may close a cycle (then the edge is refused, the delta applies).
+/// Returns the grant record to write before the delta when the other end is an
+/// existing blob of another user: its owner grants `read` (S6.4). The grant's id
+/// derives from the delta's, so the random stream (and every other line) stays as
+/// it was before grants existed.
 fn link(
     rng: &mut StdRng,
     delta: &mut Value,
     blobs: &[Blob],
     this: usize,
     created: &mut Vec<usize>,
-) {
-    if delta["operation"] == "create" {
-        if !created.is_empty() && rng.random_ratio(1, 3) {
-            let parent = created[rng.random_range(0..created.len())];
+) -> Option<Value> {
+    let other = if delta["operation"] == "create" {
+        let parent = (!created.is_empty() && rng.random_ratio(1, 3))
+            .then(|| created[rng.random_range(0..created.len())]);
+        if let Some(parent) = parent {
             delta["parent_id"] = json!(blobs[parent].id);
         }
         created.push(this);
+        parent
     } else if delta["operation"] == "update" && rng.random_ratio(1, 50) {
         let child = rng.random_range(0..blobs.len());
         delta["child_ids"] = json!([blobs[child].id]);
-    }
+        Some(child).filter(|&c| blobs[c].version > 0)
+    } else {
+        None
+    };
+    let other = &blobs[other?];
+    let user = blobs[this].owner;
+    (other.owner != user).then(|| {
+        let delta_id: Uuid = serde_json::from_value(delta["id"].clone()).expect("a UUID");
+        json!({
+            "id": Uuid::new_v5(&delta_id, b"read grant"),
+            "kind": "grant",
+            "blob_id": other.id,
+            "user_id": user,
+            "permission": "read",
+            "granted_by": other.owner,
+            "created_at": delta["created_at"],
+        })
+    })
 }
 
 /// A JSON Patch that applies to every document of the generated shape.

@@ -44,6 +44,8 @@ pub struct Expected {
     pub tables: Tables,
     /// The summary counts.
     pub counts: Counts,
+    /// Accepted grant records (counted in `counts.accepted`, not in any delta table).
+    pub grants_accepted: u64,
 }
 
 /// The summary of a replay.
@@ -527,6 +529,7 @@ impl Model {
         Expected {
             tables: Tables::new(blobs, self.applied, processed, dead_letters),
             counts: self.counts,
+            grants_accepted: self.grants_accepted,
         }
     }
 }

@@ -102,19 +102,26 @@ pub fn generate(spec: &GenSpec, out: &mut impl Write) -> io::Result<GenStats> {
     for (i, &b) in schedule.iter().enumerate() {
         let at = Timestamp::from_unix_millis(start_ms + i as i64 * 250).expect("in range");
         let mut delta = next_delta(&mut rng, &mut blobs[b as usize], at);
-        if let Some(grant) = link(&mut rng, &mut delta, &blobs, b as usize, &mut created) {
-            window.push(grant.to_string());
-            stats.valid += 1;
-        }
+        let grant = link(&mut rng, &mut delta, &blobs, b as usize, &mut created);
         let line = delta.to_string();
         stats.valid += 1;
         if rng.random_bool(spec.faults.duplicate_rate) {
             delayed.push((i + rng.random_range(0..64), line.clone()));
             stats.duplicates += 1;
         }
-        window.push(line);
-        if rng.random_bool(spec.faults.malformed_rate) {
-            window.push(malformed(&mut rng, window.last().expect("just pushed")));
+        let malformed = rng
+            .random_bool(spec.faults.malformed_rate)
+            .then(|| malformed(&mut rng, &line));
+        // A grant stays right before its delta, whatever the shuffle: one entry.
+        window.push(match grant {
+            Some(grant) => {
+                stats.valid += 1;
+                format!("{grant}\n{line}")
+            }
+            None => line,
+        });
+        if let Some(bad) = malformed {
+            window.push(bad);
             stats.malformed += 1;
         }
         delayed.retain(|(due, line)| {
@@ -142,7 +149,8 @@ fn flush(
     if shuffle > 1 {
         window.shuffle(rng);
     }
-    let n = window.len() as u64;
+    // An entry is one line, or a grant and its delta.
+    let n = window.iter().map(|l| 1 + l.matches('\n').count() as u64).sum();
     for line in window.drain(..) {
         out.write_all(line.as_bytes())?;
         out.write_all(b"\n")?;
@@ -332,9 +340,12 @@ mod tests {
         let sa = generate(&spec, &mut a).unwrap();
         generate(&spec, &mut b).unwrap();
         assert_eq!(a, b);
-        assert_eq!(sa.valid, 300);
-        assert_eq!(sa.lines, 300);
-        assert_eq!(a.iter().filter(|&&c| c == b'\n').count(), 300);
+        // 300 deltas, and a read grant before each edge to another user's blob.
+        let grants = String::from_utf8(a.clone()).unwrap().matches("\"kind\":\"grant\"").count();
+        assert!(grants > 0);
+        assert_eq!(sa.valid, 300 + grants as u64);
+        assert_eq!(sa.lines, sa.valid);
+        assert_eq!(a.iter().filter(|&&c| c == b'\n').count() as u64, sa.lines);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use differential_dataflow::{AsCollection, VecCollection};
 use studio_model::access::{InputRecord, parse_input};
 use studio_model::{DeadLetter, ProcessingResult, SourcePos, Uuid};
 use studio_operators::{
-    ApplyDeltas, ApplyOptions, Authorize, CycleGuard, DagLimits, DagViews, DedupById, PendingTriggers,
-    ProviderChange,
+    ApplyDeltas, ApplyOptions, Authorize, CycleGuard, DagLimits, DagViews, DedupById,
+    PendingTriggers, ProviderChange,
 };
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;

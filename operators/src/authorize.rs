@@ -58,9 +58,7 @@ pub trait Authorize<'scope, T: Timestamp> {
 type Updates<D, T> = CapacityContainerBuilder<Vec<(D, T, isize)>>;
 type Records<D> = CapacityContainerBuilder<Vec<D>>;
 
-impl<'scope, T: Timestamp + TotalOrder> Authorize<'scope, T>
-    for StreamVec<'scope, T, InputRecord>
-{
+impl<'scope, T: Timestamp + TotalOrder> Authorize<'scope, T> for StreamVec<'scope, T, InputRecord> {
     fn authorize(self, gap_timeout: Option<T::Summary>) -> AuthorizedStreams<'scope, T> {
         let mut builder = OperatorBuilder::new("Authorize".to_owned(), self.scope());
         let mut input = builder.new_input(self, Exchange::new(|_: &InputRecord| 0));
@@ -93,12 +91,16 @@ impl<'scope, T: Timestamp + TotalOrder> Authorize<'scope, T>
                     let t = caps[0].time();
                     let dead = fx.dead_letters.into_iter().map(|d| (d, 1));
                     let log = fx.log.into_iter().map(|r| (r, 1));
-                    deltas_s.session(&caps[0]).give_iterator(fx.passed.into_iter());
+                    deltas_s
+                        .session(&caps[0])
+                        .give_iterator(fx.passed.into_iter());
                     dead_s.session(&caps[1]).give_iterator(at(t, dead));
                     grants_s.session(&caps[2]).give_iterator(at(t, fx.grants));
                     log_s.session(&caps[3]).give_iterator(at(t, log));
                     waiting_s.session(&caps[4]).give_iterator(at(t, fx.waiting));
-                    repeats_s.session(&caps[5]).give_iterator(fx.duplicates.into_iter());
+                    repeats_s
+                        .session(&caps[5])
+                        .give_iterator(fx.duplicates.into_iter());
                 };
                 for (caps, mut records) in stash.take_complete(&frontiers[0]) {
                     records.sort_by_key(InputRecord::pos);
@@ -177,7 +179,9 @@ impl<T: Timestamp + TotalOrder> Holds<T> {
                 let timeout = self.timeout.as_ref()?;
                 self.since
                     .iter()
-                    .filter(|(_, since)| timeout.results_in(since).is_some_and(|d| d.less_equal(now)))
+                    .filter(|(_, since)| {
+                        timeout.results_in(since).is_some_and(|d| d.less_equal(now))
+                    })
                     .map(|(blob, _)| *blob)
                     .collect()
             }

@@ -380,7 +380,12 @@ fn build_log_in(log: &AdversarialLog, space: u64) -> Vec<Vec<u8>> {
         }
         let b = c.blob as usize % nblobs;
         if c.kind == 18 {
-            lines.push(grant_line(c, &delta_uuid(1000 + i as u64), &blob_uuid(b as u64), i));
+            lines.push(grant_line(
+                c,
+                &delta_uuid(1000 + i as u64),
+                &blob_uuid(b as u64),
+                i,
+            ));
             continue;
         }
         // Mostly the version that fits the blob as the log so far left it (run through
@@ -427,7 +432,9 @@ fn build_log_in(log: &AdversarialLog, space: u64) -> Vec<Vec<u8>> {
             (
                 "user_id",
                 // Mostly the owner (blob b's creator is mostly user b % 3); 1 in 8 another.
-                quoted(&user_uuid((b as u64 + u64::from((c.links >> 3) & 7 == 7)) % 3)),
+                quoted(&user_uuid(
+                    (b as u64 + u64::from((c.links >> 3) & 7 == 7)) % 3,
+                )),
             ),
             ("operation", quoted(op)),
             ("version", version.to_string()),

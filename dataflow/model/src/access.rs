@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::parse::{Check, describe_json_error, quote, required, string_field, time_field, uuid_field};
+use crate::parse::{
+    Check, describe_json_error, quote, required, string_field, time_field, uuid_field,
+};
 use crate::views::{Keyed, WaitingRow};
 use crate::{DeadLetter, Delta, Operation, Reason, SourcePos, Timestamp, parse_record};
 
@@ -452,7 +454,10 @@ impl AccessControl {
             pos: grant.pos,
             record: Arc::clone(&grant.raw),
         });
-        let rows = self.grants.entry((grant.blob_id, grant.grantee)).or_default();
+        let rows = self
+            .grants
+            .entry((grant.blob_id, grant.grantee))
+            .or_default();
         let existing = rows.iter().position(|r| r.permission == grant.permission);
         match (grant.kind, existing) {
             (GrantKind::Grant, None) => {

@@ -150,7 +150,10 @@ fn flush(
         window.shuffle(rng);
     }
     // An entry is one line, or a grant and its delta.
-    let n = window.iter().map(|l| 1 + l.matches('\n').count() as u64).sum();
+    let n = window
+        .iter()
+        .map(|l| 1 + l.matches('\n').count() as u64)
+        .sum();
     for line in window.drain(..) {
         out.write_all(line.as_bytes())?;
         out.write_all(b"\n")?;
@@ -341,7 +344,10 @@ mod tests {
         generate(&spec, &mut b).unwrap();
         assert_eq!(a, b);
         // 300 deltas, and a read grant before each edge to another user's blob.
-        let grants = String::from_utf8(a.clone()).unwrap().matches("\"kind\":\"grant\"").count();
+        let grants = String::from_utf8(a.clone())
+            .unwrap()
+            .matches("\"kind\":\"grant\"")
+            .count();
         assert!(grants > 0);
         assert_eq!(sa.valid, 300 + grants as u64);
         assert_eq!(sa.lines, sa.valid);

@@ -5,12 +5,12 @@
 //! Adding a view: its row type, a `table!` here with its `View` (`keyed_view!` for a
 //! keyed one), and a line in [`crate::for_each_view`]; Postgres also needs a migration.
 
+use crate::access::{GrantKey, GrantLogRow, GrantRow};
 use crate::table::{Cell, Column, ColumnType::*, Index, Kind, Row, Table, column, required, table};
 use crate::views::{
     AppliedRow, DepthRow, EdgeRow, EventRow, KeyedChanges, ProcessedRow, ReachRow, RejectedEdgeRow,
     UserDepthRow, View, WaitingRow, consolidated, keyed_changes,
 };
-use crate::access::{GrantKey, GrantLogRow, GrantRow};
 use crate::{BlobRow, DeadLetter, ProcessingResult, TransformRequest};
 
 /// A keyed view: its changes are upserts and deletes by key.

@@ -44,8 +44,6 @@ pub struct Expected {
     pub tables: Tables,
     /// The summary counts.
     pub counts: Counts,
-    /// Accepted grant records (counted in `counts.accepted`, not in any delta table).
-    pub grants_accepted: u64,
 }
 
 /// The summary of a replay.
@@ -527,9 +525,9 @@ impl Model {
         self.counts.accepted = self.applied.len() as u64 + self.grants_accepted;
         self.counts.dead_letters = dead_letters.len() as u64;
         Expected {
-            tables: Tables::new(blobs, self.applied, processed, dead_letters),
+            tables: Tables::new(blobs, self.applied, processed, dead_letters)
+                .with_grants(self.grants_accepted),
             counts: self.counts,
-            grants_accepted: self.grants_accepted,
         }
     }
 }

@@ -95,6 +95,8 @@ pub struct Tables {
     pub processed: Vec<ProcessedRecord>,
     /// In `seq` order (the model: log order).
     pub dead_letters: Vec<DeadRecord>,
+    /// Accepted grant records (rows of `grant_log`, S6.4).
+    pub grants_accepted: u64,
 }
 
 impl Tables {
@@ -113,7 +115,14 @@ impl Tables {
             applied,
             processed,
             dead_letters,
+            grants_accepted: 0,
         }
+    }
+
+    /// With `n` accepted grant records.
+    pub fn with_grants(mut self, n: u64) -> Self {
+        self.grants_accepted = n;
+        self
     }
 
     /// The same tables with the dead letters sorted: compares contents, not order.
@@ -228,6 +237,10 @@ pub fn read_tables(path: &Path) -> Result<Tables, String> {
                 .fetch_all(&mut conn)
                 .await
                 .map_err(err("reading dead_letters"))?;
+        let grants: i64 = sqlx::query_scalar("SELECT count(*) FROM grant_log")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(err("grant_log"))?;
         conn.close().await.map_err(err("close"))?;
         // Documents are read back through the content rule, wherever they are stored.
         let mut reader = ContentReader::local();
@@ -307,7 +320,8 @@ pub fn read_tables(path: &Path) -> Result<Tables, String> {
                     raw,
                 })
                 .collect(),
-        ))
+        )
+        .with_grants(grants as u64))
     })
 }
 

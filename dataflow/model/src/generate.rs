@@ -99,27 +99,40 @@ pub fn generate(spec: &GenSpec, out: &mut impl Write) -> io::Result<GenStats> {
     let mut window: Vec<String> = Vec::new();
     let mut delayed: Vec<(usize, String)> = Vec::new();
     let mut created: Vec<usize> = Vec::new();
+    // Blobs whose create is still in the shuffle window (it may yet land anywhere in it).
+    let mut unwritten: Vec<usize> = Vec::new();
     for (i, &b) in schedule.iter().enumerate() {
         let at = Timestamp::from_unix_millis(start_ms + i as i64 * 250).expect("in range");
         let mut delta = next_delta(&mut rng, &mut blobs[b as usize], at);
-        let grant = link(&mut rng, &mut delta, &blobs, b as usize, &mut created);
+        let grant = link(
+            &mut rng,
+            &mut delta,
+            &blobs,
+            b as usize,
+            &mut created,
+            &unwritten,
+        );
+        if blobs[b as usize].version == 1 {
+            unwritten.push(b as usize);
+        }
         let line = delta.to_string();
-        stats.valid += 1;
+        let malformed_from = line.clone();
+        // A grant stays right before its delta, whatever the shuffle (and so does a
+        // duplicate's): one entry of two lines.
+        let entry = match grant {
+            Some(grant) => format!("{grant}\n{line}"),
+            None => line,
+        };
+        let records = 1 + u64::from(entry.contains('\n'));
+        stats.valid += records;
         if rng.random_bool(spec.faults.duplicate_rate) {
-            delayed.push((i + rng.random_range(0..64), line.clone()));
-            stats.duplicates += 1;
+            delayed.push((i + rng.random_range(0..64), entry.clone()));
+            stats.duplicates += records;
         }
         let malformed = rng
             .random_bool(spec.faults.malformed_rate)
-            .then(|| malformed(&mut rng, &line));
-        // A grant stays right before its delta, whatever the shuffle: one entry.
-        window.push(match grant {
-            Some(grant) => {
-                stats.valid += 1;
-                format!("{grant}\n{line}")
-            }
-            None => line,
-        });
+            .then(|| malformed(&mut rng, &malformed_from));
+        window.push(entry);
         if let Some(bad) = malformed {
             window.push(bad);
             stats.malformed += 1;
@@ -133,6 +146,7 @@ pub fn generate(spec: &GenSpec, out: &mut impl Write) -> io::Result<GenStats> {
         });
         if window.len() >= spec.faults.shuffle_window.max(1) {
             stats.lines += flush(&mut rng, &mut window, spec.faults.shuffle_window, out)?;
+            unwritten.clear();
         }
     }
     window.extend(delayed.into_iter().map(|(_, line)| line));
@@ -260,14 +274,16 @@ fn next_delta(rng: &mut StdRng, blob: &mut Blob, at: Timestamp) -> Value {
 /// may not exist yet or may close a cycle (then the edge is refused, the delta applies).
 /// Returns the grant record to write before the delta when the other end is an
 /// existing blob of another user: its owner grants `read` (S6.4). The grant's id
-/// derives from the delta's, so the random stream (and every other line) stays as
-/// it was before grants existed.
+/// derives from the delta's. An edge to another user's blob whose create is still in
+/// the shuffle window (`unwritten`) is left out: the shuffle could put the grant
+/// before that create, which would refuse it (S6.1) and the edge's delta (S6.2).
 fn link(
     rng: &mut StdRng,
     delta: &mut Value,
     blobs: &[Blob],
     this: usize,
     created: &mut Vec<usize>,
+    unwritten: &[usize],
 ) -> Option<Value> {
     let other = if delta["operation"] == "create" {
         let parent = (!created.is_empty() && rng.random_ratio(1, 3))
@@ -284,9 +300,18 @@ fn link(
     } else {
         None
     };
-    let other = &blobs[other?];
-    let user = blobs[this].owner;
-    (other.owner != user).then(|| {
+    let other_index = other?;
+    let (other, user) = (&blobs[other_index], blobs[this].owner);
+    if other.owner == user {
+        return None;
+    }
+    if unwritten.contains(&other_index) {
+        let obj = delta.as_object_mut().expect("an object");
+        obj.remove("parent_id");
+        obj.remove("child_ids");
+        return None;
+    }
+    Some({
         let delta_id: Uuid = serde_json::from_value(delta["id"].clone()).expect("a UUID");
         json!({
             "id": Uuid::new_v5(&delta_id, b"read grant"),

@@ -227,12 +227,10 @@ fn permission_matrix() {
                 _ => "",
             };
             let line = log.delta(b, u, op, 3, extra);
-            let allowed = match (name, op) {
-                ("owner", _) => true,
-                ("write", "update" | "transform" | "revert") => true,
-                ("delete", "delete") => true,
-                _ => false,
-            };
+            let allowed = matches!(
+                (name, op),
+                ("owner", _) | ("write", "update" | "transform" | "revert") | ("delete", "delete")
+            );
             cases.push((name, op, b, line, allowed));
         }
     }

@@ -76,7 +76,10 @@ impl IntoResponse for ApiError {
 impl From<SinkError> for ApiError {
     fn from(error: SinkError) -> Self {
         tracing::error!(%error, "the view store failed");
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("the view store failed: {error}"))
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the view store failed: {error}"),
+        )
     }
 }
 
@@ -116,7 +119,10 @@ impl FromRequestParts<ApiState> for User {
 
 fn blob_id(text: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(text).map_err(|_| {
-        ApiError(StatusCode::BAD_REQUEST, format!("{text:?} is not a blob UUID"))
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{text:?} is not a blob UUID"),
+        )
     })
 }
 
@@ -131,7 +137,9 @@ async fn blob(
 ) -> Result<Json<Value>, ApiError> {
     let id = blob_id(&id)?;
     let found = s.readers.ask(move |r| r.readable_blob(user, id)).await??;
-    found.map(|o| Json(Value::Object(o))).ok_or_else(|| not_found(id))
+    found
+        .map(|o| Json(Value::Object(o)))
+        .ok_or_else(|| not_found(id))
 }
 
 #[derive(Deserialize)]
@@ -160,7 +168,10 @@ async fn version(
     Path((id, k)): Path<(String, u64)>,
 ) -> Result<Json<Value>, ApiError> {
     let id = blob_id(&id)?;
-    let doc = s.readers.ask(move |r| r.readable_version(user, id, k)).await?;
+    let doc = s
+        .readers
+        .ask(move |r| r.readable_version(user, id, k))
+        .await?;
     match doc {
         Ok(Some(doc)) => Ok(Json(json!({ "blob_id": id, "version": k, "doc": doc }))),
         Ok(None) => Err(ApiError(
@@ -178,8 +189,12 @@ async fn deltas(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = blob_id(&id)?;
-    let rows = s.readers.ask(move |r| r.readable_deltas(user, id)).await??;
-    rows.map(|d| Json(json!({ "deltas": d }))).ok_or_else(|| not_found(id))
+    let rows = s
+        .readers
+        .ask(move |r| r.readable_deltas(user, id))
+        .await??;
+    rows.map(|d| Json(json!({ "deltas": d })))
+        .ok_or_else(|| not_found(id))
 }
 
 async fn relatives(s: ApiState, user: Uuid, id: &str, down: bool) -> Result<Json<Value>, ApiError> {
@@ -188,7 +203,8 @@ async fn relatives(s: ApiState, user: Uuid, id: &str, down: bool) -> Result<Json
         .readers
         .ask(move |r| r.readable_relatives(user, id, down))
         .await??;
-    rows.map(|b| Json(json!({ "blobs": b }))).ok_or_else(|| not_found(id))
+    rows.map(|b| Json(json!({ "blobs": b })))
+        .ok_or_else(|| not_found(id))
 }
 
 async fn descendants(
@@ -266,9 +282,9 @@ pub fn serve_blocking(listen: &str, app: Router) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (choose --listen HOST:PORT)"))?;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {listen}: {e} (choose --listen HOST:PORT)")
+        })?;
         tracing::info!(%listen, "serving the query API");
         eprintln!("serving the query API on http://{}", listener.local_addr()?);
         axum::serve(listener, app).await?;

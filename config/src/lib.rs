@@ -66,7 +66,11 @@ pub struct ApiConfig {
 
 impl std::fmt::Debug for ApiConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secret = if self.jwt_secret.is_empty() { "(unset)" } else { "(set)" };
+        let secret = if self.jwt_secret.is_empty() {
+            "(unset)"
+        } else {
+            "(set)"
+        };
         f.debug_struct("ApiConfig")
             .field("jwt_secret", &secret)
             .field("max_page", &self.max_page)

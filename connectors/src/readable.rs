@@ -6,8 +6,8 @@
 
 use studio_model::{BlobLedger, Effects, SourcePos, Uuid, parse_record};
 
-use crate::query::{Param, Rows, ViewReader};
 use crate::SinkError;
+use crate::query::{Param, Rows, ViewReader};
 
 /// `b` (a `blobs` row) is readable by the user bound twice after it.
 const READABLE: &str = "(b.user_id = ? OR EXISTS (SELECT 1 FROM grants g \
@@ -21,7 +21,9 @@ const BLOB_COLUMNS: &str = "b.blob_id, b.user_id, b.version, b.content_type, b.p
 pub type Objects = Vec<serde_json::Map<String, serde_json::Value>>;
 
 fn objects(rows: Rows) -> Objects {
-    rows.into_iter().map(|row| row.into_iter().collect()).collect()
+    rows.into_iter()
+        .map(|row| row.into_iter().collect())
+        .collect()
 }
 
 /// Why a past version cannot be rebuilt.

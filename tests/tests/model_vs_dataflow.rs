@@ -344,7 +344,11 @@ fn created_at(i: usize, style: u8) -> String {
 /// A grant or revoke (S6.4) from one of the three users to another, sometimes by
 /// someone who may not make it (S6.1), sometimes malformed (S1.1).
 fn grant_line(c: &Choice, id: &str, blob: &str, i: usize) -> Vec<u8> {
-    let kind = if c.jitter.is_multiple_of(3) { "revoke" } else { "grant" };
+    let kind = if c.jitter.is_multiple_of(3) {
+        "revoke"
+    } else {
+        "grant"
+    };
     let permission = ["read", "write", "delete", "share", "owner"][c.patch as usize % 5];
     format!(
         r#"{{"id":"{id}","kind":"{kind}","blob_id":"{blob}","user_id":"{}","permission":"{permission}","granted_by":"{}","created_at":"{}"}}"#,

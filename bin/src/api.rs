@@ -36,6 +36,16 @@ pub struct ApiState {
 impl ApiState {
     /// Opens `threads` readers of `db` and takes the secret from `config.api`.
     pub fn open(config: &Config, db: &str, threads: usize) -> anyhow::Result<Self> {
+        Self::with_readers(config, db, threads, false)
+    }
+
+    /// As [`ApiState::open`], but each reader opens `db` when first asked, and again
+    /// after a failure (`studio run`, whose view store may not exist yet).
+    pub fn open_lazy(config: &Config, db: &str, threads: usize) -> anyhow::Result<Self> {
+        Self::with_readers(config, db, threads, true)
+    }
+
+    fn with_readers(config: &Config, db: &str, threads: usize, lazy: bool) -> anyhow::Result<Self> {
         if config.api.jwt_secret.is_empty() {
             anyhow::bail!(
                 "no secret for the API's bearer tokens: set api.jwt_secret in the config \
@@ -43,7 +53,7 @@ impl ApiState {
             );
         }
         Ok(ApiState {
-            readers: ReaderPool::open(config, db, threads)?,
+            readers: ReaderPool::open(config, db, threads, lazy)?,
             key: Arc::new(DecodingKey::from_secret(config.api.jwt_secret.as_bytes())),
             max_page: config.api.max_page,
         })
@@ -223,7 +233,7 @@ async fn ancestors(
     relatives(s, user, &id, false).await
 }
 
-type Job = Box<dyn FnOnce(&mut dyn ViewReader) + Send>;
+type Job = Box<dyn FnOnce(anyhow::Result<&mut dyn ViewReader>) + Send>;
 
 /// Threads that each own a view reader and answer questions sent to them.
 #[derive(Clone)]
@@ -232,8 +242,9 @@ pub struct ReaderPool {
 }
 
 impl ReaderPool {
-    /// Opens `threads` readers of `db` (each on its own thread).
-    pub fn open(config: &Config, db: &str, threads: usize) -> anyhow::Result<Self> {
+    /// Opens `threads` readers of `db`, each on its own thread: at once (an error
+    /// fails here), or `lazy`ly when first asked (an error fails that question).
+    pub fn open(config: &Config, db: &str, threads: usize, lazy: bool) -> anyhow::Result<Self> {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         for i in 0..threads.max(1) {
             let (config, db, queue) = (config.clone(), db.to_owned(), queue.clone());
@@ -241,18 +252,29 @@ impl ReaderPool {
             std::thread::Builder::new()
                 .name(format!("studio-api-reader-{i}"))
                 .spawn(move || {
-                    let reader = Db::parse(&db)
-                        .map_err(anyhow::Error::from)
-                        .and_then(|db| open_reader(&config, &db).map_err(anyhow::Error::from));
-                    let mut reader = match reader {
-                        Ok(reader) => {
-                            let _ = ready_tx.send(Ok(()));
-                            reader
-                        }
-                        Err(e) => return drop(ready_tx.send(Err(e))),
+                    let open = || -> anyhow::Result<Box<dyn ViewReader>> {
+                        Ok(open_reader(&config, &Db::parse(&db)?)?)
                     };
+                    let mut reader = None;
+                    if !lazy {
+                        match open() {
+                            Ok(r) => reader = Some(r),
+                            Err(e) => return drop(ready_tx.send(Err(e))),
+                        }
+                    }
+                    let _ = ready_tx.send(Ok(()));
                     for job in queue {
-                        job(reader.as_mut());
+                        if reader.is_none() {
+                            match open() {
+                                Ok(r) => reader = Some(r),
+                                Err(error) => {
+                                    tracing::warn!(%error, "cannot open the view store");
+                                    job(Err(error));
+                                    continue;
+                                }
+                            }
+                        }
+                        job(Ok(reader.as_deref_mut().expect("opened")));
                     }
                 })?;
             ready.recv()??;
@@ -267,11 +289,15 @@ impl ReaderPool {
     ) -> Result<T, ApiError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |reader| {
-            let _ = tx.send(question(reader));
+            let _ = tx.send(reader.map(question).map_err(|e| format!("{e:#}")));
         });
-        let gone = || ApiError(StatusCode::SERVICE_UNAVAILABLE, "no view reader".into());
-        self.jobs.send(job).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())
+        let unavailable = |why: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, why);
+        self.jobs
+            .send(job)
+            .map_err(|_| unavailable("no view reader".into()))?;
+        rx.await
+            .map_err(|_| unavailable("no view reader".into()))?
+            .map_err(|e| unavailable(format!("cannot open the view store: {e}")))
     }
 }
 

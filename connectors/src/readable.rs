@@ -173,7 +173,7 @@ pub trait Readable: ViewReader {
         Ok(blobs
             .into_iter()
             .find(|(row, diff)| *diff > 0 && row.version == version)
-            .map(|(row, _)| row.doc.value().clone()))
+            .map(|(row, _)| document(row.doc.to_json())))
     }
 }
 

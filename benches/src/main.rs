@@ -15,7 +15,7 @@
 use clap::{Parser, ValueEnum};
 use rustc_hash::FxHashMap;
 use studio_connectors::file::FileSource;
-use studio_model::{BlobLedger, Effects, SourcePos, Uuid, parse_record};
+use studio_model::{BlobLedger, Effects, History, SourcePos, Uuid, parse_record};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -53,6 +53,8 @@ fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let (mut records, mut ok) = (0u64, 0u64);
     let mut ledgers: FxHashMap<Uuid, BlobLedger> = FxHashMap::default();
+    // As the dataflow keeps it: in a spill file.
+    let history = History::spilled();
     let mut touched = Vec::new();
     let (mut blobs, mut processed) = (Vec::new(), Vec::new());
     let (mut applied, mut dead) = (0usize, 0usize);
@@ -70,7 +72,10 @@ fn main() -> anyhow::Result<()> {
                     ok += 1;
                     let mut fx = Effects::default();
                     let blob = delta.blob_id;
-                    ledgers.entry(blob).or_default().offer(delta, &mut fx);
+                    ledgers
+                        .entry(blob)
+                        .or_insert_with(|| BlobLedger::new(history.clone(), false))
+                        .offer(delta, &mut fx);
                     touched.push(blob);
                     applied += fx.applied.len();
                     dead += fx.dead_letters.len();

@@ -11,6 +11,7 @@ use clap::Parser;
 
 /// The dataflow allocates and frees many small objects per delta (parsed patches,
 /// documents, rows); mimalloc is markedly faster at that than the system allocator.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -24,7 +24,7 @@
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::FxHashMap;
 use studio_model::{
-    AppliedRow, BlobFacts, BlobLedger, BlobRow, DeadLetter, Delta, EdgeProposal, Effects,
+    AppliedRow, BlobFacts, BlobLedger, BlobRow, DeadLetter, Delta, EdgeProposal, Effects, History,
     ProcessedRow, Settled, SourcePos, Uuid, WaitingRow,
 };
 use timely::container::CapacityContainerBuilder;
@@ -214,6 +214,9 @@ struct Fold<T: Timestamp> {
     /// Held at the input frontier, to dead-letter unfilled gaps when the input ends.
     end_caps: Option<Vec<Capability<T>>>,
     ledgers: FxHashMap<Uuid, BlobLedger>,
+    /// The ledgers' revert history, in a spill file: the patches of a long log need not
+    /// stay in memory.
+    history: History,
     /// Blobs with deltas waiting: since when their gap is open, at which version.
     waiting: FxHashMap<Uuid, (T, u64)>,
     /// Blobs the current time's deltas went to, in arrival order (repeats allowed).
@@ -230,6 +233,7 @@ impl<T: Timestamp + TotalOrder> Fold<T> {
             options,
             end_caps: Some(initial_caps),
             ledgers: FxHashMap::default(),
+            history: History::spilled(),
             waiting: FxHashMap::default(),
             touched: Vec::new(),
             blob_changes: Vec::new(),
@@ -255,13 +259,10 @@ impl<T: Timestamp + TotalOrder> Fold<T> {
         let mut edges = Vec::new();
         for delta in deltas {
             let (blob, pos) = (delta.blob_id, delta.pos);
-            let ledger = self.ledgers.entry(blob).or_insert_with(|| {
-                if track_facts {
-                    BlobLedger::tracking_facts()
-                } else {
-                    BlobLedger::default()
-                }
-            });
+            let ledger = self
+                .ledgers
+                .entry(blob)
+                .or_insert_with(|| BlobLedger::new(self.history.clone(), track_facts));
             ledger.offer(delta, fx);
             edges.extend(
                 fx.edges

@@ -17,7 +17,9 @@ use timely::progress::frontier::MutableAntichain;
 /// Records grouped by timestamp, each group with capabilities for `ports` outputs.
 pub struct Stash<T: Timestamp, D> {
     ports: usize,
-    by_time: BTreeMap<T, (Vec<Capability<T>>, Vec<D>)>,
+    /// The messages of each time as they came: appending them to one vector would
+    /// regrow (copy) it over and over in a large timestamp.
+    by_time: BTreeMap<T, (Vec<Capability<T>>, Vec<Vec<D>>)>,
 }
 
 /// One completed timestamp: its capabilities (one per output port) and its records.
@@ -49,9 +51,9 @@ impl<T: Timestamp + TotalOrder, D> Stash<T, D> {
                     Vec::new(),
                 )
             });
-            for batch in data {
-                entry.1.append(batch);
-            }
+            entry
+                .1
+                .extend(data.map(std::mem::take).filter(|batch| !batch.is_empty()));
         });
     }
 
@@ -62,7 +64,8 @@ impl<T: Timestamp + TotalOrder, D> Stash<T, D> {
             if frontier.less_equal(entry.key()) {
                 break;
             }
-            done.push(entry.remove());
+            let (caps, chunks) = entry.remove();
+            done.push((caps, concat(chunks)));
         }
         done
     }
@@ -75,7 +78,8 @@ impl<T: Timestamp + TotalOrder, D> Stash<T, D> {
                 break;
             }
             let time = entry.key().clone();
-            done.push((time, entry.remove()));
+            let (caps, chunks) = entry.remove();
+            done.push((time, (caps, concat(chunks))));
         }
         done
     }
@@ -84,4 +88,16 @@ impl<T: Timestamp + TotalOrder, D> Stash<T, D> {
     pub fn is_empty(&self) -> bool {
         self.by_time.is_empty()
     }
+}
+
+/// The chunks' records in one vector, allocated once.
+fn concat<D>(mut chunks: Vec<Vec<D>>) -> Vec<D> {
+    if chunks.len() == 1 {
+        return chunks.pop().expect("one chunk");
+    }
+    let mut all = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
+    for mut chunk in chunks {
+        all.append(&mut chunk);
+    }
+    all
 }

@@ -569,14 +569,14 @@ fn apply_retracts_the_previous_row_when_a_blob_changes_again() {
         let (row_a, row_b) = (&rows[0].0, &rows[1].0);
         assert!(rows.iter().all(|(_, r)| *r == 1));
         assert_eq!((row_a.blob_id, row_a.version), (a, 4));
-        assert_eq!(row_a.doc.value(), &a4);
+        assert_eq!(row_a.doc.value(), a4);
         assert_eq!(row_a.user_id, user_id());
         assert_eq!(row_a.content_type, "application/json");
         assert_eq!(row_a.created_at.to_rfc3339(), created_at(0));
         assert_eq!(row_a.updated_at.to_rfc3339(), created_at(6));
         assert_eq!(row_a.deleted_at, None);
         assert_eq!((row_b.blob_id, row_b.version), (b, 1));
-        assert_eq!(row_b.doc.value(), &b1);
+        assert_eq!(row_b.doc.value(), b1);
         assert_eq!(row_b.updated_at.to_rfc3339(), created_at(1));
     }
 }

@@ -648,10 +648,7 @@ fn direct(roots: usize, depth: usize, edit: bool) -> anyhow::Result<(Duration, V
                 let Ok(request) = p.trigger(&facts, &[], &derived) else {
                     continue;
                 };
-                let input = ProviderInput {
-                    request,
-                    provider: p.clone(),
-                };
+                let input = ProviderInput::new(request, p.clone());
                 let output = ready(Stage.transform(&input)).map_err(|e| anyhow::anyhow!("{e}"))?;
                 for out in output_deltas(&input.request, p, &output) {
                     next.push(folder.apply(&out.record)?);

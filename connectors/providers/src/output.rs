@@ -41,9 +41,10 @@ pub fn output_deltas(
 ) -> Vec<OutputDelta> {
     match output {
         ProviderOutput::Annotate(patch) => {
-            let mut after = request.doc.value().clone();
+            let before = request.doc.value();
+            let mut after = before.clone();
             json_patch::merge(&mut after, patch);
-            if &after == request.doc.value() {
+            if after == before {
                 return Vec::new();
             }
             let output_fingerprint = provider.fingerprint(&after);
@@ -79,10 +80,11 @@ pub fn output_deltas(
                     json!({"content_type": content_type}),
                 )];
             };
-            if existing.deleted || existing.doc.value() == doc {
+            let existing_doc = existing.doc.value();
+            if existing.deleted || &existing_doc == doc {
                 return Vec::new();
             }
-            let patch = json_patch::diff(existing.doc.value(), doc);
+            let patch = json_patch::diff(&existing_doc, doc);
             vec![record(
                 request,
                 provider,

@@ -169,10 +169,7 @@ impl Runtime {
                 Some((provider, transformer, slots)) => {
                     let _slot = slots.acquire_owned().await.expect("never closed");
                     if still_pending(&request) {
-                        let input = ProviderInput {
-                            request: request.clone(),
-                            provider,
-                        };
+                        let input = ProviderInput::new(request.clone(), provider);
                         Some(run(&input, transformer.as_ref(), &memo, &stats).await)
                     } else {
                         None

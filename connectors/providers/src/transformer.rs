@@ -13,14 +13,32 @@ pub struct ProviderInput {
     pub request: TransformRequest,
     /// The provider's definition.
     pub provider: Provider,
+    /// The request's document, read once.
+    doc: Value,
+    /// The provider's `config`, read once.
+    config: Value,
 }
 
 impl ProviderInput {
+    /// The input of `provider` for `request`.
+    pub fn new(request: TransformRequest, provider: Provider) -> Self {
+        let (doc, config) = (request.doc.value(), provider.config.value());
+        ProviderInput {
+            request,
+            provider,
+            doc,
+            config,
+        }
+    }
+
+    /// The blob's document.
+    pub fn doc(&self) -> &Value {
+        &self.doc
+    }
+
     /// The blob's text at `/content` (empty when absent or not a string).
     pub fn content(&self) -> &str {
-        self.request
-            .doc
-            .value()
+        self.doc
             .pointer("/content")
             .and_then(Value::as_str)
             .unwrap_or("")
@@ -28,11 +46,7 @@ impl ProviderInput {
 
     /// A string setting of the provider's `config`.
     pub fn config_str(&self, key: &str) -> Option<&str> {
-        self.provider
-            .config
-            .value()
-            .get(key)
-            .and_then(Value::as_str)
+        self.config.get(key).and_then(Value::as_str)
     }
 }
 

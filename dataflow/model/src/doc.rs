@@ -1,32 +1,50 @@
-//! [`Doc`]: a blob's document as it travels in view rows: shared, immutable, ordered.
+//! [`Doc`]: a blob's document as it travels in view rows: shared, immutable JSON text.
 //!
-//! The ledger keeps each blob's document as a `serde_json::Value` behind an `Arc` and
-//! patches it copy-on-write; a view row shares that `Arc` instead of serialising the
-//! document. Serialisation happens once, in the sink, for the rows that survive
-//! consolidation: on the writer's thread, not the dataflow's.
+//! The ledger keeps each blob's document as a `serde_json::Value` of its own and patches
+//! it in place; when the blob's row is emitted, the document is written once as compact
+//! JSON (object keys sorted, serde_json's map order) and the row shares that text. A
+//! row never holds the live value, so the next patch never copies the document, and the
+//! view writer binds the text as it is. Equal documents have equal text: the order and
+//! equality of `Doc` are those of the text.
 
-use std::cmp::Ordering;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-/// A shared JSON document. Displays as compact JSON (object keys sorted).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Doc(pub Arc<Value>);
+/// A shared JSON document as compact JSON text. Displays as that text.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Doc(Arc<str>);
 
 impl Doc {
-    /// Wraps a value.
+    /// Writes `value` as compact JSON.
     pub fn new(value: Value) -> Self {
-        Doc(Arc::new(value))
+        Doc::of(&value)
     }
 
-    /// The document.
-    pub fn value(&self) -> &Value {
-        &self.0
+    /// Writes `value` as compact JSON.
+    pub fn of(value: &Value) -> Self {
+        Doc(value.to_string().into())
+    }
+
+    /// The document, read back from its text.
+    pub fn value(&self) -> Value {
+        // The text was written by serde_json from a `Value` (float_roundtrip on), so it
+        // reads back as the same value.
+        serde_json::from_str(&self.0).expect("a Doc holds JSON written by serde_json")
     }
 
     /// Compact JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shared text.
+    pub fn text(&self) -> &Arc<str> {
+        &self.0
+    }
+
+    /// Compact JSON text, copied.
     pub fn to_json(&self) -> String {
         self.0.to_string()
     }
@@ -34,87 +52,18 @@ impl Doc {
 
 impl std::fmt::Display for Doc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&*self.0, f)
-    }
-}
-
-impl Ord for Doc {
-    fn cmp(&self, other: &Self) -> Ordering {
-        if Arc::ptr_eq(&self.0, &other.0) {
-            return Ordering::Equal;
-        }
-        compare(&self.0, &other.0)
-    }
-}
-
-impl PartialOrd for Doc {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl std::hash::Hash for Doc {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
-    }
-}
-
-/// A total order on JSON values, consistent with `Value`'s equality: by kind
-/// (null < bool < number < string < array < object), then by value; numbers by their
-/// integer or float value, then by representation so that unequal values never tie.
-fn compare(a: &Value, b: &Value) -> Ordering {
-    fn rank(v: &Value) -> u8 {
-        match v {
-            Value::Null => 0,
-            Value::Bool(_) => 1,
-            Value::Number(_) => 2,
-            Value::String(_) => 3,
-            Value::Array(_) => 4,
-            Value::Object(_) => 5,
-        }
-    }
-    match (a, b) {
-        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
-        (Value::Number(x), Value::Number(y)) => {
-            let by_value = match (x.as_i64(), y.as_i64()) {
-                (Some(i), Some(j)) => i.cmp(&j),
-                _ => x
-                    .as_f64()
-                    .partial_cmp(&y.as_f64())
-                    .unwrap_or(Ordering::Equal),
-            };
-            by_value.then_with(|| x.to_string().cmp(&y.to_string()))
-        }
-        (Value::String(x), Value::String(y)) => x.cmp(y),
-        (Value::Array(x), Value::Array(y)) => {
-            for (p, q) in x.iter().zip(y) {
-                let o = compare(p, q);
-                if o != Ordering::Equal {
-                    return o;
-                }
-            }
-            x.len().cmp(&y.len())
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            for ((k, p), (l, q)) in x.iter().zip(y) {
-                let o = k.cmp(l).then_with(|| compare(p, q));
-                if o != Ordering::Equal {
-                    return o;
-                }
-            }
-            x.len().cmp(&y.len())
-        }
-        _ => rank(a).cmp(&rank(b)),
+        f.write_str(&self.0)
     }
 }
 
 /// Serialised as JSON text, so any format (bincode between processes) can carry it.
 impl Serialize for Doc {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_json())
+        serializer.serialize_str(&self.0)
     }
 }
 
+/// Read back through a `Value`, so that text from elsewhere becomes canonical.
 impl<'de> Deserialize<'de> for Doc {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -130,31 +79,24 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn order_is_total_and_agrees_with_equality() {
+    fn equal_documents_have_equal_text() {
         let values = [
             json!(null),
             json!(false),
-            json!(true),
             json!(-1),
             json!(1),
             json!(1.0),
-            json!(1.5),
+            json!(-0.0),
             json!("a"),
-            json!("b"),
-            json!([1]),
             json!([1, 2]),
-            json!({"a": 1}),
-            json!({"a": 1, "b": 1}),
-            json!({"a": 2}),
+            json!({"b": 1, "a": 1}),
+            json!({"a": 1, "b": 1.5}),
         ];
-        for (i, a) in values.iter().enumerate() {
-            for (j, b) in values.iter().enumerate() {
-                let (da, db) = (Doc::new(a.clone()), Doc::new(b.clone()));
-                assert_eq!(da.cmp(&db) == Ordering::Equal, a == b, "{a} vs {b}");
-                assert_eq!(da.cmp(&db), db.cmp(&da).reverse());
-                if i < j {
-                    assert_eq!(da.cmp(&db), Ordering::Less, "{a} < {b}");
-                }
+        for a in &values {
+            for b in &values {
+                let (da, db) = (Doc::of(a), Doc::of(b));
+                assert_eq!(da == db, a == b, "{a} vs {b}");
+                assert_eq!(da.value(), *a);
             }
         }
     }
@@ -162,8 +104,11 @@ mod tests {
     #[test]
     fn serialises_as_json_text() {
         let d = Doc::new(json!({"b": [1, "x"], "a": null}));
+        assert_eq!(d.as_str(), r#"{"a":null,"b":[1,"x"]}"#);
         let text = serde_json::to_string(&d).unwrap();
         assert_eq!(text, r#""{\"a\":null,\"b\":[1,\"x\"]}""#);
         assert_eq!(serde_json::from_str::<Doc>(&text).unwrap(), d);
+        let spaced = serde_json::to_string(r#"{ "b": [1,"x"], "a": null }"#).unwrap();
+        assert_eq!(serde_json::from_str::<Doc>(&spaced).unwrap(), d);
     }
 }

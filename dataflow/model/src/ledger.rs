@@ -10,15 +10,21 @@
 //! initial document, each patch, each delete and each revert, plus a snapshot of the
 //! document every [`SNAPSHOT_EVERY`] versions. The document at version `k` is rebuilt
 //! by walking back from `k` (following reverts) to the create or to a snapshot, and
-//! replaying the patches on the way: memory grows with the patches, and a revert costs
-//! at most `SNAPSHOT_EVERY` patch applications however long the history.
+//! replaying the patches on the way: a revert costs at most `SNAPSHOT_EVERY` patch
+//! applications however long the history. The texts themselves live in the fold's
+//! [`History`] (a spill file in the dataflow), the ledger holds 12-byte references.
+//!
+//! The document is a `Value` the ledger owns and patches in place; the row it emits
+//! carries the document's text ([`Doc`]), written once per change.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::history::{History, TextRef};
 use crate::parse::MAX_JSON_DEPTH;
 use crate::provider::{BlobFacts, Settled};
 use crate::{
@@ -76,9 +82,9 @@ impl Effects {
 #[derive(Clone, Debug)]
 enum Step {
     /// The create's document, as JSON text.
-    Create(Box<str>),
+    Create(TextRef),
     /// A patch that applied.
-    Patch(PatchFormat, Box<str>),
+    Patch(PatchFormat, TextRef),
     /// A transform without a patch: the document did not change.
     Unchanged,
     /// A soft delete.
@@ -93,8 +99,10 @@ struct BlobState {
     blob_id: Uuid,
     user_id: Uuid,
     version: u64,
-    /// Shared with the last emitted row until the next change copies it (CoW).
-    doc: Arc<Value>,
+    /// The document, owned: rows carry its text ([`Doc`]), never the value.
+    doc: Value,
+    /// `doc` as text, written when a row first needs it after a change.
+    doc_text: OnceCell<Doc>,
     content_type: String,
     parent_id: Option<Uuid>,
     processed_by: BTreeMap<String, (u64, Uuid)>,
@@ -110,7 +118,7 @@ struct BlobState {
     /// `history[v - 1]` made version `v`.
     history: Vec<Step>,
     /// `snapshots[i]` is the document at version `(i + 1) * SNAPSHOT_EVERY`.
-    snapshots: Vec<Arc<Value>>,
+    snapshots: Vec<TextRef>,
 }
 
 /// What triggers need to know of a blob's latest accepted delta (S5.4).
@@ -128,6 +136,8 @@ struct LastChange {
 pub struct BlobLedger {
     /// Keep [`BlobFacts`] for the provider triggers.
     track_facts: bool,
+    /// Where the texts of this blob's history are kept (shared by a fold's ledgers).
+    history: History,
     /// Boxed: ledgers live in a hash map, which moves them when it grows.
     state: Option<Box<BlobState>>,
     /// Deltas ahead of the current version, by version, each list in log order.
@@ -152,6 +162,16 @@ impl BlobLedger {
     pub fn tracking_facts() -> Self {
         BlobLedger {
             track_facts: true,
+            ..BlobLedger::default()
+        }
+    }
+
+    /// A ledger that keeps its history in `history` (shared with the other ledgers of a
+    /// fold), and the trigger facts when `track_facts`.
+    pub fn new(history: History, track_facts: bool) -> Self {
+        BlobLedger {
+            track_facts,
+            history,
             ..BlobLedger::default()
         }
     }
@@ -364,7 +384,7 @@ impl BlobLedger {
         let Some(state) = self.state.as_mut() else {
             // Version 1 of a blob that does not exist: `offer` only lets a create here.
             debug_assert_eq!(op, Operation::Create);
-            self.state = Some(Box::new(BlobState::create(delta)?));
+            self.state = Some(Box::new(BlobState::create(delta, &self.history)?));
             return Ok(());
         };
         if state.deleted_at.is_some() && op != Operation::Revert {
@@ -379,13 +399,13 @@ impl BlobLedger {
                 None => Step::Unchanged,
                 Some(patch) => {
                     let format = format_of(delta.patch_format, patch);
-                    apply_patch(Arc::make_mut(&mut state.doc), format, patch).map_err(
-                        |detail| Reason::PatchFailed {
+                    state
+                        .patch(format, patch, &self.history)
+                        .map_err(|detail| Reason::PatchFailed {
                             operation: op,
                             detail,
-                        },
-                    )?;
-                    Step::Patch(format, patch.into())
+                        })?;
+                    Step::Patch(format, self.history.append(patch))
                 }
             },
             Operation::Delete => {
@@ -402,12 +422,12 @@ impl BlobLedger {
                     });
                 }
                 let doc = state
-                    .doc_at(to_version)
+                    .doc_at(to_version, &self.history)
                     .map_err(|detail| Reason::PatchFailed {
                         operation: op,
                         detail,
                     })?;
-                state.doc = Arc::new(doc);
+                state.doc = doc;
                 // S3.5: deleted_at is cleared when k predates the delete. A revert
                 // never deletes: going back to a version that was deleted only
                 // restores its document.
@@ -430,8 +450,10 @@ impl BlobLedger {
                 .insert(provider, (delta.version, delta.id));
         }
         state.history.push(step);
+        state.doc_text.take();
         if delta.version.is_multiple_of(SNAPSHOT_EVERY) {
-            state.snapshots.push(Arc::clone(&state.doc));
+            let text = state.text();
+            state.snapshots.push(self.history.append(text.as_str()));
         }
         state.version = delta.version;
         state.updated_at = delta.created_at;
@@ -442,7 +464,7 @@ impl BlobLedger {
 impl BlobState {
     /// S3.1. The parser has already checked that the patch is a JSON value Studio can
     /// hold; should it still not read, the create is a dead letter, never a panic.
-    fn create(delta: &Delta) -> Result<Self, Reason> {
+    fn create(delta: &Delta, history: &History) -> Result<Self, Reason> {
         let text = delta.patch_json().unwrap_or("{}");
         let doc: Value = serde_json::from_str(text)
             .map_err(|e| Reason::Malformed(format!("field \"patch\" is not a JSON value: {e}")))?;
@@ -450,9 +472,10 @@ impl BlobState {
             blob_id: delta.blob_id,
             user_id: delta.user_id,
             version: 1,
-            history: vec![Step::Create(text.into())],
+            history: vec![Step::Create(history.append(text))],
             snapshots: Vec::new(),
-            doc: Arc::new(doc),
+            doc,
+            doc_text: OnceCell::new(),
             content_type: delta
                 .content_type
                 .clone()
@@ -468,13 +491,32 @@ impl BlobState {
         })
     }
 
+    /// Patches the document; on failure it is as it was. A patch that nests it too
+    /// deep is undone from the history, not by copying every document before a
+    /// `copy` or `move`.
+    fn patch(&mut self, format: PatchFormat, patch: &str, history: &History) -> Result<(), String> {
+        match patch_unchecked(&mut self.doc, format, patch) {
+            Ok(()) => Ok(()),
+            Err(PatchFailure::Refused(detail)) => Err(detail),
+            Err(PatchFailure::TooDeep) => {
+                self.doc = self.doc_at(self.version, history)?;
+                Err(too_deep())
+            }
+        }
+    }
+
+    /// The document's text, written once per change.
+    fn text(&self) -> Doc {
+        self.doc_text.get_or_init(|| Doc::of(&self.doc)).clone()
+    }
+
     fn row(&self) -> BlobRow {
         BlobRow {
             blob_id: self.blob_id,
             user_id: self.user_id,
             version: self.version,
             content_type: self.content_type.clone(),
-            doc: Doc(Arc::clone(&self.doc)),
+            doc: self.text(),
             parent_id: self.parent_id,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -485,20 +527,22 @@ impl BlobState {
     /// The document as it was at `version` (1 <= version <= self.version). Every step
     /// replayed here applied once, so it applies again; a failure is still reported as
     /// an error (the revert becomes a dead letter), never a panic.
-    fn doc_at(&self, version: u64) -> Result<Value, String> {
+    fn doc_at(&self, version: u64, history: &History) -> Result<Value, String> {
         let mut patches = Vec::new();
         let mut v = version;
         let mut doc = loop {
             if v.is_multiple_of(SNAPSHOT_EVERY) {
-                break Value::clone(&self.snapshots[(v / SNAPSHOT_EVERY - 1) as usize]);
+                let snapshot = history.read(self.snapshots[(v / SNAPSHOT_EVERY - 1) as usize])?;
+                break serde_json::from_str(&snapshot)
+                    .map_err(|e| format!("a snapshot could not be read back: {e}"))?;
             }
             match &self.history[(v - 1) as usize] {
                 Step::Create(doc) => {
-                    break serde_json::from_str(doc)
+                    break serde_json::from_str(&history.read(*doc)?)
                         .map_err(|e| format!("version 1 could not be read back: {e}"))?;
                 }
                 Step::Patch(format, patch) => {
-                    patches.push((*format, patch));
+                    patches.push((*format, history.read(*patch)?));
                     v -= 1;
                 }
                 Step::Unchanged | Step::Delete => v -= 1,
@@ -506,7 +550,7 @@ impl BlobState {
             }
         };
         for (format, patch) in patches.into_iter().rev() {
-            apply_patch(&mut doc, format, patch)
+            patch_unchecked(&mut doc, format, &patch)
                 .map_err(|e| format!("a patch of the history did not apply again: {e}"))?;
         }
         Ok(doc)
@@ -526,43 +570,72 @@ fn format_of(declared: Option<PatchFormat>, patch: &str) -> PatchFormat {
 /// Applies a patch in place; a JSON Patch is all-or-nothing (the document is left as
 /// it was when any operation fails).
 pub fn apply_patch(doc: &mut Value, format: PatchFormat, patch: &str) -> Result<(), String> {
+    // `copy` and `move` take their value from the document, so only the result tells
+    // how deep it nests: keep the document to restore it.
+    let before = (format == PatchFormat::JsonPatch && copies(patch)).then(|| doc.clone());
+    patch_unchecked(doc, format, patch).map_err(|failure| {
+        if let (PatchFailure::TooDeep, Some(before)) = (&failure, before) {
+            *doc = before;
+        }
+        failure.to_string()
+    })
+}
+
+/// Why a patch did not apply.
+#[derive(Debug)]
+enum PatchFailure {
+    /// The document was left as it was.
+    Refused(String),
+    /// A `copy` or `move` nested the document past [`MAX_JSON_DEPTH`]: the document was
+    /// patched and the caller must restore it.
+    TooDeep,
+}
+
+impl std::fmt::Display for PatchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PatchFailure::Refused(detail) => f.write_str(detail),
+            PatchFailure::TooDeep => f.write_str(&too_deep()),
+        }
+    }
+}
+
+/// Whether a JSON Patch's text may hold a `copy` or `move` (a cheap over-estimate).
+fn copies(patch: &str) -> bool {
+    patch.contains("copy") || patch.contains("move")
+}
+
+/// Applies a patch in place, leaving the document as it was on every failure except
+/// [`PatchFailure::TooDeep`].
+fn patch_unchecked(doc: &mut Value, format: PatchFormat, patch: &str) -> Result<(), PatchFailure> {
+    let refused = |e: String| PatchFailure::Refused(e);
     match format {
         PatchFormat::JsonPatch => {
             let ops: json_patch::Patch = serde_json::from_str(patch)
-                .map_err(|e| format!("not a valid RFC 6902 JSON Patch: {e}"))?;
-            check_nesting(&ops)?;
-            // `copy` and `move` take their value from the document, so only the result
-            // tells how deep it nests: keep the document to restore it.
-            let before = ops
-                .0
-                .iter()
-                .any(|op| {
-                    matches!(
-                        op,
-                        json_patch::PatchOperation::Copy(_) | json_patch::PatchOperation::Move(_)
-                    )
-                })
-                .then(|| doc.clone());
+                .map_err(|e| refused(format!("not a valid RFC 6902 JSON Patch: {e}")))?;
+            check_nesting(&ops).map_err(refused)?;
             match json_patch::patch(doc, &ops) {
                 Ok(()) => {}
                 // `json_patch` compares `test` values with `Value` equality, where 1 and
                 // 1.0 differ; RFC 6902 section 4.6 compares numbers by value. Only a
                 // failed patch with a numeric `test` pays for the slower path.
-                Err(e) if has_numeric_test(&ops) => {
-                    patch_comparing_numbers(doc, &ops).map_err(|_| e.to_string())?
-                }
-                Err(e) => return Err(e.to_string()),
+                Err(e) if has_numeric_test(&ops) => patch_comparing_numbers(doc, &ops)
+                    .map_err(|_| refused(e.to_string()))?,
+                Err(e) => return Err(refused(e.to_string())),
             }
-            if let Some(before) = before
-                && nesting(doc) > MAX_JSON_DEPTH
-            {
-                *doc = before;
-                return Err(too_deep());
+            let copied = ops.0.iter().any(|op| {
+                matches!(
+                    op,
+                    json_patch::PatchOperation::Copy(_) | json_patch::PatchOperation::Move(_)
+                )
+            });
+            if copied && nesting(doc) > MAX_JSON_DEPTH {
+                return Err(PatchFailure::TooDeep);
             }
             Ok(())
         }
         PatchFormat::MergePatch => {
-            let patch: Value = serde_json::from_str(patch).map_err(|e| e.to_string())?;
+            let patch: Value = serde_json::from_str(patch).map_err(|e| refused(e.to_string()))?;
             json_patch::merge(doc, &patch);
             Ok(())
         }
@@ -730,7 +803,7 @@ mod tests {
         assert_eq!(state.snapshots.len(), 150 / SNAPSHOT_EVERY as usize);
         for k in 1..=150u64 {
             assert_eq!(
-                state.doc_at(k).unwrap().to_string(),
+                state.doc_at(k, &ledger.history).unwrap().to_string(),
                 seen[k as usize],
                 "doc_at({k})"
             );
@@ -748,9 +821,9 @@ mod tests {
         ledger.offer(delta(1, 1, "create", patch), &mut fx);
         let (mut rows, mut processed) = (Vec::new(), Vec::new());
         ledger.flush(&mut rows, &mut processed);
-        let doc = &rows[0].0.doc.0;
-        let text = serde_json::to_string(&**doc).unwrap();
-        assert_eq!(&serde_json::from_str::<Value>(&text).unwrap(), &**doc);
+        let doc = &rows[0].0.doc.value();
+        let text = serde_json::to_string(doc).unwrap();
+        assert_eq!(&serde_json::from_str::<Value>(&text).unwrap(), doc);
         assert_eq!(doc["b"].as_f64(), Some(2.2222222222222223e60));
     }
 

@@ -1,6 +1,7 @@
 //! # studio-model
 //!
-//! What a delta *means*, with no dataflow and no I/O: the wire format and its parser
+//! What a delta *means*, with no dataflow and no I/O (but the revert history's
+//! temporary spill file, [`history::SpillFile`]): the wire format and its parser
 //! (SPEC S1), the state kept per blob (S2), the rules that apply a delta to a blob in
 //! version order (S3, S4), the rows of the maintained views, and the dead letters with
 //! the rule each one broke.
@@ -21,6 +22,7 @@ pub mod dead_letter;
 pub mod delta;
 pub mod doc;
 pub mod generate;
+pub mod history;
 pub mod ledger;
 pub mod parse;
 pub mod position;
@@ -33,6 +35,7 @@ pub mod views;
 pub use dead_letter::{DeadLetter, Reason};
 pub use delta::{Delta, Operation, PatchFormat};
 pub use doc::Doc;
+pub use history::History;
 pub use ledger::{BlobLedger, EdgeProposal, Effects};
 pub use parse::parse_record;
 pub use position::SourcePos;

@@ -216,7 +216,9 @@ mod doc_value {
     use crate::Doc;
 
     pub fn serialize<S: Serializer>(doc: &Doc, s: S) -> Result<S::Ok, S::Error> {
-        doc.value().serialize(s)
+        let raw: &serde_json::value::RawValue =
+            serde_json::from_str(doc.as_str()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Doc, D::Error> {
@@ -561,7 +563,7 @@ impl Provider {
         if !type_matches(&rules.allowed_mime_types, content_type) {
             return Err(NoTrigger::MimeType);
         }
-        let doc = facts.row.doc.value();
+        let doc = &facts.row.doc.value();
         let size = self.input_size(doc);
         let max = rules.max_input_size.filter(|&m| m > 0).unwrap_or(u64::MAX);
         if size < rules.min_input_size || size > max {

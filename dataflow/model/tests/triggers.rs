@@ -54,7 +54,7 @@ fn a_matching_provider_triggers_with_a_stable_request() {
     );
     assert_eq!(r.caused_by, f.last_delta_id);
     assert_eq!(r.created_at, f.row.updated_at);
-    assert_eq!(r.fingerprint, p.fingerprint(f.row.doc.value()));
+    assert_eq!(r.fingerprint, p.fingerprint(&f.row.doc.value()));
     assert_eq!(
         r.request_id,
         request_id("g", f.row.blob_id, 3, r.fingerprint)
@@ -149,7 +149,7 @@ fn sizes_measure_what_the_provider_reads() {
     // A provider reading /tags measures the tags, as compact JSON.
     let tags = provider(json!({"id": "g", "reads": ["/tags"],
         "processing_rules": {"max_input_size": 5}}));
-    assert_eq!(tags.input_size(f.row.doc.value()), r#"["a"]"#.len() as u64);
+    assert_eq!(tags.input_size(&f.row.doc.value()), r#"["a"]"#.len() as u64);
     assert_eq!(why(&tags, &f), Ok(()));
     // Reading nothing that exists is size 0.
     let missing = provider(json!({"id": "g", "reads": ["/nope"],
@@ -172,7 +172,7 @@ fn required_metadata_is_looked_up_on_the_triggering_delta() {
 fn a_processed_fingerprint_does_not_trigger_again() {
     let p = provider(json!({"id": "g", "version": "1"}));
     let f = facts();
-    let fp = p.fingerprint(f.row.doc.value());
+    let fp = p.fingerprint(&f.row.doc.value());
     assert_eq!(
         p.trigger(&f, &[fp], &[]).map(|_| ()),
         Err(NoTrigger::Processed)
@@ -183,7 +183,7 @@ fn a_processed_fingerprint_does_not_trigger_again() {
     annotated.row.doc = Doc::new(
         json!({"content": "Hello world, this is ten words or so.", "tags": ["a", "b"], "grammar": []}),
     );
-    assert_eq!(p.fingerprint(annotated.row.doc.value()), fp);
+    assert_eq!(p.fingerprint(&annotated.row.doc.value()), fp);
     assert_eq!(
         p.trigger(&annotated, &[fp], &[]).map(|_| ()),
         Err(NoTrigger::Processed)

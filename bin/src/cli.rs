@@ -47,6 +47,9 @@ pub enum Command {
     Gen(GenArgs),
     /// Ask the views a question.
     Query(QueryArgs),
+    /// Serve the query API over HTTP: JSON, bearer tokens (JWT HS256, secret
+    /// api.jwt_secret), only blobs the caller may read (docs/access.md).
+    Serve(ServeArgs),
     /// Run the built-in providers of --config on transform requests from a file and
     /// write their output deltas as a delta log.
     Worker(WorkerArgs),
@@ -152,12 +155,29 @@ pub struct LoadgenArgs {
     pub no_progress: bool,
 }
 
+/// `studio serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The view database: a SQLite file or postgres://...
+    #[arg(long, value_name = "PATH.sqlite|postgres://...")]
+    pub db: String,
+    /// Where to listen, HOST:PORT (port 0: any free port, printed on stderr).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Reader threads, each with its own connection to the view store.
+    #[arg(long, default_value_t = 4)]
+    pub readers: usize,
+}
+
 /// `studio query`.
 #[derive(Debug, Args)]
 pub struct QueryArgs {
     /// The view database written by `studio replay`: a SQLite file or postgres://...
     #[arg(long, value_name = "PATH.sqlite|postgres://...")]
     pub db: String,
+    /// Answer as this user: only the blobs they may read (S6.3), as the API does.
+    #[arg(long = "as", value_name = "USER_ID", global = true)]
+    pub as_user: Option<String>,
     /// Print JSON (one array of objects) instead of a table.
     #[arg(long, global = true)]
     pub json: bool,

@@ -1,12 +1,18 @@
 //! The service's HTTP endpoints: `/metrics` (Prometheus text format, from the
 //! `metrics` recorder) and `/healthz` (200 while recovering or running, 503 once
-//! stopping or failed; the body says which).
+//! stopping or failed; the body says which), and the query API when
+//! `api.jwt_secret` is set (the routes of `studio serve`).
 
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use studio_dataflow::pipeline::{Control, Phase};
+
+use crate::api::ApiState;
 
 /// Latency buckets, seconds: Prometheus histograms (aggregatable across instances),
 /// not client-side quantiles.
@@ -63,46 +69,77 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Serves the endpoints on `listen` from a background thread.
-pub fn serve(listen: &str, metrics: PrometheusHandle, control: Arc<Control>) -> anyhow::Result<()> {
-    let server = tiny_http::Server::http(listen).map_err(|e| {
+/// Serves the endpoints on `listen` from a background thread, and the query API
+/// (`crate::api`) beside them when `api` is given.
+pub fn serve(
+    listen: &str,
+    metrics: PrometheusHandle,
+    control: Arc<Control>,
+    api: Option<ApiState>,
+) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(listen).map_err(|e| {
         anyhow::anyhow!("cannot listen on {listen} for /metrics: {e} (set run.listen or --listen)")
     })?;
-    tracing::info!(%listen, "serving /metrics and /healthz");
+    listener.set_nonblocking(true)?;
+    let mut app = Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || async move {
+                let (status, body) = health(&control);
+                (status, [(header::CONTENT_TYPE, "application/json")], body)
+            }),
+        );
+    let what = match api {
+        Some(state) => {
+            app = app.merge(crate::api::router(state));
+            "/metrics, /healthz and the query API (/v1)"
+        }
+        None => "/metrics and /healthz",
+    };
+    let app = app.fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /v1/openapi.json\n",
+        )
+    });
+    tracing::info!(%listen, "serving {what}");
     std::thread::Builder::new()
         .name("studio-http".into())
         .spawn(move || {
-            for request in server.incoming_requests() {
-                let (status, content_type, body) = match request.url() {
-                    "/metrics" => (200, "text/plain; version=0.0.4", metrics.render()),
-                    "/healthz" => health(&control),
-                    _ => (
-                        404,
-                        "text/plain",
-                        "not found: try /metrics or /healthz\n".into(),
-                    ),
-                };
-                let header = tiny_http::Header::from_bytes("Content-Type", content_type)
-                    .expect("a valid header");
-                let response = tiny_http::Response::from_string(body)
-                    .with_status_code(status)
-                    .with_header(header);
-                let _ = request.respond(response);
-            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the HTTP thread");
+            runtime.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("a bound listener");
+                if let Err(error) = axum::serve(listener, app).await {
+                    tracing::error!(%error, "the HTTP server stopped");
+                }
+            });
         })
         .context("cannot start the HTTP thread")?;
     Ok(())
 }
 
-fn health(control: &Control) -> (u16, &'static str, String) {
+fn health(control: &Control) -> (StatusCode, String) {
     let phase = control.phase();
     let status = match phase {
-        Phase::Starting | Phase::Recovering | Phase::Running => 200,
-        Phase::Stopping | Phase::Stopped | Phase::Failed => 503,
+        Phase::Starting | Phase::Recovering | Phase::Running => StatusCode::OK,
+        Phase::Stopping | Phase::Stopped | Phase::Failed => StatusCode::SERVICE_UNAVAILABLE,
     };
     let body = serde_json::json!({
         "phase": phase,
         "last_commit_unix_ms": control.last_commit_ms(),
     });
-    (status, "application/json", format!("{body}\n"))
+    (status, format!("{body}\n"))
 }

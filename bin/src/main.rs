@@ -1,6 +1,7 @@
 //! `studio`: the command line. A thin shell over the library crates: parse flags, set
 //! up logging, run one command, turn errors into a message and an exit code.
 
+mod api;
 mod cli;
 mod commands;
 mod http;
@@ -17,7 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     // A service logs what it does by default; one-shot commands only warn.
-    let service = matches!(cli.command, cli::Command::Run(_));
+    let service = matches!(cli.command, cli::Command::Run(_) | cli::Command::Serve(_));
     telemetry::init(cli.log_format, cli.verbose, service);
     match commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -49,6 +49,33 @@ pub struct Config {
     pub s3: S3Config,
     /// Retries while a store is unavailable.
     pub retry: RetryConfig,
+    /// The query API (`studio serve`, and `studio run`'s listener).
+    pub api: ApiConfig,
+}
+
+/// The query API: bearer tokens and pages (docs/access.md).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The HS256 secret that signs bearer tokens (JWT, `sub` = the user's UUID).
+    /// Empty: not configured; `studio serve` refuses to start.
+    pub jwt_secret: String,
+    /// The largest page `GET /v1/blobs?limit=` returns.
+    pub max_page: u32,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = if self.jwt_secret.is_empty() {
+            "(unset)"
+        } else {
+            "(set)"
+        };
+        f.debug_struct("ApiConfig")
+            .field("jwt_secret", &secret)
+            .field("max_page", &self.max_page)
+            .finish()
+    }
 }
 
 /// A `[[providers]]` table: its keys and values, as JSON.
@@ -414,6 +441,7 @@ impl Config {
             ("content.large_min_bytes", self.content.large_min_bytes),
             ("s3.timeout_secs", self.s3.timeout_secs),
             ("retry.initial_delay_ms", self.retry.initial_delay_ms),
+            ("api.max_page", self.api.max_page as u64),
         ] {
             if value == 0 {
                 return Err(ConfigError::OutOfRange(format!(

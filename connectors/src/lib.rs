@@ -48,6 +48,7 @@ pub mod open;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod query;
+pub mod readable;
 pub mod retry;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -56,6 +57,7 @@ mod stored;
 
 pub use open::{Db, OpenError, open_publisher, open_reader, open_source, open_view_store};
 pub use query::{Param, Rows, ViewReader};
+pub use readable::Readable;
 
 /// The view tables Studio owns, in every view store (a replay rebuilds exactly these).
 pub const VIEW_TABLES: &[&str] = &studio_model::tables::TABLE_NAMES;

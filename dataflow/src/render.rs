@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use differential_dataflow::{AsCollection, VecCollection};
-use studio_model::{DeadLetter, Delta, ProcessingResult, SourcePos, Uuid, parse_record};
+use studio_model::access::{InputRecord, parse_input};
+use studio_model::{DeadLetter, ProcessingResult, SourcePos, Uuid};
 use studio_operators::{
-    ApplyDeltas, ApplyOptions, CycleGuard, DagLimits, DagViews, DedupById, PendingTriggers,
-    ProviderChange,
+    ApplyDeltas, ApplyOptions, Authorize, CycleGuard, DagLimits, DagViews, DedupById,
+    PendingTriggers, ProviderChange,
 };
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -81,18 +82,18 @@ studio_model::for_each_view!(view_streams);
 /// A malformed record's dead letter, as a collection update.
 type Malformed = (DeadLetter, Time, isize);
 
-/// Parses raw records (S1) where they land after an exchange by position: deltas, and
-/// dead letters for the records that are not.
+/// Parses raw records (S1) where they land after an exchange by position: deltas and
+/// grant records (S6.4), and dead letters for the records that are neither.
 // A pair of streams; `ok_err` splits them by a `Result` whose error is the large one.
 #[allow(clippy::type_complexity, clippy::result_large_err)]
 fn parse<'scope>(
     records: StreamVec<'scope, Time, (SourcePos, Vec<u8>)>,
 ) -> (
-    StreamVec<'scope, Time, Delta>,
+    StreamVec<'scope, Time, InputRecord>,
     StreamVec<'scope, Time, Malformed>,
 ) {
     // Boxed: a dead letter is large and rare, a delta small and common.
-    type Parsed = Result<Delta, Box<Malformed>>;
+    type Parsed = Result<InputRecord, Box<Malformed>>;
     records
         .unary::<CapacityContainerBuilder<Vec<Parsed>>, _, _, _>(
             Exchange::new(|(pos, _): &(SourcePos, Vec<u8>)| pos.offset / 64),
@@ -104,7 +105,7 @@ fn parse<'scope>(
                         let mut session = output.session(&cap);
                         for (pos, bytes) in data.drain(..) {
                             session.give(
-                                parse_record(&bytes, pos).map_err(|dl| Box::new((*dl, time, 1))),
+                                parse_input(&bytes, pos).map_err(|dl| Box::new((*dl, time, 1))),
                             );
                         }
                     });
@@ -121,18 +122,24 @@ pub fn render<'scope>(
     options: RenderOptions,
 ) -> (Inputs, ViewStreams<'scope>) {
     let (records_in, records) = scope.new_input::<(SourcePos, Vec<u8>)>();
-    let (deltas, malformed) = parse(records);
+    let (records, malformed) = parse(records);
+    let (deltas, grants) = records.ok_err(|record| match record {
+        InputRecord::Delta(delta) => Ok(delta),
+        InputRecord::Grant(grant) => Err(grant),
+    });
     let (providers_in, providers) = scope.new_input::<ProviderChange>();
     let (results_in, results) = scope.new_input::<(ProcessingResult, Time, isize)>();
 
     let (known_ids_in, known_ids) = scope.new_input::<Uuid>();
     let (unique, repeats) = deltas.dedup_by_id(known_ids);
-    repeats.inspect_core(move |event| {
-        if let Ok((_, batch)) = event {
-            duplicates.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        }
-    });
-    let applied = unique.apply_deltas(ApplyOptions {
+    count_into(repeats, Arc::clone(&duplicates));
+    // Access control (S6): grants and deltas in log order, on one worker.
+    let access = unique
+        .map(InputRecord::Delta)
+        .concat(grants.map(InputRecord::Grant))
+        .authorize(options.gap_timeout);
+    count_into(access.repeats, duplicates);
+    let applied = access.deltas.apply_deltas(ApplyOptions {
         track_facts: options.providers,
         gap_timeout: options.gap_timeout,
         store_records: options.store_records,
@@ -173,7 +180,10 @@ pub fn render<'scope>(
             blobs: applied.blobs,
             processed: applied.processed,
             applied: applied.applied,
-            dead_letters: applied.dead_letters.concat(malformed),
+            dead_letters: applied
+                .dead_letters
+                .concat(malformed)
+                .concat(access.dead_letters),
             edges,
             rejected_edges,
             reach: dag.reach,
@@ -181,7 +191,18 @@ pub fn render<'scope>(
             user_depth: dag.user_depth,
             requests,
             processing,
-            waiting: applied.waiting,
+            waiting: applied.waiting.concat(access.waiting),
+            grants: access.grants,
+            grant_log: access.grant_log,
         },
     )
+}
+
+/// Adds the number of records that pass on `stream` to `counter`.
+fn count_into<D: 'static>(stream: StreamVec<'_, Time, D>, counter: Arc<AtomicU64>) {
+    stream.inspect_core(move |event| {
+        if let Ok((_, batch)) = event {
+            counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+    });
 }

@@ -7,6 +7,7 @@
 //! | operator | rule | what it does |
 //! |---|---|---|
 //! | [`DedupById`] | S4.2 | drops a delta whose id was seen before, in log order |
+//! | [`Authorize`] | S6.1, S6.2 | grants in log order; lets through only deltas their user may make |
 //! | [`ApplyDeltas`] | S3, S4 | folds each blob's deltas in version order into its state |
 //! | [`CycleGuard`] | S5.1 | adds proposed edges to the DAG in acceptance order, refusing cycles |
 //! | [`DagViews`] | S5.2 | reach, depth and user depth, one join per new edge (what `render` uses) |
@@ -22,6 +23,7 @@
 #![forbid(missing_docs)]
 
 pub mod apply_deltas;
+pub mod authorize;
 pub mod cycle_guard;
 pub mod dag_views;
 pub mod dedup;
@@ -31,6 +33,7 @@ pub mod reachability;
 pub mod stash;
 
 pub use apply_deltas::{AppliedStreams, ApplyDeltas, ApplyOptions, OrderedEdge};
+pub use authorize::{Authorize, AuthorizedStreams};
 pub use cycle_guard::CycleGuard;
 pub use dag_views::{DagLimits, DagStreams, DagViews};
 pub use dedup::{DedupById, Duplicate};

@@ -20,12 +20,17 @@
 //! - deltas waiting for the same version are tried in log order, the first that applies
 //!   wins and the later ones are conflicts; what still waits at the end is `S4.4 version
 //!   gap`;
-//! - dead letters are listed in the log order of their records.
+//! - dead letters are listed in the log order of their records;
+//! - access (S6, docs/access.md): checked before the version rules; a blob's owner is
+//!   its creator; any grant implies `read`; an edge needs `read` on an other end that
+//!   exists; a delta of a blob not created yet waits for the create and is then judged
+//!   as of that moment; accepted grant records count as accepted.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde_json::Value;
-use studio_model::{Delta, Operation, PatchFormat, SourcePos, Timestamp, Uuid, parse_record};
+use studio_model::access::{GrantKind, GrantRecord, InputRecord, Permission, parse_input};
+use studio_model::{Delta, Operation, PatchFormat, SourcePos, Timestamp, Uuid};
 
 use crate::views::{
     AppliedRecord, BlobRecord, DeadRecord, ProcessedRecord, Tables, comparable_reason, raw_column,
@@ -121,6 +126,14 @@ struct Model {
     blobs: BTreeMap<Uuid, Blob>,
     /// Waiting deltas, in log order.
     waiting: Vec<Delta>,
+    /// Deltas of blobs not created yet, in log order (S6: judged at the create).
+    held: Vec<Delta>,
+    /// Live grants: (blob, grantee, permission).
+    grants: BTreeSet<(Uuid, Uuid, Permission)>,
+    /// Grant record ids seen.
+    seen_grants: HashSet<Uuid>,
+    /// Accepted grant records.
+    grants_accepted: u64,
     applied: Vec<AppliedRecord>,
     dead: Vec<Dead>,
     counts: Counts,
@@ -131,7 +144,7 @@ pub fn run(lines: &[Vec<u8>]) -> Expected {
     let mut m = Model::default();
     for (offset, line) in lines.iter().enumerate() {
         m.counts.records += 1;
-        match parse_record(line, SourcePos::at(offset as u64)) {
+        match parse_input(line, SourcePos::at(offset as u64)) {
             Err(letter) => m.dead.push(Dead {
                 pos: offset as u64,
                 delta_id: None,
@@ -139,7 +152,8 @@ pub fn run(lines: &[Vec<u8>]) -> Expected {
                 reason: letter.reason.to_string(),
                 raw: line.clone(),
             }),
-            Ok(delta) => {
+            Ok(InputRecord::Grant(grant)) => m.grant(grant),
+            Ok(InputRecord::Delta(delta)) => {
                 if m.seen.insert(delta.id) {
                     m.arrive(delta);
                 } else {
@@ -149,7 +163,9 @@ pub fn run(lines: &[Vec<u8>]) -> Expected {
         }
     }
     // S4.4: the bounded replay ends; whatever still waits is a gap.
-    for delta in std::mem::take(&mut m.waiting) {
+    let mut left = std::mem::take(&mut m.waiting);
+    left.append(&mut m.held);
+    for delta in left {
         let current = m.version_of(delta.blob_id);
         let reason = format!(
             "S4.4 version gap: claims version {} but the blob stayed at version {current}",
@@ -179,7 +195,110 @@ impl Model {
         });
     }
 
+    /// S6 first (access is decided before the version rules), then [`Self::admit`].
     fn arrive(&mut self, delta: Delta) {
+        let blob = delta.blob_id;
+        if self.blobs.contains_key(&blob) {
+            if let Err(reason) = self.authorized(&delta) {
+                return self.reject(&delta, reason);
+            }
+        } else if delta.operation == Operation::Create && delta.version == 1 {
+            if let Err(reason) = self.edges_readable(&delta) {
+                return self.reject(&delta, reason);
+            }
+            self.admit(delta);
+            let (held, rest) = std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|d| d.blob_id == blob);
+            self.held = rest;
+            for d in held {
+                match self.authorized(&d) {
+                    Ok(()) => self.admit(d),
+                    Err(reason) => self.reject(&d, reason),
+                }
+            }
+            return;
+        } else if delta.operation != Operation::Create && delta.version > 1 {
+            return self.held.push(delta);
+        }
+        self.admit(delta);
+    }
+
+    /// True when `user` may use `p` on `blob`: its owner, a grant of `p`, or for
+    /// `read` any grant.
+    fn may(&self, blob: Uuid, user: Uuid, p: Permission) -> bool {
+        let Some(b) = self.blobs.get(&blob) else {
+            return false;
+        };
+        b.user_id == user
+            || self.grants.contains(&(blob, user, p))
+            || (p == Permission::Read
+                && Permission::ALL
+                    .iter()
+                    .any(|q| self.grants.contains(&(blob, user, *q))))
+    }
+
+    /// S6.2 for a delta of an existing blob (a create there is a conflict, not S6).
+    fn authorized(&self, d: &Delta) -> Result<(), String> {
+        let needed = match d.operation {
+            Operation::Create => return Ok(()),
+            Operation::Delete => Permission::Delete,
+            _ => Permission::Write,
+        };
+        if !self.may(d.blob_id, d.user_id, needed) {
+            return Err("S6.2 not authorized".into());
+        }
+        self.edges_readable(d)
+    }
+
+    /// S6.4: the other end of each edge, when it exists, must be readable.
+    fn edges_readable(&self, d: &Delta) -> Result<(), String> {
+        let parent = d.parent_id.filter(|_| d.operation == Operation::Create);
+        let ok = parent
+            .iter()
+            .chain(&d.child_ids)
+            .all(|o| !self.blobs.contains_key(o) || self.may(*o, d.user_id, Permission::Read));
+        if ok {
+            Ok(())
+        } else {
+            Err("S6.2 not authorized".into())
+        }
+    }
+
+    /// A grant record (S6.1, S6.4).
+    fn grant(&mut self, g: GrantRecord) {
+        if !self.seen_grants.insert(g.id) {
+            self.counts.duplicates += 1;
+            return;
+        }
+        let allowed = match self.blobs.get(&g.blob_id) {
+            None => false,
+            Some(b) if b.user_id == g.granted_by => true,
+            Some(_) => {
+                g.permission != Permission::Share
+                    && self
+                        .grants
+                        .contains(&(g.blob_id, g.granted_by, Permission::Share))
+            }
+        };
+        if !allowed {
+            return self.dead.push(Dead {
+                pos: g.pos.offset,
+                delta_id: Some(g.id),
+                blob_id: Some(g.blob_id),
+                reason: "S6.1 not authorized".into(),
+                raw: g.raw.as_bytes().to_vec(),
+            });
+        }
+        self.grants_accepted += 1;
+        let key = (g.blob_id, g.grantee, g.permission);
+        match g.kind {
+            GrantKind::Grant => self.grants.insert(key),
+            GrantKind::Revoke => self.grants.remove(&key),
+        };
+    }
+
+    fn admit(&mut self, delta: Delta) {
         let current = self.version_of(delta.blob_id);
         if delta.operation == Operation::Create && delta.version != 1 {
             let reason = format!(
@@ -403,10 +522,11 @@ impl Model {
                 raw: raw_column(&d.raw),
             })
             .collect();
-        self.counts.accepted = self.applied.len() as u64;
+        self.counts.accepted = self.applied.len() as u64 + self.grants_accepted;
         self.counts.dead_letters = dead_letters.len() as u64;
         Expected {
-            tables: Tables::new(blobs, self.applied, processed, dead_letters),
+            tables: Tables::new(blobs, self.applied, processed, dead_letters)
+                .with_grants(self.grants_accepted),
             counts: self.counts,
         }
     }

@@ -95,6 +95,8 @@ pub struct Tables {
     pub processed: Vec<ProcessedRecord>,
     /// In `seq` order (the model: log order).
     pub dead_letters: Vec<DeadRecord>,
+    /// Accepted grant records (rows of `grant_log`, S6.4).
+    pub grants_accepted: u64,
 }
 
 impl Tables {
@@ -113,7 +115,14 @@ impl Tables {
             applied,
             processed,
             dead_letters,
+            grants_accepted: 0,
         }
+    }
+
+    /// With `n` accepted grant records.
+    pub fn with_grants(mut self, n: u64) -> Self {
+        self.grants_accepted = n;
+        self
     }
 
     /// The same tables with the dead letters sorted: compares contents, not order.
@@ -130,10 +139,11 @@ pub fn reason_kind(reason: &str) -> &str {
 }
 
 /// The reason as compared: the full text, but only the kind for `patch does not apply`
-/// (whose detail is the patch library's message).
+/// (whose detail is the patch library's message) and `not authorized` (whose detail
+/// is wording).
 pub fn comparable_reason(reason: &str) -> String {
     let kind = reason_kind(reason);
-    if kind.ends_with("patch does not apply") {
+    if kind.ends_with("patch does not apply") || kind.ends_with("not authorized") {
         kind.to_owned()
     } else {
         reason.to_owned()
@@ -227,6 +237,10 @@ pub fn read_tables(path: &Path) -> Result<Tables, String> {
                 .fetch_all(&mut conn)
                 .await
                 .map_err(err("reading dead_letters"))?;
+        let grants: i64 = sqlx::query_scalar("SELECT count(*) FROM grant_log")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(err("grant_log"))?;
         conn.close().await.map_err(err("close"))?;
         // Documents are read back through the content rule, wherever they are stored.
         let mut reader = ContentReader::local();
@@ -306,7 +320,8 @@ pub fn read_tables(path: &Path) -> Result<Tables, String> {
                     raw,
                 })
                 .collect(),
-        ))
+        )
+        .with_grants(grants as u64))
     })
 }
 

@@ -86,7 +86,10 @@ fn run_both(lines: &[Vec<u8>], config: &ReplayConfig) -> Result<(Expected, Table
     );
     prop_assert_eq!(counts_of(&report), expected.counts.clone());
     // The counts describe the tables.
-    prop_assert_eq!(tables.applied.len() as u64, report.accepted);
+    prop_assert_eq!(
+        tables.applied.len() as u64 + tables.grants_accepted,
+        report.accepted
+    );
     prop_assert_eq!(tables.dead_letters.len() as u64, report.dead_letters);
     Ok((expected, tables))
 }
@@ -150,8 +153,8 @@ fn gen_spec_strategy() -> impl Strategy<Value = GenSpec> {
 /// shrinks choices (towards 0: a plain, in-order delta) rather than bytes.
 #[derive(Clone, Debug)]
 struct Choice {
-    /// 0..=13 and 18 a delta, 14..=15 a repeat of an earlier line, 16..=17 a delta
-    /// made malformed, 19 junk.
+    /// 0..=13 a delta, 14..=15 a repeat of an earlier line, 16..=17 a delta made
+    /// malformed, 18 a grant or revoke record (S6.4), 19 junk.
     kind: u8,
     blob: u8,
     op: u8,
@@ -338,6 +341,24 @@ fn created_at(i: usize, style: u8) -> String {
     }
 }
 
+/// A grant or revoke (S6.4) from one of the three users to another, sometimes by
+/// someone who may not make it (S6.1), sometimes malformed (S1.1).
+fn grant_line(c: &Choice, id: &str, blob: &str, i: usize) -> Vec<u8> {
+    let kind = if c.jitter.is_multiple_of(3) {
+        "revoke"
+    } else {
+        "grant"
+    };
+    let permission = ["read", "write", "delete", "share", "owner"][c.patch as usize % 5];
+    format!(
+        r#"{{"id":"{id}","kind":"{kind}","blob_id":"{blob}","user_id":"{}","permission":"{permission}","granted_by":"{}","created_at":"{}"}}"#,
+        user_uuid(u64::from(c.op % 3)),
+        user_uuid(u64::from(c.meta % 3)),
+        created_at(i, c.time)
+    )
+    .into_bytes()
+}
+
 /// Builds the log's lines from the choices.
 fn build_log(log: &AdversarialLog) -> Vec<Vec<u8>> {
     build_log_in(log, 0)
@@ -362,6 +383,15 @@ fn build_log_in(log: &AdversarialLog, space: u64) -> Vec<Vec<u8>> {
             continue;
         }
         let b = c.blob as usize % nblobs;
+        if c.kind == 18 {
+            lines.push(grant_line(
+                c,
+                &delta_uuid(1000 + i as u64),
+                &blob_uuid(b as u64),
+                i,
+            ));
+            continue;
+        }
         // Mostly the version that fits the blob as the log so far left it (run through
         // the model), sometimes ahead (a gap, or a later fill), behind, or 1.
         let current = model::run(&lines)
@@ -405,7 +435,10 @@ fn build_log_in(log: &AdversarialLog, space: u64) -> Vec<Vec<u8>> {
             ("blob_id", quoted(&blob_uuid(b as u64))),
             (
                 "user_id",
-                quoted(&user_uuid((b as u64 + u64::from((c.links >> 3) & 1)) % 3)),
+                // Mostly the owner (blob b's creator is mostly user b % 3); 1 in 8 another.
+                quoted(&user_uuid(
+                    (b as u64 + u64::from((c.links >> 3) & 7 == 7)) % 3,
+                )),
             ),
             ("operation", quoted(op)),
             ("version", version.to_string()),
@@ -889,10 +922,13 @@ fn adversarial_strategy_reaches_every_rule() {
             "S3.5 revert target out of range",
             "S4.3 version conflict",
             "S4.4 version gap",
+            "S6.1 not authorized",
+            "S6.2 not authorized",
         ]
     );
     assert!(total.by_reason.values().all(|&n| n >= 10), "{total:?}");
-    assert!(total.accepted * 5 > total.records, "{total:?}");
+    // Edges across owners without a read grant are S6.2 since access control: a sixth.
+    assert!(total.accepted * 6 > total.records, "{total:?}");
     assert!(total.duplicates * 20 > total.records, "{total:?}");
     assert!(deleted > 10, "{deleted}");
 }

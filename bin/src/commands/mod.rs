@@ -5,6 +5,7 @@ mod loadgen;
 mod query;
 mod replay;
 mod run;
+mod serve;
 mod worker;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(cli.config.as_deref(), args),
         Command::Gen(args) => gen_log::run(args),
         Command::Query(args) => query::run(cli.config.as_deref(), args),
+        Command::Serve(args) => serve::run(cli.config.as_deref(), args),
         Command::Worker(args) => worker::run(cli.config.as_deref(), args),
         Command::Loadgen(args) => loadgen::run(cli.config.as_deref(), args),
     }

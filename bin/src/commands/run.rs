@@ -13,6 +13,7 @@ use studio_connectors::{Db, OpenMode, open_publisher, open_source, open_view_sto
 use studio_dataflow::pipeline::{Control, Endpoints, OpenSource};
 use studio_dataflow::run::{RunReport, Service, run as run_service};
 
+use crate::api::ApiState;
 use crate::cli::RunArgs;
 use crate::http;
 
@@ -30,7 +31,12 @@ pub fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
             .context("cannot install the signal handlers")?;
     }
     if !config.run.listen.is_empty() {
-        http::serve(&config.run.listen, metrics, Arc::clone(&control))?;
+        // The query API beside /metrics when a token secret is configured; its
+        // readers open the view store when first asked (it may not exist yet).
+        let api = (!config.api.jwt_secret.is_empty())
+            .then(|| ApiState::open_lazy(&config, &config.run.db, 2))
+            .transpose()?;
+        http::serve(&config.run.listen, metrics, Arc::clone(&control), api)?;
     }
 
     let db = Db::parse(&config.run.db)?;

@@ -36,6 +36,12 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "reach_covering_index",
         include_str!("migrations/0006_reach_covering_index.sql"),
     ),
+    (7, "access", include_str!("migrations/0007_access.sql")),
+    (
+        8,
+        "row_security",
+        include_str!("migrations/0008_row_security.sql"),
+    ),
 ];
 
 /// The migration before which `doc_lz4` is turned back into JSON in `doc`.

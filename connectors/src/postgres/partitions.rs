@@ -49,9 +49,12 @@ pub(crate) async fn ensure_partition(
     month: NaiveDate,
 ) -> Result<(), SinkError> {
     let next = month + Months::new(1);
+    // Row security on, no policy: read through `deltas` (whose policies apply, S6.3),
+    // never around them.
     let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {} PARTITION OF deltas FOR VALUES FROM ('{month} 00:00:00+00') TO ('{next} 00:00:00+00')",
-        partition_name(month)
+        "CREATE TABLE IF NOT EXISTS {name} PARTITION OF deltas FOR VALUES FROM ('{month} 00:00:00+00') TO ('{next} 00:00:00+00'); \
+         ALTER TABLE {name} ENABLE ROW LEVEL SECURITY",
+        name = partition_name(month)
     );
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
         .execute(&mut *conn)

@@ -61,6 +61,15 @@ pub enum Reason {
         /// The version the delta claimed.
         version: u64,
     },
+    /// S6.1: a grant or revoke that its author may not make (see `access`).
+    GrantNotAuthorized(String),
+    /// S6.2: a delta whose user may not do its operation (see `access`).
+    NotAuthorized {
+        /// Its operation.
+        operation: Operation,
+        /// Which right was missing.
+        detail: String,
+    },
 }
 
 impl Reason {
@@ -82,6 +91,8 @@ impl Reason {
             Reason::RevertRange { .. } => "S3.5 revert target out of range",
             Reason::VersionConflict { .. } => "S4.3 version conflict",
             Reason::VersionGap { .. } => "S4.4 version gap",
+            Reason::GrantNotAuthorized(_) => "S6.1 not authorized",
+            Reason::NotAuthorized { .. } => "S6.2 not authorized",
         }
     }
 }
@@ -122,6 +133,10 @@ impl std::fmt::Display for Reason {
                 f,
                 "{kind}: claims version {version} but the blob stayed at version {current}"
             ),
+            Reason::GrantNotAuthorized(detail) => write!(f, "{kind}: {detail}"),
+            Reason::NotAuthorized { operation, detail } => {
+                write!(f, "{kind}: {} refused; {detail}", operation.as_str())
+            }
         }
     }
 }

@@ -47,7 +47,8 @@ pub struct Faults {
 pub struct GenStats {
     /// Lines written.
     pub lines: u64,
-    /// Valid deltas (all of them apply).
+    /// Valid records (all of them apply): deltas, and the `read` grants that make
+    /// their edges to other users' blobs allowed (S6.4).
     pub valid: u64,
     /// Extra copies of valid deltas.
     pub duplicates: u64,
@@ -98,19 +99,42 @@ pub fn generate(spec: &GenSpec, out: &mut impl Write) -> io::Result<GenStats> {
     let mut window: Vec<String> = Vec::new();
     let mut delayed: Vec<(usize, String)> = Vec::new();
     let mut created: Vec<usize> = Vec::new();
+    // Blobs whose create is still in the shuffle window (it may yet land anywhere in it).
+    let mut unwritten: Vec<usize> = Vec::new();
     for (i, &b) in schedule.iter().enumerate() {
         let at = Timestamp::from_unix_millis(start_ms + i as i64 * 250).expect("in range");
         let mut delta = next_delta(&mut rng, &mut blobs[b as usize], at);
-        link(&mut rng, &mut delta, &blobs, b as usize, &mut created);
-        let line = delta.to_string();
-        stats.valid += 1;
-        if rng.random_bool(spec.faults.duplicate_rate) {
-            delayed.push((i + rng.random_range(0..64), line.clone()));
-            stats.duplicates += 1;
+        let grant = link(
+            &mut rng,
+            &mut delta,
+            &blobs,
+            b as usize,
+            &mut created,
+            &unwritten,
+        );
+        if blobs[b as usize].version == 1 {
+            unwritten.push(b as usize);
         }
-        window.push(line);
-        if rng.random_bool(spec.faults.malformed_rate) {
-            window.push(malformed(&mut rng, window.last().expect("just pushed")));
+        let line = delta.to_string();
+        let malformed_from = line.clone();
+        // A grant stays right before its delta, whatever the shuffle (and so does a
+        // duplicate's): one entry of two lines.
+        let entry = match grant {
+            Some(grant) => format!("{grant}\n{line}"),
+            None => line,
+        };
+        let records = 1 + u64::from(entry.contains('\n'));
+        stats.valid += records;
+        if rng.random_bool(spec.faults.duplicate_rate) {
+            delayed.push((i + rng.random_range(0..64), entry.clone()));
+            stats.duplicates += records;
+        }
+        let malformed = rng
+            .random_bool(spec.faults.malformed_rate)
+            .then(|| malformed(&mut rng, &malformed_from));
+        window.push(entry);
+        if let Some(bad) = malformed {
+            window.push(bad);
             stats.malformed += 1;
         }
         delayed.retain(|(due, line)| {
@@ -122,6 +146,7 @@ pub fn generate(spec: &GenSpec, out: &mut impl Write) -> io::Result<GenStats> {
         });
         if window.len() >= spec.faults.shuffle_window.max(1) {
             stats.lines += flush(&mut rng, &mut window, spec.faults.shuffle_window, out)?;
+            unwritten.clear();
         }
     }
     window.extend(delayed.into_iter().map(|(_, line)| line));
@@ -138,7 +163,11 @@ fn flush(
     if shuffle > 1 {
         window.shuffle(rng);
     }
-    let n = window.len() as u64;
+    // An entry is one line, or a grant and its delta.
+    let n = window
+        .iter()
+        .map(|l| 1 + l.matches('\n').count() as u64)
+        .sum();
     for line in window.drain(..) {
         out.write_all(line.as_bytes())?;
         out.write_all(b"\n")?;
@@ -243,23 +272,57 @@ fn next_delta(rng: &mut StdRng, blob: &mut Blob, at: Timestamp) -> Value {
 /// Adds DAG edges (S5.1): a third of the creates derive from an earlier blob
 /// (`parent_id`), and one update in fifty links to another blob (`child_ids`), which
 /// may not exist yet or may close a cycle (then the edge is refused, the delta applies).
+/// Returns the grant record to write before the delta when the other end is an
+/// existing blob of another user: its owner grants `read` (S6.4). The grant's id
+/// derives from the delta's. An edge to another user's blob whose create is still in
+/// the shuffle window (`unwritten`) is left out: the shuffle could put the grant
+/// before that create, which would refuse it (S6.1) and the edge's delta (S6.2).
 fn link(
     rng: &mut StdRng,
     delta: &mut Value,
     blobs: &[Blob],
     this: usize,
     created: &mut Vec<usize>,
-) {
-    if delta["operation"] == "create" {
-        if !created.is_empty() && rng.random_ratio(1, 3) {
-            let parent = created[rng.random_range(0..created.len())];
+    unwritten: &[usize],
+) -> Option<Value> {
+    let other = if delta["operation"] == "create" {
+        let parent = (!created.is_empty() && rng.random_ratio(1, 3))
+            .then(|| created[rng.random_range(0..created.len())]);
+        if let Some(parent) = parent {
             delta["parent_id"] = json!(blobs[parent].id);
         }
         created.push(this);
+        parent
     } else if delta["operation"] == "update" && rng.random_ratio(1, 50) {
         let child = rng.random_range(0..blobs.len());
         delta["child_ids"] = json!([blobs[child].id]);
+        Some(child).filter(|&c| blobs[c].version > 0)
+    } else {
+        None
+    };
+    let other_index = other?;
+    let (other, user) = (&blobs[other_index], blobs[this].owner);
+    if other.owner == user {
+        return None;
     }
+    if unwritten.contains(&other_index) {
+        let obj = delta.as_object_mut().expect("an object");
+        obj.remove("parent_id");
+        obj.remove("child_ids");
+        return None;
+    }
+    Some({
+        let delta_id: Uuid = serde_json::from_value(delta["id"].clone()).expect("a UUID");
+        json!({
+            "id": Uuid::new_v5(&delta_id, b"read grant"),
+            "kind": "grant",
+            "blob_id": other.id,
+            "user_id": user,
+            "permission": "read",
+            "granted_by": other.owner,
+            "created_at": delta["created_at"],
+        })
+    })
 }
 
 /// A JSON Patch that applies to every document of the generated shape.
@@ -305,9 +368,15 @@ mod tests {
         let sa = generate(&spec, &mut a).unwrap();
         generate(&spec, &mut b).unwrap();
         assert_eq!(a, b);
-        assert_eq!(sa.valid, 300);
-        assert_eq!(sa.lines, 300);
-        assert_eq!(a.iter().filter(|&&c| c == b'\n').count(), 300);
+        // 300 deltas, and a read grant before each edge to another user's blob.
+        let grants = String::from_utf8(a.clone())
+            .unwrap()
+            .matches("\"kind\":\"grant\"")
+            .count();
+        assert!(grants > 0);
+        assert_eq!(sa.valid, 300 + grants as u64);
+        assert_eq!(sa.lines, sa.valid);
+        assert_eq!(a.iter().filter(|&&c| c == b'\n').count() as u64, sa.lines);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! sinks write the [`views`] rows. [`generate`] writes synthetic logs that obey the rules.
 #![forbid(missing_docs)]
 
+pub mod access;
 pub mod dag;
 pub mod dead_letter;
 pub mod delta;

@@ -56,7 +56,7 @@ struct MetadataFields<'a> {
     source_version: Option<&'a RawValue>,
 }
 
-type Check<T> = Result<T, String>;
+pub(crate) type Check<T> = Result<T, String>;
 
 /// Parses and validates one record read at `pos`.
 ///
@@ -332,7 +332,7 @@ fn no_nul(name: &str, text: &str) -> Check<()> {
     Ok(())
 }
 
-fn describe_json_error(e: serde_json::Error) -> String {
+pub(crate) fn describe_json_error(e: serde_json::Error) -> String {
     use serde_json::error::Category;
     match e.classify() {
         Category::Syntax | Category::Eof | Category::Io => format!("not valid JSON ({e})"),
@@ -341,15 +341,15 @@ fn describe_json_error(e: serde_json::Error) -> String {
     }
 }
 
-fn required<'a>(name: &str, value: Option<&'a RawValue>) -> Check<&'a RawValue> {
+pub(crate) fn required<'a>(name: &str, value: Option<&'a RawValue>) -> Check<&'a RawValue> {
     value.ok_or_else(|| format!("missing field \"{name}\""))
 }
 
-fn uuid_field(name: &str, value: Option<&RawValue>) -> Check<Uuid> {
+pub(crate) fn uuid_field(name: &str, value: Option<&RawValue>) -> Check<Uuid> {
     uuid_value(name, required(name, value)?)
 }
 
-fn uuid_value(name: &str, value: &RawValue) -> Check<Uuid> {
+pub(crate) fn uuid_value(name: &str, value: &RawValue) -> Check<Uuid> {
     let text = string_field(name, value).map_err(|_| {
         format!(
             "field \"{name}\" must be a UUID string, got {}",
@@ -361,7 +361,7 @@ fn uuid_value(name: &str, value: &RawValue) -> Check<Uuid> {
 
 /// A JSON string's contents; borrows nothing, but skips serde for the common case of a
 /// string without escapes.
-fn string_field(name: &str, value: &RawValue) -> Check<String> {
+pub(crate) fn string_field(name: &str, value: &RawValue) -> Check<String> {
     let raw = value.get();
     if raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"') && !raw.contains('\\') {
         return Ok(raw[1..raw.len() - 1].to_owned());
@@ -381,13 +381,13 @@ fn integer_field(name: &str, value: &RawValue, min: u64) -> Check<u64> {
     }
 }
 
-fn time_field(name: &str, value: &RawValue) -> Check<Timestamp> {
+pub(crate) fn time_field(name: &str, value: &RawValue) -> Check<Timestamp> {
     let text = string_field(name, value)?;
     Timestamp::parse_rfc3339(&text)
         .ok_or_else(|| format!("field \"{name}\" is not an RFC 3339 time: {}", quote(&text)))
 }
 
-fn quote(text: &str) -> String {
+pub(crate) fn quote(text: &str) -> String {
     excerpt(&serde_json::to_string(text).unwrap_or_default())
 }
 

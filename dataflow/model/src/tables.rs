@@ -5,6 +5,7 @@
 //! Adding a view: its row type, a `table!` here with its `View` (`keyed_view!` for a
 //! keyed one), and a line in [`crate::for_each_view`]; Postgres also needs a migration.
 
+use crate::access::{GrantKey, GrantLogRow, GrantRow};
 use crate::table::{Cell, Column, ColumnType::*, Index, Kind, Row, Table, column, required, table};
 use crate::views::{
     AppliedRow, DepthRow, EdgeRow, EventRow, KeyedChanges, ProcessedRow, ReachRow, RejectedEdgeRow,
@@ -336,6 +337,52 @@ table! {
     }
 }
 
+table! {
+    /// `grants` (S6.1): the live grants. A revoke deletes its row.
+    GRANTS = "grants", Upsert by ["blob_id", "user_id", "permission"],
+    GrantRow => |r| {
+        column("blob_id", Id) => r.blob_id,
+        column("user_id", Id) => r.user_id,
+        column("permission", Text) => r.permission.as_str(),
+        required("granted_by", Id) => r.granted_by,
+        required("granted_at", Time) => r.granted_at,
+    }
+    indexed ["grants_by_user" on ["user_id", "blob_id"]]
+}
+keyed_view!(GrantRow, GRANTS);
+
+impl Row for GrantKey {
+    fn cells<'a>(&'a self, each: &mut dyn FnMut(Cell<'a>)) {
+        each(self.0.into());
+        each(self.1.into());
+        each(self.2.as_str().into());
+    }
+}
+
+table! {
+    /// `grant_log` (S6.4): every accepted grant and revoke with its record and log
+    /// position, which a restart replays (the `grants` view alone loses their order).
+    GRANT_LOG = "grant_log", Append by ["grant_id"],
+    GrantLogRow => |r| {
+        column("grant_id", Id) => r.grant_id,
+        required("blob_id", Id) => r.blob_id,
+        required("kind", Text) => r.kind.as_str(),
+        required("pos_part", Int) => r.pos.part,
+        required("pos_offset", Int) => r.pos.offset,
+        required("record", Text) => &*r.record,
+    }
+}
+
+impl View for GrantLogRow {
+    const TABLE: &'static Table = &GRANT_LOG;
+    type Changes = Vec<Self>;
+    fn changes(updates: Vec<(Self, isize)>) -> Vec<Self> {
+        let mut rows = inserts(updates);
+        rows.sort_by_key(|r| r.pos);
+        rows
+    }
+}
+
 /// `large_docs` (Postgres only): large documents when no other large store is
 /// configured, named by `blobs.doc_ref`.
 pub const LARGE_DOCS: Table = Table::new(
@@ -347,7 +394,7 @@ pub const LARGE_DOCS: Table = Table::new(
 
 /// The view tables Studio owns in every store, in creation order (a replay rebuilds
 /// exactly these).
-pub const TABLES: [&Table; 15] = [
+pub const TABLES: [&Table; 17] = [
     &BLOBS,
     &DELTAS,
     &DELTAS_APPLIED,
@@ -363,6 +410,8 @@ pub const TABLES: [&Table; 15] = [
     &TRANSFORM_REQUESTS,
     &PROCESSING,
     &EVENTS,
+    &GRANTS,
+    &GRANT_LOG,
 ];
 
 /// The names of [`TABLES`].

@@ -469,6 +469,10 @@ macro_rules! for_each_view {
                 waiting: $crate::WaitingRow,
                 /// Rejected edges, insert-only.
                 rejected_edges: $crate::RejectedEdgeRow,
+                /// Live grants (`grants`, S6.1).
+                grants: $crate::access::GrantRow,
+                /// Accepted grant records (`grant_log`), insert-only.
+                grant_log: $crate::access::GrantLogRow,
             }
         }
     };

@@ -88,7 +88,8 @@ impl WriterTally {
             let micros = now.saturating_duration_since(*at).as_micros().max(1);
             self.latency_us.saturating_record(micros as u64);
         }
-        self.accepted += merged.applied.len() as u64;
+        // Accepted grant records count as accepted (docs/access.md).
+        self.accepted += (merged.applied.len() + merged.grant_log.len()) as u64;
         for letter in &merged.dead_letters {
             *self
                 .dead_letters

@@ -1,0 +1,209 @@
+//! [`Authorize`]: access control (SPEC S6) in front of [`ApplyDeltas`](crate::ApplyDeltas).
+//!
+//! ```text
+//!  deltas (deduplicated) + grant records --exchange to worker 0--> [ Authorize: AccessControl ]
+//!      --> authorized deltas (to ApplyDeltas, which exchanges them by blob)
+//!      --> dead letters (S6.1, S6.2; S4.4 for deltas of blobs never created)
+//!      --> grants, grant_log, waiting (deltas held until their blob is created)
+//!      --> repeated grant ids (S4.2)
+//! ```
+//!
+//! One worker decides, like the cycle guard, because a decision can read another
+//! blob's grants: an edge needs `read` on its other end (S6.4), and that blob's owner
+//! and grants may have been decided earlier in the same timestamp. A join by the other
+//! blob would need a round trip per timestamp, and a fixed point when a chain of blobs
+//! is created in one batch; a lookup in one map needs neither. The check is a few hash
+//! lookups per record; parsing and applying stay on every worker.
+
+use differential_dataflow::{AsCollection, VecCollection};
+use rustc_hash::{FxHashMap, FxHashSet};
+use studio_model::access::{AccessControl, AccessEffects, GrantLogRow, GrantRow, InputRecord};
+use studio_model::{DeadLetter, Delta, Uuid, WaitingRow};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::order::TotalOrder;
+use timely::progress::{PathSummary, Timestamp};
+
+use crate::stash::Stash;
+
+/// The outputs of [`Authorize`].
+pub struct AuthorizedStreams<'scope, T: Timestamp> {
+    /// Deltas whose user may do them (or that the ledger rejects anyway).
+    pub deltas: StreamVec<'scope, T, Delta>,
+    /// Rejected deltas and grant records.
+    pub dead_letters: VecCollection<'scope, T, DeadLetter>,
+    /// The `grants` view.
+    pub grants: VecCollection<'scope, T, GrantRow>,
+    /// Accepted grant records (`grant_log`), insert-only.
+    pub grant_log: VecCollection<'scope, T, GrantLogRow>,
+    /// Deltas held until their blob is created (`deltas_waiting`).
+    pub waiting: VecCollection<'scope, T, WaitingRow>,
+    /// Ids of repeated grant records.
+    pub repeats: StreamVec<'scope, T, Uuid>,
+}
+
+/// Access control in log order.
+pub trait Authorize<'scope, T: Timestamp> {
+    /// Decides every record in log order. Deltas of a blob not created yet are held
+    /// until its create (then judged as the creator's); held longer than `gap_timeout`
+    /// (`None`: until the input ends) they become `S4.4 version gap` dead letters, as
+    /// the ledger would make them.
+    fn authorize(self, gap_timeout: Option<T::Summary>) -> AuthorizedStreams<'scope, T>;
+}
+
+type Updates<D, T> = CapacityContainerBuilder<Vec<(D, T, isize)>>;
+type Records<D> = CapacityContainerBuilder<Vec<D>>;
+
+impl<'scope, T: Timestamp + TotalOrder> Authorize<'scope, T> for StreamVec<'scope, T, InputRecord> {
+    fn authorize(self, gap_timeout: Option<T::Summary>) -> AuthorizedStreams<'scope, T> {
+        let mut builder = OperatorBuilder::new("Authorize".to_owned(), self.scope());
+        let mut input = builder.new_input(self, Exchange::new(|_: &InputRecord| 0));
+        let (deltas_out, deltas) = builder.new_output();
+        let (dead_out, dead_letters) = builder.new_output();
+        let (grants_out, grants) = builder.new_output();
+        let (log_out, grant_log) = builder.new_output();
+        let (waiting_out, waiting) = builder.new_output();
+        let (repeats_out, repeats) = builder.new_output();
+        let mut deltas_out = OutputBuilder::<_, Records<Delta>>::from(deltas_out);
+        let mut dead_out = OutputBuilder::<_, Updates<DeadLetter, T>>::from(dead_out);
+        let mut grants_out = OutputBuilder::<_, Updates<GrantRow, T>>::from(grants_out);
+        let mut log_out = OutputBuilder::<_, Updates<GrantLogRow, T>>::from(log_out);
+        let mut waiting_out = OutputBuilder::<_, Updates<WaitingRow, T>>::from(waiting_out);
+        let mut repeats_out = OutputBuilder::<_, Records<Uuid>>::from(repeats_out);
+
+        builder.build(move |initial_caps| {
+            let mut stash = Stash::new(6);
+            let mut access = AccessControl::default();
+            let mut holds = Holds::new(gap_timeout, initial_caps);
+            move |frontiers| {
+                stash.absorb(&mut input);
+                let mut deltas_s = deltas_out.activate();
+                let mut dead_s = dead_out.activate();
+                let mut grants_s = grants_out.activate();
+                let mut log_s = log_out.activate();
+                let mut waiting_s = waiting_out.activate();
+                let mut repeats_s = repeats_out.activate();
+                let mut emit = |caps: &[Capability<T>], fx: AccessEffects| {
+                    let t = caps[0].time();
+                    let dead = fx.dead_letters.into_iter().map(|d| (d, 1));
+                    let log = fx.log.into_iter().map(|r| (r, 1));
+                    deltas_s
+                        .session(&caps[0])
+                        .give_iterator(fx.passed.into_iter());
+                    dead_s.session(&caps[1]).give_iterator(at(t, dead));
+                    grants_s.session(&caps[2]).give_iterator(at(t, fx.grants));
+                    log_s.session(&caps[3]).give_iterator(at(t, log));
+                    waiting_s.session(&caps[4]).give_iterator(at(t, fx.waiting));
+                    repeats_s
+                        .session(&caps[5])
+                        .give_iterator(fx.duplicates.into_iter());
+                };
+                for (caps, mut records) in stash.take_complete(&frontiers[0]) {
+                    records.sort_by_key(InputRecord::pos);
+                    let mut fx = AccessEffects::default();
+                    for record in records {
+                        access.offer(record, &mut fx);
+                    }
+                    holds.started(caps[0].time(), &access);
+                    emit(&caps, fx);
+                }
+                let now = frontiers[0].frontier().first().cloned();
+                if let Some((caps, fx)) = holds.expire(now.as_ref(), stash.is_empty(), &mut access)
+                {
+                    emit(&caps, fx);
+                }
+            }
+        });
+        AuthorizedStreams {
+            deltas,
+            dead_letters: dead_letters.as_collection(),
+            grants: grants.as_collection(),
+            grant_log: grant_log.as_collection(),
+            waiting: waiting.as_collection(),
+            repeats,
+        }
+    }
+}
+
+/// `rows` as collection updates at `time`.
+fn at<D, T: Clone>(
+    time: &T,
+    rows: impl IntoIterator<Item = (D, isize)>,
+) -> impl Iterator<Item = (D, T, isize)> {
+    rows.into_iter().map(move |(r, d)| (r, time.clone(), d))
+}
+
+/// Since when each blob not created yet has had deltas held, and the capabilities
+/// (one per output) to dead-letter them later.
+struct Holds<T: Timestamp> {
+    timeout: Option<T::Summary>,
+    caps: Option<Vec<Capability<T>>>,
+    since: FxHashMap<Uuid, T>,
+}
+
+impl<T: Timestamp + TotalOrder> Holds<T> {
+    fn new(timeout: Option<T::Summary>, caps: Vec<Capability<T>>) -> Self {
+        Holds {
+            timeout,
+            caps: Some(caps),
+            since: FxHashMap::default(),
+        }
+    }
+
+    /// After a time's records: forgets blobs created since, starts the clock of new ones.
+    fn started(&mut self, time: &T, access: &AccessControl) {
+        let held: FxHashSet<Uuid> = access.deferred_blobs().collect();
+        self.since.retain(|blob, _| held.contains(blob));
+        for blob in held {
+            self.since.entry(blob).or_insert_with(|| time.clone());
+        }
+    }
+
+    /// The input reached `now` (`None`: it ended, once nothing is stashed): the held
+    /// deltas whose wait is over become dead letters, at `now` or the last time reached.
+    fn expire(
+        &mut self,
+        now: Option<&T>,
+        drained: bool,
+        access: &mut AccessControl,
+    ) -> Option<(Vec<Capability<T>>, AccessEffects)> {
+        let expired: Vec<Uuid> = match now {
+            Some(now) => {
+                for cap in self.caps.iter_mut().flatten() {
+                    cap.downgrade(now);
+                }
+                let timeout = self.timeout.as_ref()?;
+                self.since
+                    .iter()
+                    .filter(|(_, since)| {
+                        timeout.results_in(since).is_some_and(|d| d.less_equal(now))
+                    })
+                    .map(|(blob, _)| *blob)
+                    .collect()
+            }
+            None if drained => {
+                let caps = self.caps.take()?;
+                let mut fx = AccessEffects::default();
+                let mut blobs: Vec<Uuid> = self.since.drain().map(|(b, _)| b).collect();
+                blobs.sort_unstable();
+                blobs.into_iter().for_each(|b| access.expire(b, &mut fx));
+                return Some((caps, fx));
+            }
+            None => return None,
+        };
+        if expired.is_empty() {
+            return None;
+        }
+        let mut fx = AccessEffects::default();
+        for blob in &expired {
+            self.since.remove(blob);
+        }
+        expired.into_iter().for_each(|b| access.expire(b, &mut fx));
+        let caps = self.caps.clone()?;
+        Some((caps, fx))
+    }
+}

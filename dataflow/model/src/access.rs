@@ -182,7 +182,8 @@ struct KindField<'a> {
 /// A record without the text `"kind"` anywhere is a delta without a second look, so
 /// deltas cost one substring search more than before.
 pub fn parse_input(raw: &[u8], pos: SourcePos) -> Result<InputRecord, Box<DeadLetter>> {
-    let kind = contains(raw, b"\"kind\"")
+    let kind = memchr::memmem::find(raw, b"\"kind\"")
+        .is_some()
         .then(|| std::str::from_utf8(raw).ok())
         .flatten()
         .and_then(|text| serde_json::from_str::<KindField<'_>>(text).ok())
@@ -201,10 +202,6 @@ pub fn parse_input(raw: &[u8], pos: SourcePos) -> Result<InputRecord, Box<DeadLe
                 })
             }),
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn parse_grant(raw: &[u8], pos: SourcePos) -> Check<GrantRecord> {

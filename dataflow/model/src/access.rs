@@ -192,15 +192,7 @@ pub fn parse_input(raw: &[u8], pos: SourcePos) -> Result<InputRecord, Box<DeadLe
         None => parse_record(raw, pos).map(InputRecord::Delta),
         Some(_) => parse_grant(raw, pos)
             .map(InputRecord::Grant)
-            .map_err(|what| {
-                Box::new(DeadLetter {
-                    pos,
-                    delta_id: None,
-                    blob_id: None,
-                    reason: Reason::Malformed(what),
-                    raw: raw.to_vec(),
-                })
-            }),
+            .map_err(|what| DeadLetter::malformed(pos, raw, what)),
     }
 }
 

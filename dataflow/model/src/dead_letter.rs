@@ -160,6 +160,17 @@ pub struct DeadLetter {
 pub const BASE64_PREFIX: &str = "base64:";
 
 impl DeadLetter {
+    /// A record at `pos` that could not be read (S1.1): `what` says why.
+    pub fn malformed(pos: SourcePos, raw: &[u8], what: String) -> Box<Self> {
+        Box::new(DeadLetter {
+            pos,
+            delta_id: None,
+            blob_id: None,
+            reason: Reason::Malformed(what),
+            raw: raw.to_vec(),
+        })
+    }
+
     /// The lossless text form of the raw bytes written to the `raw` column: the
     /// record itself when it is UTF-8 and does not start with [`BASE64_PREFIX`];
     /// otherwise the prefix followed by the standard base64 of the bytes.

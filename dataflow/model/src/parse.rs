@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::{DeadLetter, Delta, Operation, PatchFormat, Reason, SourcePos, Timestamp};
+use crate::{DeadLetter, Delta, Operation, PatchFormat, SourcePos, Timestamp};
 
 /// The record's fields, each as its raw JSON text (absent and `null` are both `None`).
 #[derive(Deserialize)]
@@ -63,15 +63,7 @@ pub(crate) type Check<T> = Result<T, String>;
 /// Unknown top-level fields are ignored (forward compatibility); `null` is taken as
 /// absent; a field given twice is malformed.
 pub fn parse_record(raw: &[u8], pos: SourcePos) -> Result<Delta, Box<DeadLetter>> {
-    parse_fields(raw, pos).map_err(|what| {
-        Box::new(DeadLetter {
-            pos,
-            delta_id: None,
-            blob_id: None,
-            reason: Reason::Malformed(what),
-            raw: raw.to_vec(),
-        })
-    })
+    parse_fields(raw, pos).map_err(|what| DeadLetter::malformed(pos, raw, what))
 }
 
 fn parse_fields(raw: &[u8], pos: SourcePos) -> Check<Delta> {

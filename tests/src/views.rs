@@ -11,8 +11,23 @@ use std::str::FromStr;
 use base64::Engine as _;
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use studio_connectors::content::{Content, ContentReader};
+use studio_connectors::content::{Content, ContentReader, ContentSpec};
+use studio_connectors::retry::RetryPolicy;
+use studio_connectors::sqlite::{OpenMode, SqliteOptions, SqliteViews};
 use studio_connectors::{Rows, VIEW_TABLES, ViewReader};
+
+/// A new SQLite view database at `db` for a test's replay: a small page cache, large
+/// documents in the directory beside it.
+pub fn new_sqlite_views(db: &Path) -> SqliteViews {
+    SqliteViews::open(&SqliteOptions {
+        path: db.to_path_buf(),
+        cache_size_kib: 2048,
+        mode: OpenMode::Rebuild,
+        content: ContentSpec::in_dir(db.with_extension("blobs")),
+        retry: RetryPolicy::default(),
+    })
+    .expect("open the view database")
+}
 
 /// A row of `blobs`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -12,10 +12,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use studio_config::ReplayConfig;
 use studio_connectors::content::ContentSpec;
 use studio_connectors::retry::RetryPolicy;
-use studio_connectors::sqlite::{OpenMode, SqliteOptions, SqliteViews};
+use studio_connectors::sqlite::OpenMode;
 use studio_dataflow::replay::{Progress, ReplayReport, replay};
 use studio_tests::model::{self, join_lines};
-use studio_tests::views::{Tables, read_tables};
+use studio_tests::views::{Tables, new_sqlite_views, read_tables};
 
 const OWNER: u32 = 1;
 const STRANGER: u32 = 9;
@@ -100,14 +100,7 @@ fn replay_log(lines: &[Vec<u8>], workers: usize, batch_records: u64) -> Run {
     let log = dir.path().join("log.jsonl");
     std::fs::write(&log, join_lines(lines)).expect("write the log");
     let db = dir.path().join("views.sqlite");
-    let sink = SqliteViews::open(&SqliteOptions {
-        path: db.clone(),
-        cache_size_kib: 2048,
-        mode: OpenMode::Rebuild,
-        content: ContentSpec::in_dir(db.with_extension("blobs")),
-        retry: RetryPolicy::default(),
-    })
-    .expect("open the view database");
+    let sink = new_sqlite_views(&db);
     let config = ReplayConfig {
         workers,
         batch_records,

@@ -23,14 +23,12 @@ use rand::{Rng, SeedableRng};
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use studio_config::{Config, ReplayConfig};
-use studio_connectors::content::ContentSpec;
-use studio_connectors::retry::RetryPolicy;
-use studio_connectors::sqlite::{OpenMode, SqliteOptions, SqliteViews};
+use studio_connectors::sqlite::SqliteViews;
 use studio_connectors::{SinkError, ViewSink};
 use studio_dataflow::replay::{Progress, ReplayReport, replay};
 use studio_model::{Uuid, ViewBatch};
 use studio_tests::model::join_lines;
-use studio_tests::views::{Tables, read_tables};
+use studio_tests::views::{Tables, new_sqlite_views, read_tables};
 
 const CYCLE: &str = "S5.1 cycle";
 
@@ -398,14 +396,7 @@ fn replay_lines(lines: &[Vec<u8>], config: &ReplayConfig) -> Run {
     let log = dir.path().join("log.jsonl");
     std::fs::write(&log, join_lines(lines)).expect("write the log");
     let db: PathBuf = dir.path().join("views.sqlite");
-    let inner = SqliteViews::open(&SqliteOptions {
-        path: db.clone(),
-        cache_size_kib: 2048,
-        mode: OpenMode::Rebuild,
-        content: ContentSpec::in_dir(db.with_extension("blobs")),
-        retry: RetryPolicy::default(),
-    })
-    .expect("open the view database");
+    let inner = new_sqlite_views(&db);
     let batches = Arc::new(Mutex::new(Vec::new()));
     let sink = Recording {
         inner,

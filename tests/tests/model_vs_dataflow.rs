@@ -11,13 +11,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use studio_config::ReplayConfig;
-use studio_connectors::content::ContentSpec;
-use studio_connectors::retry::RetryPolicy;
-use studio_connectors::sqlite::{OpenMode, SqliteOptions, SqliteViews};
 use studio_dataflow::replay::{Progress, ReplayReport, replay};
 use studio_model::generate::{Faults, GenSpec, generate};
 use studio_tests::model::{self, Counts, Expected, join_lines, split_lines};
-use studio_tests::views::{Tables, read_tables};
+use studio_tests::views::{Tables, new_sqlite_views, read_tables};
 
 // ---------------------------------------------------------------------------------------
 // Running a replay
@@ -36,14 +33,7 @@ fn replay_lines(lines: &[Vec<u8>], config: &ReplayConfig) -> (ReplayReport, Tabl
 }
 
 fn replay_files(files: &[PathBuf], db: &Path, config: &ReplayConfig) -> ReplayReport {
-    let sink = SqliteViews::open(&SqliteOptions {
-        path: db.to_path_buf(),
-        cache_size_kib: 2048,
-        mode: OpenMode::Rebuild,
-        content: ContentSpec::in_dir(db.with_extension("blobs")),
-        retry: RetryPolicy::default(),
-    })
-    .expect("open the view database");
+    let sink = new_sqlite_views(db);
     replay(
         files,
         config,

@@ -11,9 +11,6 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use studio_config::{Config, ReplayConfig};
-use studio_connectors::content::ContentSpec;
-use studio_connectors::retry::RetryPolicy;
-use studio_connectors::sqlite::{OpenMode, SqliteOptions, SqliteViews};
 use studio_dataflow::providers::{ProviderReport, ProviderSetup};
 use studio_dataflow::replay::{Progress, ReplayOptions, ReplayReport, replay};
 use studio_model::generate::{Faults, GenSpec, generate};
@@ -21,7 +18,7 @@ use studio_model::provider::derived_blob_id;
 use studio_model::{Provider, Uuid};
 use studio_providers::transformer::TransformFuture;
 use studio_providers::{ProviderInput, ProviderOutput, Transformer};
-use studio_tests::views::{TextRows, text_rows};
+use studio_tests::views::{TextRows, new_sqlite_views, text_rows};
 
 // ---------------------------------------------------------------------------------------
 // Test providers: cheap and deterministic
@@ -146,15 +143,7 @@ fn run_text(
     std::fs::write(&file, log).unwrap();
     let db = dir.path().join("views.sqlite");
     // Documents are plain JSON in `doc`, so the tests can read them with SQL.
-    let content = ContentSpec::in_dir(db.with_extension("blobs"));
-    let sink = SqliteViews::open(&SqliteOptions {
-        path: db.clone(),
-        cache_size_kib: 2048,
-        mode: OpenMode::Rebuild,
-        content,
-        retry: RetryPolicy::default(),
-    })
-    .unwrap();
+    let sink = new_sqlite_views(&db);
     let config = ReplayConfig {
         workers,
         batch_records,

@@ -27,15 +27,14 @@ use studio_model::{
     AppliedRow, BlobFacts, BlobLedger, BlobRow, DeadLetter, Delta, EdgeProposal, Effects, History,
     ProcessedRow, Settled, SourcePos, Uuid, WaitingRow,
 };
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::{OutputBuilder, OutputBuilderSession};
 use timely::order::TotalOrder;
 use timely::progress::{PathSummary, Timestamp};
 
+use crate::ports::{Records, Updates, give, give_updates, ports};
 use crate::stash::Stash;
 
 /// The outputs of [`ApplyDeltas`].
@@ -88,45 +87,8 @@ pub trait ApplyDeltas<'scope, T: Timestamp> {
     fn apply_deltas(self, options: ApplyOptions<T>) -> AppliedStreams<'scope, T>;
 }
 
-/// A port of collection updates `(row, time, diff)`.
-type Updates<D, T> = CapacityContainerBuilder<Vec<(D, T, isize)>>;
-/// A port of plain records.
-type Records<D> = CapacityContainerBuilder<Vec<D>>;
-
-/// Declares the operator's output ports, each with its field in [`AppliedStreams`] and
-/// one in [`Ports`]: the field names are the only addresses; port numbers stay inside
-/// timely.
-macro_rules! ports {
-    ($( $(#[$doc:meta])* $name:ident: $builder:ty => $wrap:expr ),* $(,)?) => {
-        /// The operator's output ports, by name.
-        struct Ports<T: Timestamp> {
-            $( $(#[$doc])* $name: OutputBuilder<T, $builder>, )*
-        }
-
-        /// The output ports activated for one run of the operator's logic.
-        struct Sessions<'a, T: Timestamp> {
-            $( $(#[$doc])* $name: OutputBuilderSession<'a, T, $builder>, )*
-        }
-
-        impl<T: Timestamp> Ports<T> {
-            /// Adds the ports to `builder`; returns them and the streams they feed.
-            fn declare<'scope>(
-                builder: &mut OperatorBuilder<'scope, T>,
-            ) -> (Self, AppliedStreams<'scope, T>) {
-                $( let $name = builder.new_output(); )*
-                let ports = Ports { $( $name: OutputBuilder::from($name.0), )* };
-                let streams = AppliedStreams { $( $name: $wrap($name.1), )* };
-                (ports, streams)
-            }
-
-            fn activate(&mut self) -> Sessions<'_, T> {
-                Sessions { $( $name: self.$name.activate(), )* }
-            }
-        }
-    };
-}
-
 ports! {
+    AppliedStreams;
     /// `blobs`.
     blobs: Updates<BlobRow, T> => AsCollection::as_collection,
     /// `processed_by`.
@@ -145,32 +107,6 @@ ports! {
     settled: Records<Settled> => std::convert::identity,
     /// Deltas waiting for a gap.
     waiting: Updates<WaitingRow, T> => AsCollection::as_collection,
-}
-
-/// Sends `data` on `port` with the capability, among `caps` (one per port, as a
-/// [`Stash`] holds them), of that port.
-fn give<T: Timestamp, D: 'static>(
-    port: &mut OutputBuilderSession<'_, T, Records<D>>,
-    caps: &[Capability<T>],
-    data: impl IntoIterator<Item = D>,
-) {
-    let cap = &caps[port.output_index()];
-    port.session(cap).give_iterator(data.into_iter());
-}
-
-/// Sends `rows` as updates at `time` on `port` (see [`give`]).
-fn give_updates<T: Timestamp, D: 'static>(
-    port: &mut OutputBuilderSession<'_, T, Updates<D, T>>,
-    caps: &[Capability<T>],
-    time: &T,
-    rows: impl IntoIterator<Item = (D, isize)>,
-) {
-    give(
-        port,
-        caps,
-        rows.into_iter()
-            .map(|(row, diff)| (row, time.clone(), diff)),
-    );
 }
 
 impl<'scope, T: Timestamp + TotalOrder> ApplyDeltas<'scope, T> for StreamVec<'scope, T, Delta> {

@@ -19,15 +19,14 @@ use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::{FxHashMap, FxHashSet};
 use studio_model::access::{AccessControl, AccessEffects, GrantLogRow, GrantRow, InputRecord};
 use studio_model::{DeadLetter, Delta, Uuid, WaitingRow};
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::order::TotalOrder;
 use timely::progress::{PathSummary, Timestamp};
 
+use crate::ports::{Records, Updates, give, give_updates, ports};
 use crate::stash::Stash;
 
 /// The outputs of [`Authorize`].
@@ -55,52 +54,43 @@ pub trait Authorize<'scope, T: Timestamp> {
     fn authorize(self, gap_timeout: Option<T::Summary>) -> AuthorizedStreams<'scope, T>;
 }
 
-type Updates<D, T> = CapacityContainerBuilder<Vec<(D, T, isize)>>;
-type Records<D> = CapacityContainerBuilder<Vec<D>>;
+ports! {
+    AuthorizedStreams;
+    /// Authorized deltas.
+    deltas: Records<Delta> => std::convert::identity,
+    /// Rejected deltas and grant records.
+    dead_letters: Updates<DeadLetter, T> => AsCollection::as_collection,
+    /// `grants`.
+    grants: Updates<GrantRow, T> => AsCollection::as_collection,
+    /// `grant_log`.
+    grant_log: Updates<GrantLogRow, T> => AsCollection::as_collection,
+    /// Deltas held until their create.
+    waiting: Updates<WaitingRow, T> => AsCollection::as_collection,
+    /// Repeated grant ids.
+    repeats: Records<Uuid> => std::convert::identity,
+}
 
 impl<'scope, T: Timestamp + TotalOrder> Authorize<'scope, T> for StreamVec<'scope, T, InputRecord> {
     fn authorize(self, gap_timeout: Option<T::Summary>) -> AuthorizedStreams<'scope, T> {
         let mut builder = OperatorBuilder::new("Authorize".to_owned(), self.scope());
         let mut input = builder.new_input(self, Exchange::new(|_: &InputRecord| 0));
-        let (deltas_out, deltas) = builder.new_output();
-        let (dead_out, dead_letters) = builder.new_output();
-        let (grants_out, grants) = builder.new_output();
-        let (log_out, grant_log) = builder.new_output();
-        let (waiting_out, waiting) = builder.new_output();
-        let (repeats_out, repeats) = builder.new_output();
-        let mut deltas_out = OutputBuilder::<_, Records<Delta>>::from(deltas_out);
-        let mut dead_out = OutputBuilder::<_, Updates<DeadLetter, T>>::from(dead_out);
-        let mut grants_out = OutputBuilder::<_, Updates<GrantRow, T>>::from(grants_out);
-        let mut log_out = OutputBuilder::<_, Updates<GrantLogRow, T>>::from(log_out);
-        let mut waiting_out = OutputBuilder::<_, Updates<WaitingRow, T>>::from(waiting_out);
-        let mut repeats_out = OutputBuilder::<_, Records<Uuid>>::from(repeats_out);
+        let (mut ports, streams) = Ports::declare(&mut builder);
+        let mut stash = Stash::new(builder.shape().outputs());
 
         builder.build(move |initial_caps| {
-            let mut stash = Stash::new(6);
             let mut access = AccessControl::default();
             let mut holds = Holds::new(gap_timeout, initial_caps);
             move |frontiers| {
                 stash.absorb(&mut input);
-                let mut deltas_s = deltas_out.activate();
-                let mut dead_s = dead_out.activate();
-                let mut grants_s = grants_out.activate();
-                let mut log_s = log_out.activate();
-                let mut waiting_s = waiting_out.activate();
-                let mut repeats_s = repeats_out.activate();
+                let mut out = ports.activate();
                 let mut emit = |caps: &[Capability<T>], fx: AccessEffects| {
                     let t = caps[0].time();
-                    let dead = fx.dead_letters.into_iter().map(|d| (d, 1));
-                    let log = fx.log.into_iter().map(|r| (r, 1));
-                    deltas_s
-                        .session(&caps[0])
-                        .give_iterator(fx.passed.into_iter());
-                    dead_s.session(&caps[1]).give_iterator(at(t, dead));
-                    grants_s.session(&caps[2]).give_iterator(at(t, fx.grants));
-                    log_s.session(&caps[3]).give_iterator(at(t, log));
-                    waiting_s.session(&caps[4]).give_iterator(at(t, fx.waiting));
-                    repeats_s
-                        .session(&caps[5])
-                        .give_iterator(fx.duplicates.into_iter());
+                    give(&mut out.deltas, caps, fx.passed);
+                    give_updates(&mut out.dead_letters, caps, t, inserts(fx.dead_letters));
+                    give_updates(&mut out.grants, caps, t, fx.grants);
+                    give_updates(&mut out.grant_log, caps, t, inserts(fx.log));
+                    give_updates(&mut out.waiting, caps, t, fx.waiting);
+                    give(&mut out.repeats, caps, fx.duplicates);
                 };
                 for (caps, mut records) in stash.take_complete(&frontiers[0]) {
                     records.sort_by_key(InputRecord::pos);
@@ -118,23 +108,13 @@ impl<'scope, T: Timestamp + TotalOrder> Authorize<'scope, T> for StreamVec<'scop
                 }
             }
         });
-        AuthorizedStreams {
-            deltas,
-            dead_letters: dead_letters.as_collection(),
-            grants: grants.as_collection(),
-            grant_log: grant_log.as_collection(),
-            waiting: waiting.as_collection(),
-            repeats,
-        }
+        streams
     }
 }
 
-/// `rows` as collection updates at `time`.
-fn at<D, T: Clone>(
-    time: &T,
-    rows: impl IntoIterator<Item = (D, isize)>,
-) -> impl Iterator<Item = (D, T, isize)> {
-    rows.into_iter().map(move |(r, d)| (r, time.clone(), d))
+/// Rows as insertions.
+fn inserts<D>(rows: Vec<D>) -> impl Iterator<Item = (D, isize)> {
+    rows.into_iter().map(|row| (row, 1))
 }
 
 /// Since when each blob not created yet has had deltas held, and the capabilities

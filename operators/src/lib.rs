@@ -29,6 +29,7 @@ pub mod dag_views;
 pub mod dedup;
 pub mod depth;
 pub mod pending_triggers;
+mod ports;
 pub mod reachability;
 pub mod stash;
 

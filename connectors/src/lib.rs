@@ -224,8 +224,9 @@ pub trait ViewSink {
         Ok(())
     }
 
-    /// Reads back what a restart needs (`studio run`): hands `each`, in log order,
-    /// every record whose replay rebuilds the state: the accepted deltas, those waiting
+    /// Reads back what a restart needs (`studio run`): hands `each`, in no particular
+    /// order (each with its log position, by which the dataflow orders them), every
+    /// record whose replay rebuilds the state: the accepted deltas, those waiting
     /// for a gap, and the rejected deltas (well-formed: replayed in the same order they
     /// are rejected again, unwritten, and their ids stay known as duplicates, S4.2).
     /// Deltas that expired in a gap (S4.4) come as [`RecoveredAs::KnownId`]: their ids

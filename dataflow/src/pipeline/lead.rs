@@ -121,7 +121,11 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), Wor
     let mut inputs = worker.dataflow::<Time, _, _>(|scope| {
         let (inputs, views) = render(scope, Arc::clone(&shared.duplicates), render_options);
         let on_batch = hand_on(shared, Rc::clone(&book), dispatcher.clone());
-        sink_views(views, on_batch).probe_with(&probe);
+        let written = {
+            let book = Rc::clone(&book);
+            move |time| book.writes(time)
+        };
+        sink_views(views, written, on_batch).probe_with(&probe);
         inputs
     });
     if !lead {

@@ -232,6 +232,11 @@ impl Runtime {
     }
 }
 
+/// An external provider enforces `timeout_ms` itself and kills its process group; the
+/// runtime's own timer waits this much longer, so that the kill comes first and the
+/// next attempt never overlaps the process of the one before.
+const EXTERNAL_KILL_GRACE: Duration = Duration::from_secs(1);
+
 fn now() -> Timestamp {
     Timestamp(chrono::Utc::now())
 }
@@ -261,7 +266,12 @@ async fn run(
         }
         None => {
             let mut backoff = Duration::from_millis(provider.backoff_ms);
-            let limit = Duration::from_millis(provider.timeout_ms);
+            let limit = Duration::from_millis(provider.timeout_ms)
+                + if provider.is_external() {
+                    EXTERNAL_KILL_GRACE
+                } else {
+                    Duration::ZERO
+                };
             loop {
                 attempts += 1;
                 stats.calls.fetch_add(1, Ordering::Relaxed);

@@ -159,6 +159,9 @@ impl OutputStream {
 pub struct ProviderRuntimeConfig {
     /// Tokio threads running provider calls (>= 1).
     pub threads: usize,
+    /// The environment variables a content expander's `config.api_key_env` may name
+    /// (their values are sent to its `base_url`).
+    pub api_key_env_allow: Vec<String>,
 }
 
 /// The Postgres view store.

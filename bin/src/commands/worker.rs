@@ -1,6 +1,7 @@
 //! `studio worker`: a standalone provider worker over files. It reads transform
 //! requests (JSON lines, as `studio replay --requests-out` writes them), runs the
-//! built-in providers registered in the config, and writes the output deltas as a
+//! providers registered in the config (built-in, and external `command`s in a
+//! sandbox), and writes the output deltas as a
 //! delta log (to append to the input of a later replay) and the processing results as
 //! JSON lines. Of several requests for one (provider, blob) only the last in the file
 //! runs: the earlier ones are superseded (S5.5).
@@ -22,12 +23,15 @@ pub fn run(config_file: Option<&Path>, args: WorkerArgs) -> anyhow::Result<()> {
     if providers.is_empty() {
         bail!("no provider is registered: add [[providers]] tables to --config FILE");
     }
-    let (runtime, answers) = Runtime::new(config.provider_runtime.threads)
-        .context("cannot start the provider runtime")?;
-    let mut external = Vec::new();
+    let (runtime, answers) = Runtime::with_policy(
+        config.provider_runtime.threads,
+        super::provider_policy(&config)?,
+    )
+    .context("cannot start the provider runtime")?;
+    let mut not_run_here = Vec::new();
     for provider in &providers {
-        if !runtime.register_builtin(provider.clone()) {
-            external.push(provider.id.clone());
+        if !runtime.register_runnable(provider.clone())? {
+            not_run_here.push(provider.id.clone());
         }
     }
 
@@ -99,11 +103,14 @@ pub fn run(config_file: Option<&Path>, args: WorkerArgs) -> anyhow::Result<()> {
         results.flush()?;
     }
     println!(
-        "{read} requests read: {superseded} superseded, {completed} completed, {failed} failed, {skipped} for providers without a built-in worker; {outputs} output deltas written to {}",
+        "{read} requests read: {superseded} superseded, {completed} completed, {failed} failed, {skipped} for providers without a built-in worker or a command; {outputs} output deltas written to {}",
         args.out.display()
     );
-    if !external.is_empty() {
-        println!("  no built-in worker for: {}", external.join(", "));
+    if !not_run_here.is_empty() {
+        println!(
+            "  no built-in worker or command for: {}",
+            not_run_here.join(", ")
+        );
     }
     Ok(())
 }

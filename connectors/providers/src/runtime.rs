@@ -18,8 +18,9 @@ use studio_model::{
 };
 use tokio::sync::Semaphore;
 
+use crate::external::ExternalProvider;
 use crate::output::{OutputDelta, output_deltas};
-use crate::{ProviderError, ProviderInput, ProviderOutput, Transformer, builtin};
+use crate::{Policy, ProviderError, ProviderInput, ProviderOutput, Refused, Transformer, builtin};
 
 /// The runtime's answer to one request.
 #[derive(Debug)]
@@ -77,13 +78,23 @@ pub struct Runtime {
     providers: Arc<RwLock<FxHashMap<String, Registered>>>,
     memo: Arc<Mutex<FxHashMap<MemoKey, ProviderOutput>>>,
     answers: crossbeam_channel::Sender<Answer>,
+    policy: Policy,
     /// What it did so far.
     pub stats: Arc<RuntimeStats>,
 }
 
 impl Runtime {
-    /// A runtime on `threads` tokio threads, and the channel its answers arrive on.
+    /// A runtime on `threads` tokio threads, and the channel its answers arrive on,
+    /// with the default [`Policy`] (no `api_key_env` allowed).
     pub fn new(threads: usize) -> std::io::Result<(Runtime, crossbeam_channel::Receiver<Answer>)> {
+        Self::with_policy(threads, Policy::default())
+    }
+
+    /// A runtime that registers only the definitions `policy` accepts.
+    pub fn with_policy(
+        threads: usize,
+        policy: Policy,
+    ) -> std::io::Result<(Runtime, crossbeam_channel::Receiver<Answer>)> {
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("studio-provider")
@@ -96,28 +107,65 @@ impl Runtime {
                 providers: Arc::default(),
                 memo: Arc::default(),
                 answers,
+                policy,
                 stats: Arc::default(),
             },
             received,
         ))
     }
 
-    /// Registers (or replaces) a provider run by its built-in implementation; false
-    /// when there is none (an external worker must answer its requests).
-    pub fn register_builtin(&self, provider: Provider) -> bool {
-        match builtin::by_name(provider.worker_name()) {
-            Some(transformer) => {
-                self.register(provider, transformer);
-                true
+    /// Registers (or replaces) a provider with the implementation its definition
+    /// names: a sandboxed process when it has a `command`, else its built-in worker.
+    /// `Ok(false)` when it has neither (a worker elsewhere must answer its requests);
+    /// an error, and nothing registered, when the policy refuses the definition or
+    /// its program cannot be found.
+    pub fn register_runnable(&self, provider: Provider) -> Result<bool, Refused> {
+        let refused = self.policy.check(&provider).and_then(|()| {
+            if !provider.is_external() {
+                return Ok(builtin::by_name(provider.worker_name()));
             }
-            None => {
+            match ExternalProvider::new(&provider) {
+                Ok(external) => Ok(Some(Arc::new(external) as Arc<dyn Transformer>)),
+                Err(problem) => Err(Refused::External {
+                    provider: provider.id.clone(),
+                    problem,
+                }),
+            }
+        });
+        match refused {
+            Ok(Some(transformer)) => {
+                self.register(provider, transformer);
+                Ok(true)
+            }
+            Ok(None) => {
                 self.remove(&provider.id);
-                false
+                Ok(false)
+            }
+            Err(refused) => {
+                self.remove(&provider.id);
+                Err(refused)
             }
         }
     }
 
-    /// Registers (or replaces) a provider with the implementation given.
+    /// Registers (or replaces) a provider run by its built-in implementation; false
+    /// when there is none (an external worker must answer its requests) and when the
+    /// policy refuses it (logged as an error). [`Runtime::register_runnable`] also runs
+    /// `command` providers and returns the refusal.
+    pub fn register_builtin(&self, provider: Provider) -> bool {
+        let id = provider.id.clone();
+        if provider.is_external() {
+            self.remove(&id);
+            return false;
+        }
+        self.register_runnable(provider).unwrap_or_else(|refused| {
+            tracing::error!(provider = %id, error = %refused, "provider not registered");
+            false
+        })
+    }
+
+    /// Registers (or replaces) a provider with the implementation given, trusted as it
+    /// is: no policy check.
     pub fn register(&self, provider: Provider, transformer: Arc<dyn Transformer>) {
         let slots = Arc::new(Semaphore::new(
             provider.processing_rules.process_in_parallel.limit() as usize,
@@ -184,6 +232,11 @@ impl Runtime {
     }
 }
 
+/// An external provider enforces `timeout_ms` itself and kills its process group; the
+/// runtime's own timer waits this much longer, so that the kill comes first and the
+/// next attempt never overlaps the process of the one before.
+const EXTERNAL_KILL_GRACE: Duration = Duration::from_secs(1);
+
 fn now() -> Timestamp {
     Timestamp(chrono::Utc::now())
 }
@@ -213,7 +266,12 @@ async fn run(
         }
         None => {
             let mut backoff = Duration::from_millis(provider.backoff_ms);
-            let limit = Duration::from_millis(provider.timeout_ms);
+            let limit = Duration::from_millis(provider.timeout_ms)
+                + if provider.is_external() {
+                    EXTERNAL_KILL_GRACE
+                } else {
+                    Duration::ZERO
+                };
             loop {
                 attempts += 1;
                 stats.calls.fetch_add(1, Ordering::Relaxed);

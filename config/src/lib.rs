@@ -51,6 +51,22 @@ pub struct Config {
     pub retry: RetryConfig,
     /// The query API (`studio serve`, and `studio run`'s listener).
     pub api: ApiConfig,
+    /// Traces exported over OTLP.
+    pub telemetry: TelemetryConfig,
+}
+
+/// OpenTelemetry traces (docs/observability.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP endpoint spans are exported to (e.g. `http://127.0.0.1:4318`;
+    /// `/v1/traces` is appended). Empty: no traces are exported.
+    pub otlp_endpoint: String,
+    /// The resource's `service.name`.
+    pub service_name: String,
+    /// Also export a span per delta applied (`delta.apply`): one per delta, so off by
+    /// default on a busy service.
+    pub delta_spans: bool,
 }
 
 /// The query API: bearer tokens and pages (docs/access.md).

@@ -33,7 +33,7 @@ mod ports;
 pub mod reachability;
 pub mod stash;
 
-pub use apply_deltas::{AppliedStreams, ApplyDeltas, ApplyOptions, OrderedEdge};
+pub use apply_deltas::{AppliedStreams, ApplyDeltas, ApplyOptions, DELTA_SPAN_TARGET, OrderedEdge};
 pub use authorize::{Authorize, AuthorizedStreams};
 pub use cycle_guard::CycleGuard;
 pub use dag_views::{DagLimits, DagStreams, DagViews};

@@ -242,6 +242,19 @@ fn now() -> Timestamp {
 }
 
 /// Runs one request: memo, attempts, timeout, backoff.
+#[tracing::instrument(
+    name = "provider.call",
+    skip_all,
+    fields(
+        provider.id = %input.provider.id,
+        blob.id = %input.request.blob_id,
+        request.id = %input.request.request_id,
+        version = input.request.version,
+        status = tracing::field::Empty,
+        attempts = tracing::field::Empty,
+        memo_hit = tracing::field::Empty,
+    )
+)]
 async fn run(
     input: &ProviderInput,
     transformer: &dyn Transformer,
@@ -309,6 +322,10 @@ async fn run(
         stats.failed.fetch_add(1, Ordering::Relaxed);
         ProcessingStatus::Failed
     };
+    let span = tracing::Span::current();
+    span.record("status", status.as_str());
+    span.record("attempts", attempts);
+    span.record("memo_hit", memo_hit);
     Outcome {
         result: ProcessingResult {
             request_id: request.request_id,

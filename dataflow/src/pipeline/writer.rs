@@ -142,7 +142,14 @@ pub(super) fn write_views(
             tally.published += publish(publisher.as_mut(), &options.publish, &merged, control);
         }
         let writing = Instant::now();
-        sink.write(&merged)?;
+        tracing::info_span!(
+            "batch.commit",
+            batches = read_at.len(),
+            deltas = merged.applied.len(),
+            blobs = merged.blobs.upserts.len(),
+            dead_letters = merged.dead_letters.len(),
+        )
+        .in_scope(|| sink.write(&merged))?;
         let now = Instant::now();
         tally.busy += now - writing;
         tracing::debug!(

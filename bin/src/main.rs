@@ -18,7 +18,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     // A service logs what it does by default; one-shot commands only warn.
-    let service = matches!(cli.command, cli::Command::Run(_) | cli::Command::Serve(_));
+    let service = match &cli.command {
+        cli::Command::Run(_) | cli::Command::Serve(_) => true,
+        cli::Command::Worker(args) => args.requests.is_none(), // on the bus
+        _ => false,
+    };
     telemetry::init(cli.log_format, cli.verbose, service);
     match commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

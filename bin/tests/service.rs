@@ -69,6 +69,7 @@ impl Setup {
                 k.topics.events = format!("{name}.events");
                 k.topics.applied = format!("{name}.applied");
                 k.topics.dead_letters = format!("{name}.dead");
+                k.topics.results = format!("{name}.results");
                 set("STUDIO_RUN__SOURCE", "kafka".into());
                 set("STUDIO_KAFKA__BROKERS", k.brokers.clone());
                 set("STUDIO_KAFKA__PARTITIONS", "1".into());
@@ -81,6 +82,8 @@ impl Setup {
                     "STUDIO_KAFKA__TOPICS__DEAD_LETTERS",
                     k.topics.dead_letters.clone(),
                 );
+                set("STUDIO_KAFKA__TOPICS__RESULTS", k.topics.results.clone());
+                set("STUDIO_WORKER__GROUP_ID", format!("{name}.workers"));
             }
             Bus::Nats => {
                 let n = &mut config.nats;
@@ -94,6 +97,7 @@ impl Setup {
                 n.subjects.events = format!("{id}.events");
                 n.subjects.applied = format!("{id}.applied");
                 n.subjects.dead_letters = format!("{id}.dead");
+                n.subjects.results = format!("{id}.results");
                 set("STUDIO_RUN__SOURCE", "nats".into());
                 set("STUDIO_NATS__URL", n.url.clone());
                 set("STUDIO_NATS__STREAM", n.stream.clone());
@@ -110,6 +114,8 @@ impl Setup {
                     "STUDIO_NATS__SUBJECTS__DEAD_LETTERS",
                     n.subjects.dead_letters.clone(),
                 );
+                set("STUDIO_NATS__SUBJECTS__RESULTS", n.subjects.results.clone());
+                set("STUDIO_WORKER__DURABLE", format!("w_{id}"));
             }
         }
         Setup { bus, config, vars }
@@ -167,7 +173,8 @@ impl Setup {
         got
     }
 
-    fn service(&self, db: impl AsRef<OsStr>, extra: &[&str]) -> Command {
+    /// `studio SUBCOMMAND` with this setup's variables (and no others of Studio's).
+    fn studio(&self, subcommand: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_studio"));
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("STUDIO_") {
@@ -177,10 +184,13 @@ impl Setup {
         cmd.envs(self.vars.iter().map(|(k, v)| (k, v)))
             .env_remove("KAFKA_BROKERS")
             .env_remove("NATS_URL")
-            .arg("run")
-            .arg("--db")
-            .arg(db)
-            .args(extra);
+            .arg(subcommand);
+        cmd
+    }
+
+    fn service(&self, db: impl AsRef<OsStr>, extra: &[&str]) -> Command {
+        let mut cmd = self.studio("run");
+        cmd.arg("--db").arg(db).args(extra);
         cmd
     }
 
@@ -1048,4 +1058,336 @@ fn postgres_service_survives_kill_9() {
     let report = setup.run_to_idle(&url);
     assert!(report["records_read"].as_u64().is_some(), "{report}");
     assert_pg_matches_replay(&url, &lines, dir.path());
+}
+
+// ---- Providers on the bus (issue 18): `studio run` + two `studio worker`s ----
+
+/// A stand-in for a paid chat-completions API (the content expander's): answers every
+/// call after `delay_ms`, so a worker can be caught in the middle of a request.
+struct SlowApi {
+    child: Child,
+    url: String,
+}
+
+impl SlowApi {
+    fn start(dir: &Path, delay_ms: u64) -> SlowApi {
+        let script = dir.join("slow_api.py");
+        std::fs::write(
+            &script,
+            r#"import json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        time.sleep(int(sys.argv[1]) / 1000)
+        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "More words."}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#,
+        )
+        .unwrap();
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(delay_ms.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs the API stand-in");
+        let mut port = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut port)
+            .unwrap();
+        SlowApi {
+            child,
+            url: format!("http://127.0.0.1:{}/v1", port.trim()),
+        }
+    }
+}
+
+impl Drop for SlowApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The providers of these tests: two offline built-ins, a slow one (the expander on
+/// [`SlowApi`]) and one that fails every attempt (the expander on a closed port).
+fn bus_providers(dir: &Path, slow_api: &str) -> std::path::PathBuf {
+    let path = dir.join("providers.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[providers]]
+id = "grammar-checker"
+blob_types = ["text/plain"]
+
+[[providers]]
+id = "render-html"
+blob_types = ["text/markdown"]
+
+[[providers]]
+id = "slow-expander"
+worker = "content-expander"
+blob_types = ["text/x-expand"]
+timeout_ms = 20000
+config = {{ base_url = "{slow_api}" }}
+
+[[providers]]
+id = "always-fails"
+worker = "content-expander"
+blob_types = ["text/x-fail"]
+max_attempts = 2
+backoff_ms = 50
+timeout_ms = 5000
+config = {{ base_url = "http://127.0.0.1:9/v1" }}
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A `create` of blob `n` with `content_type` and `content`.
+fn document(n: u64, content_type: &str, content: &str) -> Vec<u8> {
+    serde_json::json!({
+        "id": format!("0000000d-0000-4000-8000-{n:012x}"),
+        "blob_id": format!("0000000b-0000-4000-8000-{n:012x}"),
+        "user_id": "0000000a-0000-4000-8000-000000000001",
+        "operation": "create",
+        "version": 1,
+        "created_at": "2026-01-01T00:00:00Z",
+        "patch": {"content": content},
+        "metadata": {"content_type": content_type},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The `fields` of a worker's JSON log lines whose message is `message`.
+fn logged(log: &Path, message: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|line| line["fields"].clone())
+        .filter(|fields| fields["message"] == message)
+        .collect()
+}
+
+/// A request the worker logging to `log` started and has not answered, of `provider`.
+fn in_the_middle(log: &Path, provider: &str) -> Option<String> {
+    let answered: Vec<Value> = logged(log, "answered");
+    logged(log, "running")
+        .into_iter()
+        .filter(|f| f["provider"] == provider)
+        .map(|f| f["request"].as_str().unwrap_or_default().to_owned())
+        .find(|id| !answered.iter().any(|a| a["request"] == id.as_str()))
+}
+
+fn count(db: &Path, sql: &str) -> u64 {
+    text_rows(db, sql)[0][0]
+        .clone()
+        .unwrap_or_default()
+        .parse()
+        .unwrap()
+}
+
+/// Documents go in; two workers answer; one is killed with SIGKILL in the middle of a
+/// request, and the other answers it; every output lands once; a provider that fails
+/// every attempt ends `failed` with a `processing.failed` event; counts add up.
+fn providers_on_the_bus(bus: Bus) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(bus, "providers");
+    setup
+        .vars
+        .push(("STUDIO_WORKER__MAX_BATCH_REQUESTS".into(), "2".into()));
+    // A dead NATS worker's requests go to the other after this long.
+    setup.vars.push(("STUDIO_NATS__ACK_WAIT_S".into(), "4".into()));
+    if bus == Bus::Kafka {
+        // Requests spread over four partitions, shared by the workers' group.
+        let mut kafka = setup.config.kafka.clone();
+        kafka.partitions = 4;
+        studio_connectors::kafka::ensure_topics(&kafka, &[&kafka.topics.requests]).unwrap();
+    }
+    let api = SlowApi::start(dir.path(), 400);
+    let providers = bus_providers(dir.path(), &api.url);
+    let providers = providers.to_str().unwrap();
+    let db = dir.path().join("views.sqlite");
+    let service = setup
+        .service(&db, &["--config", providers, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let worker = |name: &str| {
+        let log = dir.path().join(format!("{name}.log"));
+        let child = setup
+            .studio("worker")
+            .args(["--config", providers, "--log-format", "json", "--source"])
+            .arg(match bus {
+                Bus::Kafka => "kafka",
+                Bus::Nats => "nats",
+            })
+            .arg("--memo")
+            .arg(dir.path().join(format!("{name}.memo.sqlite")))
+            .env("RUST_LOG", "info,studio_dataflow::worker=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (Running(child), log)
+    };
+    let mut workers = [worker("a"), worker("b")];
+
+    let text = "We discussed the the roadmap. Their is a lot to do.";
+    let mut lines = Vec::new();
+    for n in 1..=6 {
+        lines.push(document(n, "text/plain", text));
+    }
+    lines.push(document(7, "text/markdown", "# Notes\n\nship *providers*\n"));
+    lines.push(document(8, "text/x-fail", "nobody can expand this"));
+    for n in 10..22 {
+        lines.push(document(n, "text/x-expand", "Expand me."));
+    }
+    setup.publish(&lines);
+
+    // Catch a worker in the middle of a slow request, and kill it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (killed, request) = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no worker started a slow request"
+        );
+        let caught = workers
+            .iter()
+            .enumerate()
+            .find_map(|(i, (_, log))| Some((i, in_the_middle(log, "slow-expander")?)));
+        if let Some((i, request)) = caught {
+            workers[i].0.kill();
+            break (i, request);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let survivor = &workers[1 - killed].1;
+
+    let settled = |db: &Path| {
+        db.exists()
+            && count(
+                db,
+                "SELECT count(*) FROM transform_requests WHERE status IN ('completed', 'failed')",
+            ) >= 20
+            && count(db, "SELECT count(*) FROM transform_requests WHERE status = 'pending'") == 0
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !settled(&db) {
+        assert!(
+            Instant::now() < deadline,
+            "requests still unsettled: {:?}",
+            text_rows(
+                &db,
+                "SELECT provider_id, blob_id, status FROM transform_requests ORDER BY 1, 2"
+            )
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The killed worker's request was answered by the other one, once.
+    assert!(
+        logged(survivor, "answered")
+            .iter()
+            .any(|a| a["request"] == request.as_str()),
+        "the surviving worker answered {request}"
+    );
+    let status = text_rows(
+        &db,
+        &format!("SELECT status FROM processing WHERE request_id = '{request}'"),
+    );
+    assert_eq!(status, vec![vec![Some("completed".to_owned())]]);
+    for n in 10..22 {
+        let blob = format!("0000000b-0000-4000-8000-{n:012x}");
+        let outputs = count(
+            &db,
+            &format!("SELECT count(*) FROM deltas_applied WHERE blob_id = '{blob}' AND provider_id = 'slow-expander'"),
+        );
+        assert_eq!(outputs, 1, "exactly one output version of {blob}");
+        let expanded = count(
+            &db,
+            &format!("SELECT count(*) FROM blobs WHERE blob_id = '{blob}' AND version = 2 AND json_extract(doc, '$.expanded') IS NOT NULL"),
+        );
+        assert_eq!(expanded, 1, "{blob} expanded");
+    }
+    // Grammar annotations on every text, the Markdown rendered to a derived blob.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM blobs WHERE content_type = 'text/plain' AND json_array_length(doc, '$.grammar') > 0"
+        ),
+        6
+    );
+    let html = text_rows(
+        &db,
+        "SELECT json_extract(doc, '$.content') FROM blobs WHERE parent_id = '0000000b-0000-4000-8000-000000000007' AND content_type = 'text/html'",
+    );
+    assert_eq!(html.len(), 1, "one derived blob");
+    assert!(
+        html[0][0].as_deref().unwrap_or_default().contains("<h1>Notes</h1>"),
+        "{html:?}"
+    );
+    // The failing provider: `failed` after its attempts, and one processing.failed.
+    let failed = text_rows(
+        &db,
+        "SELECT status, CAST(attempts AS TEXT) FROM processing WHERE provider_id = 'always-fails'",
+    );
+    assert_eq!(failed, vec![vec![Some("failed".into()), Some("2".into())]]);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM events WHERE type = 'processing.failed' AND provider_id = 'always-fails'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM transform_requests WHERE provider_id = 'always-fails' AND status = 'failed'"
+        ),
+        1
+    );
+
+    // A graceful stop; every record read was decided once.
+    let status = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = service.wait_with_output().unwrap();
+    assert!(out.status.success(), "a graceful stop exits 0");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = |key: &str| report[key].as_u64().unwrap();
+    assert_eq!(
+        n("accepted") + n("duplicates") + n("dead_letters"),
+        n("records_read"),
+        "counts add up: {report}"
+    );
+    assert_eq!(n("dead_letters"), 0, "{report}");
+}
+
+#[test]
+fn kafka_providers_on_the_bus() {
+    providers_on_the_bus(Bus::Kafka);
+}
+
+#[test]
+fn nats_providers_on_the_bus() {
+    providers_on_the_bus(Bus::Nats);
 }

@@ -9,17 +9,16 @@
 //! the channel that [`Runtime::new`] returned.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
-use studio_model::{
-    Fingerprint, ProcessingResult, ProcessingStatus, Provider, Timestamp, TransformRequest,
-};
+use studio_model::{ProcessingResult, ProcessingStatus, Provider, Timestamp, TransformRequest};
 use tokio::sync::Semaphore;
 
 use crate::output::{OutputDelta, output_deltas};
-use crate::{ProviderError, ProviderInput, ProviderOutput, Transformer, builtin};
+use crate::memo::Memo;
+use crate::{ProviderError, ProviderInput, Transformer, builtin};
 
 /// The runtime's answer to one request.
 #[derive(Debug)]
@@ -69,21 +68,29 @@ struct Registered {
     slots: Arc<Semaphore>,
 }
 
-type MemoKey = (String, String, Fingerprint);
-
 /// The provider worker runtime.
 pub struct Runtime {
     tokio: tokio::runtime::Runtime,
     providers: Arc<RwLock<FxHashMap<String, Registered>>>,
-    memo: Arc<Mutex<FxHashMap<MemoKey, ProviderOutput>>>,
+    memo: Arc<Memo>,
     answers: crossbeam_channel::Sender<Answer>,
     /// What it did so far.
     pub stats: Arc<RuntimeStats>,
 }
 
 impl Runtime {
-    /// A runtime on `threads` tokio threads, and the channel its answers arrive on.
+    /// A runtime on `threads` tokio threads, with a memo in memory, and the channel its
+    /// answers arrive on.
     pub fn new(threads: usize) -> std::io::Result<(Runtime, crossbeam_channel::Receiver<Answer>)> {
+        Self::with_memo(threads, Memo::in_memory())
+    }
+
+    /// A runtime on `threads` tokio threads remembering answers in `memo`, and the
+    /// channel its answers arrive on.
+    pub fn with_memo(
+        threads: usize,
+        memo: Memo,
+    ) -> std::io::Result<(Runtime, crossbeam_channel::Receiver<Answer>)> {
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("studio-provider")
@@ -94,7 +101,7 @@ impl Runtime {
             Runtime {
                 tokio,
                 providers: Arc::default(),
-                memo: Arc::default(),
+                memo: Arc::new(memo),
                 answers,
                 stats: Arc::default(),
             },
@@ -192,7 +199,7 @@ fn now() -> Timestamp {
 async fn run(
     input: &ProviderInput,
     transformer: &dyn Transformer,
-    memo: &Mutex<FxHashMap<MemoKey, ProviderOutput>>,
+    memo: &Memo,
     stats: &RuntimeStats,
 ) -> Outcome {
     let (request, provider) = (&input.request, &input.provider);
@@ -202,7 +209,7 @@ async fn run(
         request.fingerprint,
     );
     let started_at = now();
-    let remembered = memo.lock().expect("memo lock").get(&key).cloned();
+    let remembered = memo.get(&key);
     let memo_hit = remembered.is_some();
     let mut attempts = 0;
     let mut error = None;
@@ -220,7 +227,7 @@ async fn run(
                 let attempt = tokio::time::timeout(limit, transformer.transform(input)).await;
                 match attempt.unwrap_or(Err(ProviderError::Timeout(provider.timeout_ms))) {
                     Ok(output) => {
-                        memo.lock().expect("memo lock").insert(key, output.clone());
+                        memo.insert(key, &output);
                         break Some(output);
                     }
                     Err(e) => {

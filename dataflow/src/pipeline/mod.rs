@@ -39,6 +39,7 @@ use studio_model::{Provider, SourcePos};
 
 pub use clock::{Clock, ROUND_SPAN};
 pub use control::{Control, Phase, Progress};
+pub(crate) use outputs::{key, publish_records};
 pub use report::{Latency, PipelineError, Report, WorkerError};
 
 use crate::providers::ProviderSetup;

@@ -23,7 +23,7 @@ pub(super) fn publish(
 
 /// Publishes `records` (`(stream, key, value)`) and waits for the bus to take them,
 /// retrying with backoff while it does not. Returns the number published.
-pub(super) fn publish_records(
+pub(crate) fn publish_records(
     publisher: &mut dyn RecordPublisher,
     records: &[(OutputStream, Vec<u8>, Vec<u8>)],
     control: &Control,
@@ -102,7 +102,7 @@ fn outputs(streams: &[OutputStream], batch: &ViewBatch) -> Vec<(OutputStream, Ve
 }
 
 /// A record's key: its blob's id.
-pub(super) fn key(id: &studio_model::Uuid) -> Vec<u8> {
+pub(crate) fn key(id: &studio_model::Uuid) -> Vec<u8> {
     id.hyphenated().to_string().into_bytes()
 }
 

@@ -1194,8 +1194,9 @@ fn in_the_middle(log: &Path, provider: &str) -> Option<String> {
         .find(|id| !answered.iter().any(|a| a["request"] == id.as_str()))
 }
 
+/// The number a `SELECT count(*) ...` answers.
 fn count(db: &Path, sql: &str) -> u64 {
-    text_rows(db, sql)[0][0]
+    text_rows(db, &format!("SELECT CAST(({sql}) AS TEXT)"))[0][0]
         .clone()
         .unwrap_or_default()
         .parse()

@@ -210,8 +210,12 @@ impl Setup {
     }
 
     fn spawn(&self, db: impl AsRef<OsStr>) -> Running {
+        self.spawn_with(db, &[])
+    }
+
+    fn spawn_with(&self, db: impl AsRef<OsStr>, extra: &[&str]) -> Running {
         Running(
-            self.service(db, &[])
+            self.service(db, extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -1063,7 +1067,8 @@ fn postgres_service_survives_kill_9() {
 // ---- Providers on the bus (issue 18): `studio run` + two `studio worker`s ----
 
 /// A stand-in for a paid chat-completions API (the content expander's): answers every
-/// call after `delay_ms`, so a worker can be caught in the middle of a request.
+/// call after `delay_ms`, so a worker can be caught in the middle of a request, and
+/// tells how many calls it served (GET).
 struct SlowApi {
     child: Child,
     url: String,
@@ -1076,8 +1081,17 @@ impl SlowApi {
             &script,
             r#"import json, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+calls = 0
 class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = str(calls).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
     def do_POST(self):
+        global calls
+        calls += 1
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         time.sleep(int(sys.argv[1]) / 1000)
         body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "More words."}}]}).encode()
@@ -1110,6 +1124,20 @@ server.serve_forever()
             child,
             url: format!("http://127.0.0.1:{}/v1", port.trim()),
         }
+    }
+}
+
+impl SlowApi {
+    /// The calls served so far.
+    fn calls(&self) -> u64 {
+        let base = self.url.trim_end_matches("/v1");
+        let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        use std::io::{Read, Write};
+        write!(stream, "GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer.rsplit("\r\n\r\n").next().unwrap().trim().parse().unwrap()
     }
 }
 
@@ -1391,4 +1419,150 @@ fn kafka_providers_on_the_bus() {
 #[test]
 fn nats_providers_on_the_bus() {
     providers_on_the_bus(Bus::Nats);
+}
+
+/// Waits (up to `secs`) until `done` holds, saying `what` when it never does.
+fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The events of `kind` about blob `n` ([`document`]).
+fn events_of(db: &Path, kind: &str, n: u64) -> u64 {
+    count(
+        db,
+        &format!("SELECT count(*) FROM events WHERE type = '{kind}' AND blob_id = '0000000b-0000-4000-8000-{n:012x}'"),
+    )
+}
+
+/// No worker runs: the service issues the request `max_attempts` times, then fails it
+/// (`processing.failed`). The failure is a result like any other: after a SIGKILL and
+/// a restart it is still there, once, and the request is not issued again.
+#[test]
+fn kafka_silent_workers_make_the_request_fail_after_max_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(Bus::Kafka, "silent");
+    setup
+        .vars
+        .push(("STUDIO_RUN__WORKER_GRACE_MS".into(), "300".into()));
+    let providers = dir.path().join("providers.toml");
+    std::fs::write(
+        &providers,
+        r#"
+[[providers]]
+id = "nobody-runs-me"
+worker = "content-expander"
+blob_types = ["text/x-expand"]
+timeout_ms = 200
+max_attempts = 2
+backoff_ms = 10
+config = { base_url = "http://127.0.0.1:9/v1" }
+"#,
+    )
+    .unwrap();
+    let providers = providers.to_str().unwrap();
+    let db = dir.path().join("views.sqlite");
+    let mut service = setup.spawn_with(&db, &["--config", providers]);
+    setup.publish(&[document(1, "text/x-expand", "Expand me.")]);
+    let failed = |db: &Path| db.exists() && events_of(db, "processing.failed", 1) > 0;
+    wait_until(120, "the unanswered request never failed", || failed(&db));
+    let error = text_rows(&db, "SELECT status, error FROM processing");
+    assert_eq!(error.len(), 1, "{error:?}");
+    assert_eq!(error[0][0].as_deref(), Some("failed"));
+    assert!(
+        error[0][1]
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no worker answered: issued 2 times"),
+        "{error:?}"
+    );
+
+    // A restart replays the failure: the request stays failed, and is not issued again
+    // (a second document, published after the restart, fails after the same wait).
+    service.kill();
+    let _service = setup.spawn_with(&db, &["--config", providers]);
+    setup.publish(&[document(2, "text/x-expand", "Expand me too.")]);
+    wait_until(120, "the second request never failed", || {
+        events_of(&db, "processing.failed", 2) > 0
+    });
+    assert_eq!(events_of(&db, "processing.failed", 1), 1, "failed once");
+    let issued = setup.read_output(OutputStream::Requests);
+    let of = |n: u64| {
+        let blob = format!("0000000b-0000-4000-8000-{n:012x}");
+        issued
+            .iter()
+            .filter(|r| serde_json::from_slice::<Value>(r).unwrap()["blob_id"] == blob.as_str())
+            .count()
+    };
+    assert_eq!((of(1), of(2)), (2, 2), "each issued max_attempts times");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM transform_requests WHERE status = 'failed'"),
+        2
+    );
+}
+
+/// A worker restarted with its memo file answers what it answered before without
+/// calling the provider again (the memo is keyed by provider, version and fingerprint,
+/// not by blob: the same text in another blob is the same answer).
+#[test]
+fn kafka_worker_memo_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::new(Bus::Kafka, "memo");
+    let api = SlowApi::start(dir.path(), 0);
+    let providers = bus_providers(dir.path(), &api.url);
+    let providers = providers.to_str().unwrap();
+    let db = dir.path().join("views.sqlite");
+    let _service = setup.spawn_with(&db, &["--config", providers]);
+    let memo = dir.path().join("memo.sqlite");
+    let worker = || {
+        setup
+            .studio("worker")
+            .args(["--config", providers, "--source", "kafka", "--json"])
+            .args(["--exit-when-idle", "8000", "--memo"])
+            .arg(&memo)
+            .stderr(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let expanded = |db: &Path| {
+        db.exists()
+            && count(
+                db,
+                "SELECT count(*) FROM blobs WHERE json_extract(doc, '$.expanded') IS NOT NULL",
+            ) == 1
+    };
+    let requested = |n: u64| {
+        move |db: &Path| {
+            db.exists()
+                && count(
+                    db,
+                    &format!("SELECT count(*) FROM transform_requests WHERE blob_id = '0000000b-0000-4000-8000-{n:012x}'"),
+                ) == 1
+        }
+    };
+    setup.publish(&[document(1, "text/x-expand", "Expand me.")]);
+    wait_until(60, "no request for the first document", || requested(1)(&db));
+    let first = worker();
+    assert!(first.status.success());
+    wait_until(60, "the first document was not expanded", || expanded(&db));
+    assert_eq!(api.calls(), 1);
+
+    setup.publish(&[document(2, "text/x-expand", "Expand me.")]);
+    wait_until(60, "no request for the second document", || requested(2)(&db));
+    let second = worker();
+    assert!(second.status.success());
+    let report: Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(report["memo_hits"], 1, "{report}");
+    assert_eq!(report["calls"], 0, "{report}");
+    assert_eq!(api.calls(), 1, "the provider was not called again");
+    let blob2 = "0000000b-0000-4000-8000-000000000002";
+    wait_until(60, "the second document was not expanded", || {
+        count(
+            &db,
+            &format!("SELECT count(*) FROM blobs WHERE blob_id = '{blob2}' AND json_extract(doc, '$.expanded') IS NOT NULL"),
+        ) == 1
+    });
 }

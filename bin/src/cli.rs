@@ -96,7 +96,12 @@ pub struct RunArgs {
 pub struct WorkerArgs {
     /// File mode: transform requests, one JSON object per line (`studio replay
     /// --requests-out`). Without it the worker serves the bus (--source).
-    #[arg(long, value_name = "FILE.jsonl", requires = "out", conflicts_with = "source")]
+    #[arg(
+        long,
+        value_name = "FILE.jsonl",
+        requires = "out",
+        conflicts_with = "source"
+    )]
     pub requests: Option<PathBuf>,
     /// File mode: where the output deltas go (a delta log).
     #[arg(long, value_name = "FILE.jsonl", requires = "requests")]

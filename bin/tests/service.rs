@@ -1137,7 +1137,13 @@ impl SlowApi {
         write!(stream, "GET / HTTP/1.0\r\n\r\n").unwrap();
         let mut answer = String::new();
         stream.read_to_string(&mut answer).unwrap();
-        answer.rsplit("\r\n\r\n").next().unwrap().trim().parse().unwrap()
+        answer
+            .rsplit("\r\n\r\n")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 }
 
@@ -1241,7 +1247,9 @@ fn providers_on_the_bus(bus: Bus) {
         .vars
         .push(("STUDIO_WORKER__MAX_BATCH_REQUESTS".into(), "2".into()));
     // A dead NATS worker's requests go to the other after this long.
-    setup.vars.push(("STUDIO_NATS__ACK_WAIT_S".into(), "4".into()));
+    setup
+        .vars
+        .push(("STUDIO_NATS__ACK_WAIT_S".into(), "4".into()));
     if bus == Bus::Kafka {
         // Requests spread over four partitions, shared by the workers' group.
         let mut kafka = setup.config.kafka.clone();
@@ -1283,7 +1291,11 @@ fn providers_on_the_bus(bus: Bus) {
     for n in 1..=6 {
         lines.push(document(n, "text/plain", text));
     }
-    lines.push(document(7, "text/markdown", "# Notes\n\nship *providers*\n"));
+    lines.push(document(
+        7,
+        "text/markdown",
+        "# Notes\n\nship *providers*\n",
+    ));
     lines.push(document(8, "text/x-fail", "nobody can expand this"));
     for n in 10..22 {
         lines.push(document(n, "text/x-expand", "Expand me."));
@@ -1315,7 +1327,10 @@ fn providers_on_the_bus(bus: Bus) {
                 db,
                 "SELECT count(*) FROM transform_requests WHERE status IN ('completed', 'failed')",
             ) >= 20
-            && count(db, "SELECT count(*) FROM transform_requests WHERE status = 'pending'") == 0
+            && count(
+                db,
+                "SELECT count(*) FROM transform_requests WHERE status = 'pending'",
+            ) == 0
     };
     let deadline = Instant::now() + Duration::from_secs(180);
     while !settled(&db) {
@@ -1346,12 +1361,16 @@ fn providers_on_the_bus(bus: Bus) {
         let blob = format!("0000000b-0000-4000-8000-{n:012x}");
         let outputs = count(
             &db,
-            &format!("SELECT count(*) FROM deltas_applied WHERE blob_id = '{blob}' AND provider_id = 'slow-expander'"),
+            &format!(
+                "SELECT count(*) FROM deltas_applied WHERE blob_id = '{blob}' AND provider_id = 'slow-expander'"
+            ),
         );
         assert_eq!(outputs, 1, "exactly one output version of {blob}");
         let expanded = count(
             &db,
-            &format!("SELECT count(*) FROM blobs WHERE blob_id = '{blob}' AND version = 2 AND json_extract(doc, '$.expanded') IS NOT NULL"),
+            &format!(
+                "SELECT count(*) FROM blobs WHERE blob_id = '{blob}' AND version = 2 AND json_extract(doc, '$.expanded') IS NOT NULL"
+            ),
         );
         assert_eq!(expanded, 1, "{blob} expanded");
     }
@@ -1369,7 +1388,10 @@ fn providers_on_the_bus(bus: Bus) {
     );
     assert_eq!(html.len(), 1, "one derived blob");
     assert!(
-        html[0][0].as_deref().unwrap_or_default().contains("<h1>Notes</h1>"),
+        html[0][0]
+            .as_deref()
+            .unwrap_or_default()
+            .contains("<h1>Notes</h1>"),
         "{html:?}"
     );
     // The failing provider: `failed` after its attempts, and one processing.failed.
@@ -1434,7 +1456,9 @@ fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
 fn events_of(db: &Path, kind: &str, n: u64) -> u64 {
     count(
         db,
-        &format!("SELECT count(*) FROM events WHERE type = '{kind}' AND blob_id = '0000000b-0000-4000-8000-{n:012x}'"),
+        &format!(
+            "SELECT count(*) FROM events WHERE type = '{kind}' AND blob_id = '0000000b-0000-4000-8000-{n:012x}'"
+        ),
     )
 }
 
@@ -1499,7 +1523,10 @@ config = { base_url = "http://127.0.0.1:9/v1" }
     };
     assert_eq!((of(1), of(2)), (2, 2), "each issued max_attempts times");
     assert_eq!(
-        count(&db, "SELECT count(*) FROM transform_requests WHERE status = 'failed'"),
+        count(
+            &db,
+            "SELECT count(*) FROM transform_requests WHERE status = 'failed'"
+        ),
         2
     );
 }
@@ -1539,19 +1566,25 @@ fn kafka_worker_memo_survives_a_restart() {
             db.exists()
                 && count(
                     db,
-                    &format!("SELECT count(*) FROM transform_requests WHERE blob_id = '0000000b-0000-4000-8000-{n:012x}'"),
+                    &format!(
+                        "SELECT count(*) FROM transform_requests WHERE blob_id = '0000000b-0000-4000-8000-{n:012x}'"
+                    ),
                 ) == 1
         }
     };
     setup.publish(&[document(1, "text/x-expand", "Expand me.")]);
-    wait_until(60, "no request for the first document", || requested(1)(&db));
+    wait_until(60, "no request for the first document", || {
+        requested(1)(&db)
+    });
     let first = worker();
     assert!(first.status.success());
     wait_until(60, "the first document was not expanded", || expanded(&db));
     assert_eq!(api.calls(), 1);
 
     setup.publish(&[document(2, "text/x-expand", "Expand me.")]);
-    wait_until(60, "no request for the second document", || requested(2)(&db));
+    wait_until(60, "no request for the second document", || {
+        requested(2)(&db)
+    });
     let second = worker();
     assert!(second.status.success());
     let report: Value = serde_json::from_slice(&second.stdout).unwrap();
@@ -1562,7 +1595,9 @@ fn kafka_worker_memo_survives_a_restart() {
     wait_until(60, "the second document was not expanded", || {
         count(
             &db,
-            &format!("SELECT count(*) FROM blobs WHERE blob_id = '{blob2}' AND json_extract(doc, '$.expanded') IS NOT NULL"),
+            &format!(
+                "SELECT count(*) FROM blobs WHERE blob_id = '{blob2}' AND json_extract(doc, '$.expanded') IS NOT NULL"
+            ),
         ) == 1
     });
 }

@@ -71,11 +71,21 @@ impl Source for MergedSource {
     fn lag(&mut self) -> Result<Vec<(u32, u64)>, SourceError> {
         let mut lag = self.first.lag()?;
         let second = self.second.lag()?;
-        lag.extend(
-            second
-                .into_iter()
-                .map(|(part, n)| (part + SECOND_PART, n)),
-        );
+        lag.extend(second.into_iter().map(|(part, n)| (part + SECOND_PART, n)));
         Ok(lag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_positions_split_back_into_each_sources() {
+        let pos = |part, offset| SourcePos { part, offset };
+        let merged = [pos(0, 5), pos(SECOND_PART + 1, 7), pos(2, 9)];
+        let (first, second) = MergedSource::split(&merged);
+        assert_eq!(first, vec![pos(0, 5), pos(2, 9)]);
+        assert_eq!(second, vec![pos(1, 7)]);
     }
 }

@@ -17,9 +17,9 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::Inspect;
 use timely::dataflow::operators::OkErr;
 use timely::dataflow::operators::Operator;
+use timely::dataflow::operators::generic::operator::empty;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::vec::input::Handle;
-use timely::dataflow::operators::generic::operator::empty;
 use timely::dataflow::operators::vec::input::Input;
 use timely::dataflow::{Scope, StreamVec};
 
@@ -126,9 +126,9 @@ pub fn render<'scope>(
     let (records, malformed) = parse(records);
     let (records, bus_results): (StreamVec<'_, Time, InputRecord>, _) =
         records.ok_err(|record| match record {
-        InputRecord::Result(result) => Err(result),
-        other => Ok(other),
-    });
+            InputRecord::Result(result) => Err(result),
+            other => Ok(other),
+        });
     let (deltas, grants) = records.ok_err(|record| match record {
         InputRecord::Delta(delta) => Ok(delta),
         InputRecord::Grant(grant) => Err(grant),

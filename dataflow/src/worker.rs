@@ -167,7 +167,10 @@ pub fn serve(
             .collect();
         source.commit(&positions)?;
     }
-    report.calls = runtime.stats.calls.load(std::sync::atomic::Ordering::Relaxed);
+    report.calls = runtime
+        .stats
+        .calls
+        .load(std::sync::atomic::Ordering::Relaxed);
     Ok(report)
 }
 

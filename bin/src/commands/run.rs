@@ -55,9 +55,8 @@ pub fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
     let source_config = config.clone();
     // With providers, the workers' results are read beside the deltas (S5.7).
     let results = !providers.is_empty();
-    let open_bus_source: OpenSource = Box::new(move |positions| {
-        open_service_source(kind, &source_config, positions, results)
-    });
+    let open_bus_source: OpenSource =
+        Box::new(move |positions| open_service_source(kind, &source_config, positions, results));
     let service = Service {
         source: source_name(kind, &config),
         providers,

@@ -98,10 +98,7 @@ fn run_bus(
     }
     let kind = config.worker.source;
     let (group, check) = match kind {
-        BusKind::Kafka => (
-            &config.worker.group_id,
-            "check kafka.brokers or --brokers",
-        ),
+        BusKind::Kafka => (&config.worker.group_id, "check kafka.brokers or --brokers"),
         BusKind::Nats => (&config.worker.durable, "check nats.url or --url"),
     };
     let mut source = open_group_source(kind, config, OutputStream::Requests, group)

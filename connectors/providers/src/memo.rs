@@ -29,7 +29,9 @@ pub struct Memo {
 
 /// The memo's file could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot use the memo file {path}: {source} (set worker.memo to another path, or \"\" for a memo in memory)")]
+#[error(
+    "cannot use the memo file {path}: {source} (set worker.memo to another path, or \"\" for a memo in memory)"
+)]
 pub struct MemoError {
     path: String,
     source: rusqlite::Error,
@@ -120,7 +122,11 @@ mod tests {
     fn a_memo_file_keeps_its_answers_across_openings() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memo.sqlite");
-        let key = ("grammar-checker".to_owned(), "1".to_owned(), Fingerprint(42));
+        let key = (
+            "grammar-checker".to_owned(),
+            "1".to_owned(),
+            Fingerprint(42),
+        );
         let answer = ProviderOutput::Annotate(serde_json::json!({"grammar": []}));
         {
             let memo = Memo::open(&path).unwrap();
@@ -129,7 +135,11 @@ mod tests {
         }
         let reopened = Memo::open(&path).unwrap();
         assert_eq!(reopened.get(&key), Some(answer));
-        let other_version = ("grammar-checker".to_owned(), "2".to_owned(), Fingerprint(42));
+        let other_version = (
+            "grammar-checker".to_owned(),
+            "2".to_owned(),
+            Fingerprint(42),
+        );
         assert_eq!(reopened.get(&other_version), None, "keyed by version too");
         assert_eq!(Memo::in_memory().get(&key), None);
     }

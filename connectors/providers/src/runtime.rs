@@ -16,8 +16,8 @@ use rustc_hash::FxHashMap;
 use studio_model::{ProcessingResult, ProcessingStatus, Provider, Timestamp, TransformRequest};
 use tokio::sync::Semaphore;
 
-use crate::output::{OutputDelta, output_deltas};
 use crate::memo::Memo;
+use crate::output::{OutputDelta, output_deltas};
 use crate::{ProviderError, ProviderInput, Transformer, builtin};
 
 /// The runtime's answer to one request.

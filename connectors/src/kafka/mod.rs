@@ -38,13 +38,14 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use studio_config::{KafkaConfig, StartAt};
 use studio_model::SourcePos;
 
-use crate::{Membership, OutputStream, OwnedRecord, RecordPublisher, SinkError, Source, SourceError};
+use crate::{
+    Membership, OutputStream, OwnedRecord, RecordPublisher, SinkError, Source, SourceError,
+};
 
 /// The topic that carries `stream`.
 pub fn topic_of(config: &KafkaConfig, stream: OutputStream) -> &str {
     config.topics.of(stream)
 }
-
 
 fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -116,7 +117,11 @@ impl KafkaSource {
     /// `kafka.request_timeout_ms`, or when `resume_from` names a partition the topic does
     /// not have.
     pub fn open(config: &KafkaConfig, resume_from: &[SourcePos]) -> Result<Self, SourceError> {
-        Self::open_topic(config, &config.topics.deltas, Membership::Assigned(resume_from))
+        Self::open_topic(
+            config,
+            &config.topics.deltas,
+            Membership::Assigned(resume_from),
+        )
     }
 
     /// Opens `topic` (created first when `kafka.create_topics`) as `membership` says.

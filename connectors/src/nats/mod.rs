@@ -35,7 +35,9 @@ use studio_config::{NatsConfig, NatsStorage};
 use studio_model::SourcePos;
 use tokio::runtime::Runtime;
 
-use crate::{Membership, OutputStream, OwnedRecord, RecordPublisher, SinkError, Source, SourceError};
+use crate::{
+    Membership, OutputStream, OwnedRecord, RecordPublisher, SinkError, Source, SourceError,
+};
 
 /// The header that carries a record's key.
 pub const KEY_HEADER: &str = "Studio-Key";
@@ -142,7 +144,11 @@ impl NatsSource {
     /// position, in part 0), or at the stream's first record when it is empty. Fails
     /// when the server cannot be reached within `nats.request_timeout_ms`.
     pub fn open(config: &NatsConfig, resume_from: &[SourcePos]) -> Result<Self, SourceError> {
-        Self::open_stream(config, OutputStream::Deltas, Membership::Assigned(resume_from))
+        Self::open_stream(
+            config,
+            OutputStream::Deltas,
+            Membership::Assigned(resume_from),
+        )
     }
 
     /// Opens the subject of `stream` in the stream that holds it ([`stream_of`]) as
@@ -221,9 +227,9 @@ impl NatsSource {
                 ..Default::default()
             };
             let stream = &self.stream;
-            let consumer = self.runtime.block_on(
-                stream.get_or_create_consumer(&self.durable.clone(), consumer_config),
-            )?;
+            let consumer = self
+                .runtime
+                .block_on(stream.get_or_create_consumer(&self.durable.clone(), consumer_config))?;
             self.consumer = Some(consumer);
             return Ok(());
         }

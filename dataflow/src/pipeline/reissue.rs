@@ -158,3 +158,74 @@ impl Reissuer {
         overdue
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use studio_model::{Doc, Fingerprint};
+
+    use super::*;
+
+    fn provider() -> Provider {
+        serde_json::from_value(serde_json::json!({
+            "id": "p", "timeout_ms": 100, "max_attempts": 2, "backoff_ms": 10
+        }))
+        .unwrap()
+    }
+
+    fn request() -> TransformRequest {
+        TransformRequest {
+            request_id: Uuid::from_u128(1),
+            provider_id: "p".into(),
+            provider_version: String::new(),
+            blob_id: Uuid::from_u128(2),
+            version: 1,
+            fingerprint: Fingerprint(3),
+            user_id: Uuid::from_u128(4),
+            caused_by: Uuid::from_u128(5),
+            content_type: "text/plain".into(),
+            doc: Doc::new(serde_json::json!({"content": "x"})),
+            derived: Vec::new(),
+            created_at: Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").unwrap(),
+        }
+    }
+
+    fn batch(requests: Vec<(TransformRequest, isize)>) -> ViewBatch {
+        ViewBatch {
+            requests,
+            ..ViewBatch::default()
+        }
+    }
+
+    #[test]
+    fn a_silent_request_is_issued_max_attempts_times_then_fails() {
+        let mut reissuer = Reissuer::new(&[provider()], Duration::from_millis(50));
+        let patience = Duration::from_millis(2 * 100 + 10 + 50);
+        assert_eq!(reissuer.patience("p"), patience);
+        let t0 = Instant::now();
+        reissuer.observe(&batch(vec![(request(), 1)]), t0);
+        let early = reissuer.overdue(t0 + patience - Duration::from_millis(1));
+        assert!(early.reissue.is_empty() && early.failed.is_empty());
+        let second = reissuer.overdue(t0 + patience);
+        assert_eq!(second.reissue, vec![request()]);
+        assert!(second.failed.is_empty());
+        let last = reissuer.overdue(t0 + patience * 2);
+        assert!(last.reissue.is_empty());
+        assert_eq!(last.failed.len(), 1);
+        assert_eq!(last.failed[0].status, ProcessingStatus::Failed);
+        assert_eq!(last.failed[0].request_id, request().request_id);
+        assert!(
+            reissuer.overdue(t0 + patience * 10).failed.is_empty(),
+            "once"
+        );
+    }
+
+    #[test]
+    fn a_settled_or_superseded_request_is_not_watched() {
+        let mut reissuer = Reissuer::new(&[provider()], Duration::ZERO);
+        let t0 = Instant::now();
+        reissuer.observe(&batch(vec![(request(), 1)]), t0);
+        reissuer.observe(&batch(vec![(request(), -1)]), t0);
+        let later = reissuer.overdue(t0 + Duration::from_secs(60));
+        assert!(later.reissue.is_empty() && later.failed.is_empty());
+    }
+}

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use studio_connectors::OutputStream;
 use hdrhistogram::Histogram;
+use studio_connectors::OutputStream;
 use studio_connectors::{RecordPublisher, RecoveredAs, ViewSink};
 use studio_model::{Checkpoint, SourcePos, ViewBatch};
 

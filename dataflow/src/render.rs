@@ -124,6 +124,8 @@ pub fn render<'scope>(
 ) -> (Inputs, ViewStreams<'scope>) {
     let (records_in, records) = scope.new_input::<(SourcePos, Vec<u8>)>();
     let (records, malformed) = parse(records);
+    // `ok_err` splits by a `Result`; a result record is the larger side, and rare.
+    #[allow(clippy::result_large_err)]
     let (records, bus_results): (StreamVec<'_, Time, InputRecord>, _) =
         records.ok_err(|record| match record {
             InputRecord::Result(result) => Err(result),

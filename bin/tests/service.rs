@@ -123,22 +123,21 @@ impl Setup {
 
     /// Publishes `lines` to the deltas topic, keyed by blob id (malformed ones by "").
     fn publish(&self, lines: &[Vec<u8>]) {
+        self.publish_to(OutputStream::Deltas, lines);
+    }
+
+    /// Publishes `lines` to the topic of `stream`, keyed by blob id (malformed ones by "").
+    fn publish_to(&self, stream: OutputStream, lines: &[Vec<u8>]) {
         let mut publisher: Box<dyn RecordPublisher> = match self.bus {
-            Bus::Kafka => {
-                Box::new(KafkaPublisher::open(&self.config.kafka, &[OutputStream::Deltas]).unwrap())
-            }
-            Bus::Nats => {
-                Box::new(NatsPublisher::open(&self.config.nats, &[OutputStream::Deltas]).unwrap())
-            }
+            Bus::Kafka => Box::new(KafkaPublisher::open(&self.config.kafka, &[stream]).unwrap()),
+            Bus::Nats => Box::new(NatsPublisher::open(&self.config.nats, &[stream]).unwrap()),
         };
         for line in lines {
             let key = serde_json::from_slice::<Value>(line)
                 .ok()
                 .and_then(|v| v.get("blob_id").and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or_default();
-            publisher
-                .publish(OutputStream::Deltas, key.as_bytes(), line)
-                .unwrap();
+            publisher.publish(stream, key.as_bytes(), line).unwrap();
         }
         publisher.flush(Duration::from_secs(60)).unwrap();
     }
@@ -1465,10 +1464,9 @@ fn events_of(db: &Path, kind: &str, n: u64) -> u64 {
 /// No worker runs: the service issues the request `max_attempts` times, then fails it
 /// (`processing.failed`). The failure is a result like any other: after a SIGKILL and
 /// a restart it is still there, once, and the request is not issued again.
-#[test]
-fn kafka_silent_workers_make_the_request_fail_after_max_attempts() {
+fn silent_workers(bus: Bus) {
     let dir = tempfile::tempdir().unwrap();
-    let mut setup = Setup::new(Bus::Kafka, "silent");
+    let mut setup = Setup::new(bus, "silent");
     setup
         .vars
         .push(("STUDIO_RUN__WORKER_GRACE_MS".into(), "300".into()));
@@ -1507,7 +1505,12 @@ config = { base_url = "http://127.0.0.1:9/v1" }
     // A restart replays the failure: the request stays failed, and is not issued again
     // (a second document, published after the restart, fails after the same wait).
     service.kill();
-    let _service = setup.spawn_with(&db, &["--config", providers]);
+    let service = setup
+        .service(&db, &["--config", providers, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     setup.publish(&[document(2, "text/x-expand", "Expand me too.")]);
     wait_until(120, "the second request never failed", || {
         events_of(&db, "processing.failed", 2) > 0
@@ -1529,6 +1532,54 @@ config = { base_url = "http://127.0.0.1:9/v1" }
         ),
         2
     );
+
+    // Bad records on the results topic are dead letters with their bytes; a result
+    // again is a duplicate; nothing stops the service.
+    let mut results = setup.read_output(OutputStream::Results);
+    assert_eq!(results.len(), 2, "the service's two failures");
+    results.truncate(1); // published again: a duplicate
+    results.push(br#"{"kind":"result","request_id":"not-a-uuid"}"#.to_vec());
+    results.push(vec![0xff, 0xfe, 0x00]);
+    setup.publish_to(OutputStream::Results, &results);
+    wait_until(60, "the bad results were not dead-lettered", || {
+        count(&db, "SELECT count(*) FROM dead_letters") == 2
+    });
+    let raw = text_rows(&db, "SELECT reason, raw FROM dead_letters ORDER BY seq");
+    assert!(raw[0][0].as_deref().unwrap().starts_with("S1.1"), "{raw:?}");
+    assert!(
+        raw[0][1].as_deref().unwrap().contains("not-a-uuid"),
+        "{raw:?}"
+    );
+    assert_eq!(raw[1][1].as_deref(), Some("base64://4A"), "{raw:?}");
+    let status = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = service.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = |key: &str| report[key].as_u64().unwrap();
+    assert_eq!(
+        n("accepted") + n("duplicates") + n("dead_letters"),
+        n("records_read"),
+        "counts add up: {report}"
+    );
+    assert_eq!(n("duplicates"), 1, "{report}");
+    assert_eq!(
+        events_of(&db, "processing.failed", 1),
+        1,
+        "still failed once"
+    );
+}
+
+#[test]
+fn kafka_silent_workers_make_the_request_fail_after_max_attempts() {
+    silent_workers(Bus::Kafka);
+}
+
+#[test]
+fn nats_silent_workers_make_the_request_fail_after_max_attempts() {
+    silent_workers(Bus::Nats);
 }
 
 /// A worker restarted with its memo file answers what it answered before without

@@ -1299,6 +1299,8 @@ fn providers_on_the_bus(bus: Bus) {
     for n in 10..22 {
         lines.push(document(n, "text/x-expand", "Expand me."));
     }
+    // Not a request: a dead letter of the worker that takes it, which goes on.
+    setup.publish_to(OutputStream::Requests, &[b"not a request".to_vec()]);
     setup.publish(&lines);
 
     // Catch a worker in the middle of a slow request, and kill it.
@@ -1412,6 +1414,18 @@ fn providers_on_the_bus(bus: Bus) {
             "SELECT count(*) FROM transform_requests WHERE provider_id = 'always-fails' AND status = 'failed'"
         ),
         1
+    );
+
+    let letters: Vec<Value> = setup
+        .read_output(OutputStream::DeadLetters)
+        .iter()
+        .map(|r| serde_json::from_slice(r).unwrap())
+        .collect();
+    assert!(
+        letters
+            .iter()
+            .any(|l| l["raw"] == "not a request" && l["rule"] == "S1.1 malformed"),
+        "{letters:?}"
     );
 
     // A graceful stop; every record read was decided once.

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use studio_connectors::{OutputStream, RecordPublisher, Source, SourceError};
-use studio_model::{ProcessingStatus, SourcePos, TransformRequest, Uuid};
+use studio_model::{ProcessingStatus, Reason, SourcePos, TransformRequest, Uuid};
 use studio_providers::{Answer, Runtime};
 
 use crate::pipeline::{Control, key, publish_records};
@@ -177,9 +177,10 @@ pub fn serve(
 /// A dead letter for a record that is not a transform request, as the service
 /// publishes its own (`reason`, `rule`, `raw`).
 fn dead_letter(raw: &[u8], what: &str) -> (OutputStream, Vec<u8>, Vec<u8>) {
+    let reason = Reason::Malformed(format!("not a transform request: {what}"));
     let value = serde_json::json!({
-        "reason": format!("S1.1 malformed: not a transform request: {what}"),
-        "rule": "S1.1",
+        "reason": reason.to_string(),
+        "rule": reason.kind(),
         "delta_id": null,
         "blob_id": null,
         "raw": studio_model::dead_letter::raw_text(raw),

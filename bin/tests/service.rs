@@ -1666,3 +1666,116 @@ fn kafka_worker_memo_survives_a_restart() {
         ) == 1
     });
 }
+
+/// A provider's output cascades down the DAG over the bus: Markdown → HTML (derived) →
+/// HTML of the HTML (derived from the derived). An edit whose HTML is unchanged stops
+/// at the first derived blob: it gets no new version, and nothing below it runs.
+#[test]
+fn kafka_a_cascade_runs_down_and_stops_at_an_unchanged_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::new(Bus::Kafka, "cascade");
+    let providers = dir.path().join("providers.toml");
+    std::fs::write(
+        &providers,
+        r#"
+[[providers]]
+id = "render-html"
+blob_types = ["text/markdown"]
+
+[[providers]]
+id = "render-again"
+worker = "render-html"
+blob_types = ["text/html"]
+"#,
+    )
+    .unwrap();
+    let providers = providers.to_str().unwrap();
+    let db = dir.path().join("views.sqlite");
+    let _service = setup.spawn_with(&db, &["--config", providers]);
+    let _worker = Running(
+        setup
+            .studio("worker")
+            .args(["--config", providers, "--source", "kafka", "--memo", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let root = "0000000b-0000-4000-8000-000000000001";
+    let child_of = |parent: &str| {
+        let rows = text_rows(
+            &db,
+            &format!(
+                "SELECT blob_id, CAST(version AS TEXT), json_extract(doc, '$.content') FROM blobs WHERE parent_id = '{parent}'"
+            ),
+        );
+        rows.first().map(|r| {
+            let text = |i: usize| r[i].clone().unwrap_or_default();
+            (text(0), text(1).parse::<u64>().unwrap(), text(2))
+        })
+    };
+    let edit = |version: u64, content: &str| {
+        serde_json::json!({
+            "id": format!("0000000d-0000-4000-8000-{version:012x}"),
+            "blob_id": root,
+            "user_id": "0000000a-0000-4000-8000-000000000001",
+            "operation": if version == 1 { "create" } else { "update" },
+            "version": version,
+            "created_at": "2026-01-01T00:00:00Z",
+            "patch": {"content": content},
+            "metadata": {"content_type": "text/markdown"},
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let settled = |version: u64| {
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM transform_requests WHERE blob_id = '{root}' AND version = {version} AND status = 'completed'"
+            ),
+        ) == 1
+            && count(
+                &db,
+                "SELECT count(*) FROM transform_requests WHERE status = 'pending'",
+            ) == 0
+    };
+
+    setup.publish(&[edit(1, "# Title\n\nSome text.\n")]);
+    wait_until(90, "no grandchild was derived", || {
+        db.exists() && child_of(root).is_some_and(|(d, _, _)| child_of(&d).is_some())
+    });
+    let (derived, v1, _) = child_of(root).unwrap();
+    let (_, w1, _) = child_of(&derived).unwrap();
+
+    // An edit that changes the HTML runs down both levels.
+    setup.publish(&[edit(2, "# Title\n\nOther text.\n")]);
+    wait_until(90, "the edit did not cascade", || {
+        settled(2)
+            && child_of(&derived).is_some_and(|(_, w, html)| w > w1 && html.contains("Other text"))
+    });
+    let (_, v2, html) = child_of(root).unwrap();
+    assert_eq!(v2, v1 + 1);
+    assert!(html.contains("<p>Other text.</p>"), "{html}");
+    let (_, w2, _) = child_of(&derived).unwrap();
+
+    // An edit whose HTML is the same stops at the first derived blob.
+    setup.publish(&[edit(3, "# Title\n\n\nOther text.\n")]);
+    wait_until(90, "the unchanged edit was not processed", || settled(3));
+    assert_eq!(
+        child_of(root).unwrap().1,
+        v2,
+        "the derived blob is unchanged"
+    );
+    assert_eq!(child_of(&derived).unwrap().1, w2, "nothing below it ran");
+    assert_eq!(
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM processing WHERE provider_id = 'render-again' AND blob_id = '{derived}'"
+            ),
+        ),
+        2,
+        "render-again ran twice on the derived blob, not three times"
+    );
+}

@@ -12,6 +12,13 @@
 //! record without a value is an empty one. Transient errors (a broker restarting, a
 //! connection reset) are logged and retried by librdkafka; `poll` returns what arrived.
 //!
+//! **Group members** ([`Membership::Group`], the provider workers): the source
+//! subscribes as a member of a consumer group, which shares the partitions among its
+//! members and gives a dead member's partitions to the others after
+//! `kafka.session_timeout_ms`; each resumes from the group's committed offsets, and
+//! [`Source::commit`] commits them (a commit refused by a rebalance is only logged: the
+//! partition's new owner does the work again).
+//!
 //! **Publisher.** [`KafkaPublisher`] produces keyed records (`blob_id`: the default
 //! partitioner sends one key to one partition, so a blob's records keep their order) to
 //! the topic of each [`OutputStream`]; [`RecordPublisher::flush`] waits until the broker

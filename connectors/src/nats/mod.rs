@@ -16,6 +16,12 @@
 //! recreates the consumer from the last committed position and skips what it already
 //! handed out, so nothing is lost and nothing repeated. Any bytes are a record.
 //!
+//! **Group members** ([`Membership::Group`], the provider workers): the source joins a
+//! durable pull consumer that several processes share (created when missing, never
+//! recreated), with explicit acks; [`Source::commit`] acknowledges each record this
+//! member took, and a record a dead member never acknowledged is redelivered to another
+//! after `nats.ack_wait_s` (redeliveries are handed out again: at least once).
+//!
 //! **Publisher.** [`NatsPublisher`] publishes each record to the subject of its
 //! [`OutputStream`] through JetStream (every publish is acknowledged by the server once it
 //! is stored), with the key in the `Studio-Key` header. A stream keeps one total order,

@@ -1227,6 +1227,14 @@ fn in_the_middle(log: &Path, provider: &str) -> Option<String> {
         .find(|id| !answered.iter().any(|a| a["request"] == id.as_str()))
 }
 
+/// Waits until the service created its views (the last table of all included).
+fn wait_for_views(db: &Path) {
+    wait_until(60, "the service did not create its views", || {
+        db.exists()
+            && std::panic::catch_unwind(|| text_rows(db, "SELECT count(*) FROM result_log")).is_ok()
+    });
+}
+
 /// The number a `SELECT count(*) ...` answers.
 fn count(db: &Path, sql: &str) -> u64 {
     text_rows(db, &format!("SELECT CAST(({sql}) AS TEXT)"))[0][0]
@@ -1265,6 +1273,7 @@ fn providers_on_the_bus(bus: Bus) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    wait_for_views(&db);
     let worker = |name: &str| {
         let log = dir.path().join(format!("{name}.log"));
         let child = setup
@@ -1502,6 +1511,7 @@ config = { base_url = "http://127.0.0.1:9/v1" }
     let providers = providers.to_str().unwrap();
     let db = dir.path().join("views.sqlite");
     let mut service = setup.spawn_with(&db, &["--config", providers]);
+    wait_for_views(&db);
     setup.publish(&[document(1, "text/x-expand", "Expand me.")]);
     let failed = |db: &Path| db.exists() && events_of(db, "processing.failed", 1) > 0;
     wait_until(120, "the unanswered request never failed", || failed(&db));
@@ -1608,6 +1618,7 @@ fn kafka_worker_memo_survives_a_restart() {
     let providers = providers.to_str().unwrap();
     let db = dir.path().join("views.sqlite");
     let _service = setup.spawn_with(&db, &["--config", providers]);
+    wait_for_views(&db);
     let memo = dir.path().join("memo.sqlite");
     let worker = || {
         setup
@@ -1692,6 +1703,7 @@ blob_types = ["text/html"]
     let providers = providers.to_str().unwrap();
     let db = dir.path().join("views.sqlite");
     let _service = setup.spawn_with(&db, &["--config", providers]);
+    wait_for_views(&db);
     let _worker = Running(
         setup
             .studio("worker")

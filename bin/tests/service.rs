@@ -1231,7 +1231,10 @@ fn in_the_middle(log: &Path, provider: &str) -> Option<String> {
 fn wait_for_views(db: &Path) {
     wait_until(60, "the service did not create its views", || {
         db.exists()
-            && std::panic::catch_unwind(|| text_rows(db, "SELECT CAST(count(*) AS TEXT) FROM result_log")).is_ok()
+            && std::panic::catch_unwind(|| {
+                text_rows(db, "SELECT CAST(count(*) AS TEXT) FROM result_log")
+            })
+            .is_ok()
     });
 }
 

@@ -18,7 +18,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     // A service logs what it does by default; one-shot commands only warn.
-    let service = matches!(cli.command, cli::Command::Run(_) | cli::Command::Serve(_));
+    let service = match &cli.command {
+        cli::Command::Run(_) | cli::Command::Serve(_) => true,
+        cli::Command::Worker(args) => args.requests.is_none(), // on the bus
+        _ => false,
+    };
     // Only the [telemetry] section is read here; a config that does not load is the
     // command's to report.
     let traces = studio_config::Config::load(cli.config.as_deref())

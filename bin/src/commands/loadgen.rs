@@ -207,6 +207,7 @@ const STORED_SQL: &str = "SELECT CAST(coalesce(max(p), 0) AS TEXT) AS n FROM ( \
      SELECT max(pos_offset) + 1 AS p FROM deltas \
      UNION ALL SELECT max(pos_offset) + 1 FROM deltas_waiting \
      UNION ALL SELECT max(pos_offset) + 1 FROM grant_log \
+     UNION ALL SELECT max(pos_offset) + 1 FROM result_log \
      UNION ALL SELECT max(pos_offset) + 1 FROM dead_letters WHERE delta_id IS NOT NULL) AS stored";
 
 /// The single count `sql` answers.

@@ -9,18 +9,17 @@
 //! the channel that [`Runtime::new`] returned.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
-use studio_model::{
-    Fingerprint, ProcessingResult, ProcessingStatus, Provider, Timestamp, TransformRequest,
-};
+use studio_model::{ProcessingResult, ProcessingStatus, Provider, Timestamp, TransformRequest};
 use tokio::sync::Semaphore;
 
 use crate::external::ExternalProvider;
+use crate::memo::Memo;
 use crate::output::{OutputDelta, output_deltas};
-use crate::{Policy, ProviderError, ProviderInput, ProviderOutput, Refused, Transformer, builtin};
+use crate::{Policy, ProviderError, ProviderInput, Refused, Transformer, builtin};
 
 /// The runtime's answer to one request.
 #[derive(Debug)]
@@ -70,13 +69,11 @@ struct Registered {
     slots: Arc<Semaphore>,
 }
 
-type MemoKey = (String, String, Fingerprint);
-
 /// The provider worker runtime.
 pub struct Runtime {
     tokio: tokio::runtime::Runtime,
     providers: Arc<RwLock<FxHashMap<String, Registered>>>,
-    memo: Arc<Mutex<FxHashMap<MemoKey, ProviderOutput>>>,
+    memo: Arc<Memo>,
     answers: crossbeam_channel::Sender<Answer>,
     policy: Policy,
     /// What it did so far.
@@ -85,15 +82,26 @@ pub struct Runtime {
 
 impl Runtime {
     /// A runtime on `threads` tokio threads, and the channel its answers arrive on,
-    /// with the default [`Policy`] (no `api_key_env` allowed).
+    /// with the default [`Policy`] (no `api_key_env` allowed) and a memo in memory.
     pub fn new(threads: usize) -> std::io::Result<(Runtime, crossbeam_channel::Receiver<Answer>)> {
         Self::with_policy(threads, Policy::default())
     }
 
-    /// A runtime that registers only the definitions `policy` accepts.
+    /// A runtime that registers only the definitions `policy` accepts, with a memo in
+    /// memory.
     pub fn with_policy(
         threads: usize,
         policy: Policy,
+    ) -> std::io::Result<(Runtime, crossbeam_channel::Receiver<Answer>)> {
+        Self::with_policy_and_memo(threads, policy, Memo::in_memory())
+    }
+
+    /// A runtime that registers only the definitions `policy` accepts and remembers
+    /// answers in `memo` (a file survives restarts).
+    pub fn with_policy_and_memo(
+        threads: usize,
+        policy: Policy,
+        memo: Memo,
     ) -> std::io::Result<(Runtime, crossbeam_channel::Receiver<Answer>)> {
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
@@ -105,7 +113,7 @@ impl Runtime {
             Runtime {
                 tokio,
                 providers: Arc::default(),
-                memo: Arc::default(),
+                memo: Arc::new(memo),
                 answers,
                 policy,
                 stats: Arc::default(),
@@ -258,7 +266,7 @@ fn now() -> Timestamp {
 async fn run(
     input: &ProviderInput,
     transformer: &dyn Transformer,
-    memo: &Mutex<FxHashMap<MemoKey, ProviderOutput>>,
+    memo: &Memo,
     stats: &RuntimeStats,
 ) -> Outcome {
     let (request, provider) = (&input.request, &input.provider);
@@ -268,7 +276,7 @@ async fn run(
         request.fingerprint,
     );
     let started_at = now();
-    let remembered = memo.lock().expect("memo lock").get(&key).cloned();
+    let remembered = memo.get(&key);
     let memo_hit = remembered.is_some();
     let mut attempts = 0;
     let mut error = None;
@@ -291,7 +299,7 @@ async fn run(
                 let attempt = tokio::time::timeout(limit, transformer.transform(input)).await;
                 match attempt.unwrap_or(Err(ProviderError::Timeout(provider.timeout_ms))) {
                     Ok(output) => {
-                        memo.lock().expect("memo lock").insert(key, output.clone());
+                        memo.insert(key, &output);
                         break Some(output);
                     }
                     Err(e) => {

@@ -56,7 +56,7 @@ impl ProviderInput {
 }
 
 /// What a provider answers.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ProviderOutput {
     /// A JSON merge patch (RFC 7386) for the blob itself: its annotations.
     Annotate(Value),

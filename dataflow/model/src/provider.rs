@@ -530,6 +530,46 @@ impl ProcessingResult {
     }
 }
 
+/// The `kind` of a processing result on the bus (S5.7): the workers publish each
+/// [`ProcessingResult`] as a JSON object with `"kind": "result"` (and `provider_ms`),
+/// and the service reads it beside the deltas, told apart by that field as grant
+/// records are (S6.4).
+pub const RESULT_KIND: &str = "result";
+
+impl ProcessingResult {
+    /// Its record on the bus: its fields, `"kind": "result"`, and `provider_ms`, the
+    /// time from its first attempt to its end (0 when the memo answered).
+    pub fn to_record(&self) -> String {
+        let mut fields = serde_json::to_value(self).expect("a result serialises");
+        let millis = (self.finished_at.0 - self.started_at.0)
+            .num_milliseconds()
+            .max(0);
+        let object = fields.as_object_mut().expect("a result is an object");
+        object.insert("kind".into(), RESULT_KIND.into());
+        object.insert("provider_ms".into(), millis.into());
+        fields.to_string()
+    }
+
+    /// Parses a result record ([`ProcessingResult::to_record`]); the error says what
+    /// does not fit.
+    pub fn from_record(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(crate::parse::describe_json_error)
+    }
+}
+
+/// An accepted processing result read from the bus, with its record and log position:
+/// a row of `result_log`, which a restart replays (the first result of a request wins;
+/// later ones are duplicates, S4.2).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ResultLogRow {
+    /// The result.
+    pub result: ProcessingResult,
+    /// Where it was read.
+    pub pos: crate::SourcePos,
+    /// The record as read.
+    pub record: std::sync::Arc<str>,
+}
+
 /// Why a provider has no pending trigger on a blob (for tests and diagnostics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoTrigger {

@@ -11,15 +11,7 @@ use studio_tests::model::{self, join_lines, split_lines};
 use studio_tests::views::{Tables, raw_bytes, read_tables};
 
 fn studio() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_studio"));
-    // Keep the environment from changing the defaults under test.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("STUDIO_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env_remove("RUST_LOG");
-    cmd
+    studio_tests::studio_command(env!("CARGO_BIN_EXE_studio"))
 }
 
 fn run(args: &[&str]) -> Output {

@@ -11,15 +11,8 @@ use std::process::{Command, Output};
 use serde_json::{Value, json};
 use studio_tests::views::text_rows;
 
-fn studio() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_studio"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("STUDIO_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env_remove("RUST_LOG");
-    cmd
+fn studio() -> std::process::Command {
+    studio_tests::studio_command(env!("CARGO_BIN_EXE_studio"))
 }
 
 fn text(bytes: &[u8]) -> String {

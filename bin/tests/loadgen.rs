@@ -14,14 +14,8 @@ use studio_connectors::nats::NatsSource;
 use studio_connectors::{OwnedRecord, Source};
 use studio_tests::services::{required_env, unique_name};
 
-fn studio() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_studio"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("STUDIO_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
+fn studio() -> std::process::Command {
+    studio_tests::studio_command(env!("CARGO_BIN_EXE_studio"))
 }
 
 fn gen_lines(args: &[&str]) -> Vec<Vec<u8>> {

@@ -31,13 +31,7 @@ fn s3_options(endpoint: &str, bucket: &str) -> S3Options {
 }
 
 fn studio() -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_studio"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("STUDIO_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
+    studio_tests::studio_command(env!("CARGO_BIN_EXE_studio"))
 }
 
 fn run_ok(cmd: &mut std::process::Command) -> String {

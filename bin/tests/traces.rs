@@ -15,12 +15,7 @@ use studio_tests::services::OwnServices;
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 fn studio(endpoint: &str, service_name: &str, delta_spans: bool) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_studio"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("STUDIO_") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = studio_tests::studio_command(env!("CARGO_BIN_EXE_studio"));
     cmd.current_dir(ROOT)
         .env("STUDIO_TELEMETRY__OTLP_ENDPOINT", endpoint)
         .env("STUDIO_TELEMETRY__SERVICE_NAME", service_name)

@@ -540,6 +540,20 @@ pub struct RequestChanges<'a> {
 }
 
 impl ViewBatch {
+    /// The blobs whose answer to a reader this batch may change: their `blobs` row
+    /// (document, version, deletion) or their grants (who may read them), sorted and
+    /// unique. A cache of per-blob answers drops exactly these after the commit.
+    pub fn blobs_changed_for_readers(&self) -> Vec<Uuid> {
+        let mut blobs: Vec<Uuid> = (self.blobs.upserts.iter().map(|row| row.blob_id))
+            .chain(self.blobs.deletes.iter().copied())
+            .chain(self.grants.upserts.iter().map(|row| row.blob_id))
+            .chain(self.grants.deletes.iter().map(|key| key.0))
+            .collect();
+        blobs.sort_unstable();
+        blobs.dedup();
+        blobs
+    }
+
     /// The net change of each request the batch touched, in log order: a `+1` leaves
     /// it pending, a `-1` alone supersedes it.
     pub fn request_changes(&self) -> RequestChanges<'_> {

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 DELTAS=${DELTAS:-1000000}
 BLOBS=${BLOBS:-100000}
 HOT=${HOT:-1000}                       # blobs in the hot set
-CONNECTIONS=${CONNECTIONS:-32}
+CONNECTIONS=${CONNECTIONS:-8 32}      # wrk connections: one row per value
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 DATA=${DATA:-benches/data}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
@@ -75,10 +75,10 @@ serve() {
 
 counter() { curl -fs "$1/metrics" | awk -v n="$2" '$1 == n {v = $2} END {print v + 0}'; }
 
-# load NAME WHILE: wrk on $base; with WHILE=replay a replay (into a database of its own,
-# invalidating this run's cache) runs during the whole measurement.
+# load NAME WHILE CONNECTIONS: wrk on $base; with WHILE=replay a replay (into a database
+# of its own, invalidating this run's cache) runs during the measurement.
 load() {
-  local name=$1 while=$2 replay=""
+  local name=$1 while=$2 connections=$3 replay=""
   if [ "$while" = replay ]; then
     "$STUDIO" replay "$LOG" --db "$work/writer-$name.sqlite" --no-progress --redis "$REDIS_URL" \
       >"$work/replay-$name.log" 2>&1 &
@@ -88,7 +88,7 @@ load() {
   fi
   local hits0 misses0
   hits0=$(counter "$base" studio_api_cache_hits_total); misses0=$(counter "$base" studio_api_cache_misses_total)
-  wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency -s benches/api_hot_set.lua "$base" >"$work/wrk-$name-$while.txt"
+  wrk -t1 -c"$connections" -d"${SECONDS_PER_RUN}s" --latency -s benches/api_hot_set.lua "$base" >"$work/wrk-$name-$while.txt"
   local hits misses
   hits=$(($(counter "$base" studio_api_cache_hits_total) - hits0))
   misses=$(($(counter "$base" studio_api_cache_misses_total) - misses0))
@@ -97,20 +97,21 @@ load() {
     kill -0 "$replay" 2>/dev/null && still="yes"
     wait "$replay" || { echo "the replay failed:" >&2; tail "$work/replay-$name.log" >&2; exit 1; }
   fi
-  awk -v name="$name" -v while="$while" -v hits="$hits" -v misses="$misses" -v still="$still" '
+  awk -v name="$name" -v during="$while" -v c="$connections" -v hits="$hits" -v misses="$misses" -v still="$still" '
     /Requests\/sec/ {rps = $2}
     $1 == "50%" {p50 = $2} $1 == "99%" {p99 = $2}
     /non-200/ {bad += $NF}
-    END {printf "%-10s %-8s %10s %9s %9s %8s %9s %9s %14s\n", name, while, rps, p50, p99, bad, hits, misses, still}' \
+    END {printf "%-7s %-7s %5s %10s %9s %9s %8s %9s %9s %8s\n", name, during, c, rps, p50, p99, bad, hits, misses, still}' \
     "$work/wrk-$name-$while.txt"
 }
 
-echo "== $HOT hot blobs of $BLOBS, wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s; machine: $(nproc) cores (wrk, studio serve, redis-server and the replay share them)"
-printf '%-10s %-8s %10s %9s %9s %8s %9s %9s %14s\n' server while "req/s" p50 p99 non-200 hits misses "replay still on"
-serve plain
-load plain idle
-load plain replay
-kill "$server"
-serve redis --redis "$REDIS_URL"
-load redis idle
-load redis replay
+echo "== $HOT hot blobs of $BLOBS, wrk -t1 -d${SECONDS_PER_RUN}s; machine: $(nproc) cores (wrk, studio serve, redis-server and the replay share them); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-7s %-7s %5s %10s %9s %9s %8s %9s %9s %8s\n' server while conns "req/s" p50 p99 non-200 hits misses "replay on"
+for name in plain redis; do
+  if [ "$name" = redis ]; then serve redis --redis "$REDIS_URL"; else serve plain; fi
+  for while in idle replay; do
+    for connections in $CONNECTIONS; do load "$name" "$while" "$connections"; done
+  done
+  kill "$server"
+done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

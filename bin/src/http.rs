@@ -119,12 +119,12 @@ pub fn serve(
     })?;
     listener.set_nonblocking(true)?;
     let mut app = metrics_router(metrics).route(
-            "/healthz",
-            get(move || async move {
-                let (status, body) = health(&control);
-                (status, [(header::CONTENT_TYPE, "application/json")], body)
-            }),
-        );
+        "/healthz",
+        get(move || async move {
+            let (status, body) = health(&control);
+            (status, [(header::CONTENT_TYPE, "application/json")], body)
+        }),
+    );
     let what = match api {
         Some(state) => {
             app = app.merge(crate::api::router(state));

@@ -389,7 +389,10 @@ fn cached(url: &str, prefix: &str, pattern: &str) -> Vec<(String, String)> {
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !done() {
-        assert!(std::time::Instant::now() < deadline, "after a minute: {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after a minute: {what}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -450,12 +453,20 @@ fn the_cache_answers_as_the_store_per_user_and_redis_down_falls_back() {
             .filter(|(k, _)| k.starts_with(&head))
             .map(|(_, v)| v)
             .collect();
-        assert_eq!(found.len(), 1, "one entry for user {u}, blob {b}: {entries:?}");
+        assert_eq!(
+            found.len(),
+            1,
+            "one entry for user {u}, blob {b}: {entries:?}"
+        );
         found[0].clone()
     };
     let a1: Value = serde_json::from_str(&entry(A, 1)).unwrap();
     assert_eq!(a1, uncached[0].1);
-    assert_eq!(entry(C, 1), "", "the stranger's entry is a 404, not A's blob");
+    assert_eq!(
+        entry(C, 1),
+        "",
+        "the stranger's entry is a 404, not A's blob"
+    );
     assert_eq!(entry(B, 6), "", "B may read 1, not 6");
 
     // Redis stops: the same answers, from the view store; the failures are counted.
@@ -472,7 +483,10 @@ fn the_cache_answers_as_the_store_per_user_and_redis_down_falls_back() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("cannot invalidate the Redis cache"), "{stderr}");
+    assert!(
+        stderr.contains("cannot invalidate the Redis cache"),
+        "{stderr}"
+    );
 
     // Redis back (empty: it keeps nothing): answers are cached again.
     redis.restart(&["redis"]);
@@ -508,9 +522,7 @@ fn the_service_invalidates_cached_answers_after_its_commits() {
                 .publish(OutputStream::Deltas, b"", line.as_bytes())
                 .unwrap();
         }
-        publisher
-            .flush(std::time::Duration::from_secs(30))
-            .unwrap();
+        publisher.flush(std::time::Duration::from_secs(30)).unwrap();
     };
     publish(&log_records());
 
@@ -521,7 +533,11 @@ fn the_service_invalidates_cached_answers_after_its_commits() {
         .unwrap()
         .port();
     let child = studio()
-        .args(["run", "--db", dir.path().join("run.sqlite").to_str().unwrap()])
+        .args([
+            "run",
+            "--db",
+            dir.path().join("run.sqlite").to_str().unwrap(),
+        ])
         .args(["--source", "nats", "--url", &nats.url])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("STUDIO_API__JWT_SECRET", SECRET)

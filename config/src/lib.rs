@@ -780,7 +780,11 @@ mod tests {
     fn redis_section_layers() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("studio.toml");
-        std::fs::write(&file, "[redis]\nurl = \"redis://file:1\"\nttl_seconds = 60\n").unwrap();
+        std::fs::write(
+            &file,
+            "[redis]\nurl = \"redis://file:1\"\nttl_seconds = 60\n",
+        )
+        .unwrap();
         figment::Jail::expect_with(|jail| {
             let d = Config::default();
             assert!(!d.redis.enabled(), "no cache unless configured");
@@ -790,7 +794,10 @@ mod tests {
             assert_eq!(c.redis.url, "redis://env:2", "env over file");
             assert_eq!(c.redis.ttl_seconds, 60, "file over defaults");
             assert_eq!(c.redis.key_prefix, "studio");
-            assert!(!format!("{:?}", c.redis).contains("env:2"), "the URL is not logged");
+            assert!(
+                !format!("{:?}", c.redis).contains("env:2"),
+                "the URL is not logged"
+            );
             Ok(())
         });
         std::fs::write(&file, "[redis]\nttl_seconds = 0\n").unwrap();

@@ -224,18 +224,17 @@ pub fn open_view_store(
         )),
         #[allow(unreachable_patterns)]
         _ => {
-            let _ = (content, retry, store);
+            let _ = (content, retry, mode, store);
             Err(store_feature_off(db))
         }
     };
-    with_cache_invalidation(config, sink?, mode)
+    with_cache_invalidation(config, sink?)
 }
 
 /// `sink`, invalidating the Redis cache after each commit when `[redis]` is configured.
 fn with_cache_invalidation(
     config: &Config,
     sink: Box<dyn ViewSink + Send>,
-    mode: OpenMode,
 ) -> Result<Box<dyn ViewSink + Send>, OpenError> {
     if !config.redis.enabled() {
         return Ok(sink);
@@ -243,13 +242,13 @@ fn with_cache_invalidation(
     #[cfg(feature = "redis")]
     {
         let options = crate::cache::CacheOptions::from_config(&config.redis).expect("enabled");
-        let sink = crate::cache::InvalidatingSink::wrap(sink, options, mode == OpenMode::Rebuild)
+        let sink = crate::cache::InvalidatingSink::wrap(sink, options)
             .map_err(|e| OpenError::Invalid(e.to_string()))?;
         Ok(Box::new(sink))
     }
     #[cfg(not(feature = "redis"))]
     {
-        let _ = (sink, mode);
+        let _ = sink;
         Err(feature_off("redis.url (the Redis cache)", "redis"))
     }
 }

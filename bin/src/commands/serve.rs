@@ -11,5 +11,8 @@ pub fn run(config_file: Option<&Path>, args: ServeArgs) -> anyhow::Result<()> {
     args.cache.apply(&mut config);
     let metrics = http::install_recorder()?;
     let state = ApiState::open(&config, &args.db, args.readers)?;
-    serve_blocking(&args.listen, router(state).merge(http::metrics_router(metrics)))
+    serve_blocking(
+        &args.listen,
+        router(state).merge(http::metrics_router(metrics)),
+    )
 }

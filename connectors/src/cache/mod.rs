@@ -3,7 +3,7 @@
 //! writer's invalidation after every commit that changes a blob or its grants.
 //!
 //! ```text
-//!  PREFIX:epoch                                 bumped when a replay rebuilds the store, and
+//!  PREFIX:epoch                                 bumped when a writer opens the store, and
 //!                                               after an invalidation could not reach Redis
 //!  PREFIX:gen:{blob_id}                         bumped after each commit changing the blob
 //!                                               (its row or its grants)
@@ -328,12 +328,12 @@ pub struct InvalidatingSink {
 }
 
 impl InvalidatingSink {
-    /// Wraps `inner`. `rebuilt`: the store was just emptied for a replay, so every
-    /// cached answer is dropped now.
+    /// Wraps `inner`, and drops every cached answer now: a replay may have emptied
+    /// the store, and a writer before this one may have died between a commit and its
+    /// invalidation.
     pub fn wrap(
         inner: Box<dyn ViewSink + Send>,
         options: CacheOptions,
-        rebuilt: bool,
     ) -> Result<InvalidatingSink, CacheError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -343,17 +343,19 @@ impl InvalidatingSink {
             .map_err(|e| CacheError::Redis(e.into()))?;
         let retry_every = options.retry_after.max(Duration::from_millis(100));
         let cache = BlobCache::open(options)?;
-        let owed = Arc::new(AtomicBool::new(rebuilt));
-        runtime.spawn(pay_owed_epochs(cache.clone(), Arc::clone(&owed), retry_every));
+        let owed = Arc::new(AtomicBool::new(true));
+        runtime.spawn(pay_owed_epochs(
+            cache.clone(),
+            Arc::clone(&owed),
+            retry_every,
+        ));
         let mut sink = InvalidatingSink {
             inner,
             cache,
             runtime,
             owed,
         };
-        if rebuilt {
-            sink.invalidate(&[]);
-        }
+        sink.invalidate(&[]);
         Ok(sink)
     }
 

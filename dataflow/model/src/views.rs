@@ -593,3 +593,25 @@ impl ViewBatch {
             .collect();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::{GrantKey, Permission};
+
+    /// What a cache of per-blob answers must drop: blobs whose row or grants changed,
+    /// each once, whatever else the batch holds.
+    #[test]
+    fn blobs_changed_for_readers_are_rows_and_grants_once_each() {
+        let id = Uuid::from_u128;
+        let mut batch = ViewBatch::default();
+        batch.blobs.deletes = vec![id(3), id(1)];
+        batch.grants.deletes = vec![
+            GrantKey(id(2), id(9), Permission::Read),
+            GrantKey(id(1), id(9), Permission::Write),
+        ];
+        batch.depth.deletes = vec![id(7)];
+        assert_eq!(batch.blobs_changed_for_readers(), vec![id(1), id(2), id(3)]);
+        assert!(ViewBatch::default().blobs_changed_for_readers().is_empty());
+    }
+}

@@ -497,6 +497,103 @@ fn the_cache_answers_as_the_store_per_user_and_redis_down_falls_back() {
     });
 }
 
+/// `studio run` over NATS, on a stream of its own holding this file's log, with the
+/// cache at `redis_url` (key prefix `prefix`), and its API on a free port.
+struct CachedService {
+    server: Server,
+    nats: studio_config::NatsConfig,
+    prefix: String,
+    _dir: tempfile::TempDir,
+}
+
+impl CachedService {
+    fn start(redis_url: &str) -> CachedService {
+        let prefix = studio_tests::services::unique_name("cache").replace(['-', '.'], "_");
+        let mut nats = studio_config::Config::default().nats;
+        nats.url = studio_tests::services::service_env("NATS_URL");
+        nats.stream = format!("IN_{prefix}");
+        nats.output_stream = format!("OUT_{prefix}");
+        nats.durable = format!("d_{prefix}");
+        nats.subjects.deltas = format!("{prefix}.deltas");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = studio()
+            .args([
+                "run",
+                "--db",
+                dir.path().join("run.sqlite").to_str().unwrap(),
+            ])
+            .args(["--source", "nats", "--url", &nats.url])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("STUDIO_API__JWT_SECRET", SECRET)
+            .env("STUDIO_RUN__PUBLISH", "[]")
+            .env("STUDIO_NATS__STREAM", &nats.stream)
+            .env("STUDIO_NATS__OUTPUT_STREAM", &nats.output_stream)
+            .env("STUDIO_NATS__DURABLE", &nats.durable)
+            .env("STUDIO_NATS__SUBJECTS__DELTAS", &nats.subjects.deltas)
+            .envs(cache_env(redis_url, &prefix))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let service = CachedService {
+            server: Server {
+                child,
+                base: format!("http://127.0.0.1:{port}"),
+            },
+            nats,
+            prefix,
+            _dir: dir,
+        };
+        service.publish(&log_records());
+        wait_for("the log applied", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && service.version(B, 1) == Some(3)
+        });
+        service
+    }
+
+    /// Publishes `lines` to the service's input.
+    fn publish(&self, lines: &[String]) {
+        use studio_connectors::nats::NatsPublisher;
+        use studio_connectors::{OutputStream, RecordPublisher};
+        let mut publisher = NatsPublisher::open(&self.nats, &[OutputStream::Deltas]).unwrap();
+        for line in lines {
+            publisher
+                .publish(OutputStream::Deltas, b"", line.as_bytes())
+                .unwrap();
+        }
+        publisher.flush(std::time::Duration::from_secs(30)).unwrap();
+    }
+
+    /// The version of blob `b` that user `u` is answered; `None`: 404.
+    fn version(&self, u: u32, b: u32) -> Option<u64> {
+        let (status, body) = as_user(&self.server, u, &format!("/v1/blobs/{}", blob(b)));
+        (status == StatusCode::OK).then(|| body["version"].as_u64().unwrap())
+    }
+
+    /// A counter of the cache in Redis at `redis_url` (`epoch`, `gen:BLOB_ID`).
+    fn redis_counter(&self, redis_url: &str, key: &str) -> Option<u64> {
+        redis::cmd("GET")
+            .arg(format!("{}:{key}", self.prefix))
+            .query(&mut redis_connection(redis_url))
+            .unwrap()
+    }
+
+    /// Waits until asking `u` for blob `b` again is a cache hit.
+    fn wait_until_cached(&self, u: u32, b: u32) {
+        wait_for("an answer cached", || {
+            let hits = self.server.counter("studio_api_cache_hits_total");
+            self.version(u, b);
+            self.server.counter("studio_api_cache_hits_total") - hits == 1
+        });
+    }
+}
+
 /// `studio run` over NATS with the cache: a cached answer is replaced after the commit
 /// of an update, of a revoke (the reader gets 404) and of a grant (a cached 404
 /// becomes the blob). The test waits until the writer has bumped the blob's
@@ -504,97 +601,29 @@ fn the_cache_answers_as_the_store_per_user_and_redis_down_falls_back() {
 /// the new state, at once, with no retry.
 #[test]
 fn the_service_invalidates_cached_answers_after_its_commits() {
-    use studio_connectors::nats::NatsPublisher;
-    use studio_connectors::{OutputStream, RecordPublisher};
-
     let redis_url = studio_tests::services::service_env("REDIS_URL");
-    let name = studio_tests::services::unique_name("cache").replace(['-', '.'], "_");
-    let mut nats = studio_config::Config::default().nats;
-    nats.url = studio_tests::services::service_env("NATS_URL");
-    nats.stream = format!("IN_{name}");
-    nats.output_stream = format!("OUT_{name}");
-    nats.durable = format!("d_{name}");
-    nats.subjects.deltas = format!("{name}.deltas");
-    let publish = |lines: &[String]| {
-        let mut publisher = NatsPublisher::open(&nats, &[OutputStream::Deltas]).unwrap();
-        for line in lines {
-            publisher
-                .publish(OutputStream::Deltas, b"", line.as_bytes())
-                .unwrap();
-        }
-        publisher.flush(std::time::Duration::from_secs(30)).unwrap();
-    };
-    publish(&log_records());
-
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = studio()
-        .args([
-            "run",
-            "--db",
-            dir.path().join("run.sqlite").to_str().unwrap(),
-        ])
-        .args(["--source", "nats", "--url", &nats.url])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("STUDIO_API__JWT_SECRET", SECRET)
-        .env("STUDIO_RUN__PUBLISH", "[]")
-        .env("STUDIO_NATS__STREAM", &nats.stream)
-        .env("STUDIO_NATS__OUTPUT_STREAM", &nats.output_stream)
-        .env("STUDIO_NATS__DURABLE", &nats.durable)
-        .env("STUDIO_NATS__SUBJECTS__DELTAS", &nats.subjects.deltas)
-        .envs(cache_env(&redis_url, &name))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let s = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
+    let svc = CachedService::start(&redis_url);
+    let (s, name) = (&svc.server, &svc.prefix);
+    let publish = |lines: &[String]| svc.publish(lines);
     let one = format!("/v1/blobs/{}", blob(1));
-    let version = |u: u32| -> Option<u64> {
-        let (status, body) = as_user(&s, u, &one);
-        (status == StatusCode::OK).then(|| body["version"].as_u64().unwrap())
-    };
-    wait_for("the log applied", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && version(B) == Some(3)
-    });
-    let generation = || -> Option<u64> {
-        redis::cmd("GET")
-            .arg(format!("{name}:gen:{}", blob(1)))
-            .query(&mut redis_connection(&redis_url))
-            .unwrap()
-    };
-    // Cached: asked again, both answers are hits (entries are stored in the
-    // background after a miss).
-    wait_for("A's and B's answers cached", || {
-        let hits = s.counter("studio_api_cache_hits_total");
-        assert_eq!((version(A), version(B)), (Some(3), Some(3)));
-        s.counter("studio_api_cache_hits_total") - hits == 2
-    });
+    let version = |u: u32| svc.version(u, 1);
+    let generation = || svc.redis_counter(&redis_url, &format!("gen:{}", blob(1)));
+    // Cached: asked again, both answers are hits.
+    svc.wait_until_cached(A, 1);
+    svc.wait_until_cached(B, 1);
+    assert_eq!((version(A), version(B)), (Some(3), Some(3)));
 
     // Publishes `fields` and waits until the writer has invalidated blob `b`, reading
     // as `u` meanwhile: answers may be old until then, never after.
     let mut n = 100;
     let mut change = |fields: Value, b: u32, u: u32| {
-        let bump_key = format!("{name}:gen:{}", blob(b));
-        let before: Option<u64> = redis::cmd("GET")
-            .arg(&bump_key)
-            .query(&mut redis_connection(&redis_url))
-            .unwrap();
+        let bump_key = format!("gen:{}", blob(b));
+        let before = svc.redis_counter(&redis_url, &bump_key);
         n += 1;
         publish(&[record(n, fields)]);
         wait_for("the writer's invalidation", || {
-            as_user(&s, u, &format!("/v1/blobs/{}", blob(b))); // keeps the old one cached
-            let now: Option<u64> = redis::cmd("GET")
-                .arg(&bump_key)
-                .query(&mut redis_connection(&redis_url))
-                .unwrap();
-            now != before
+            svc.version(u, b); // keeps the old answer cached until the bump
+            svc.redis_counter(&redis_url, &bump_key) != before
         });
     };
 
@@ -622,11 +651,8 @@ fn the_service_invalidates_cached_answers_after_its_commits() {
 
     // A grant: C's cached 404 on blob 2 becomes the blob.
     let two = format!("/v1/blobs/{}", blob(2));
-    wait_for("C's 404 cached", || {
-        let hits = s.counter("studio_api_cache_hits_total");
-        assert_eq!(as_user(&s, C, &two).0, StatusCode::NOT_FOUND);
-        s.counter("studio_api_cache_hits_total") - hits == 1
-    });
+    assert_eq!(svc.version(C, 2), None);
+    svc.wait_until_cached(C, 2);
     change(
         json!({"kind": "grant", "blob_id": blob(2), "user_id": user(C), "permission": "read",
         "granted_by": user(A)}),
@@ -637,4 +663,47 @@ fn the_service_invalidates_cached_answers_after_its_commits() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["doc"], json!({"content": "blob 2"}));
     assert!(s.counter("studio_cache_invalidations_total") >= 3);
+}
+
+/// The writer cannot reach Redis (a network cut, Redis itself keeps its entries):
+/// the API answers from the view store meanwhile, the writer's commit stands and its
+/// failed invalidation is counted; once Redis is reachable again the writer drops
+/// every cached answer (bumps the epoch), after which no stale answer is served.
+#[test]
+fn a_writer_cut_off_from_redis_drops_every_cached_answer_once_back() {
+    let redis_url = studio_tests::services::service_env("REDIS_URL");
+    let proxy =
+        studio_tests::services::FlakyProxy::start(studio_tests::services::host_port(&redis_url));
+    let svc = CachedService::start(&format!("redis://{}", proxy.addr()));
+    svc.wait_until_cached(B, 1);
+    let epoch = svc.redis_counter(&redis_url, "epoch");
+    assert!(epoch.is_some());
+    let generation_key = format!("gen:{}", blob(1));
+    let generation = svc.redis_counter(&redis_url, &generation_key);
+
+    proxy.cut();
+    svc.publish(&[record(
+        100,
+        json!({"blob_id": blob(1), "user_id": user(A), "operation": "update", "version": 4,
+        "patch": {"content": "fourth"}}),
+    )]);
+    // Redis out of reach: answered from the store, so the commit shows at once.
+    wait_for("the update committed, answered from the store", || {
+        svc.version(B, 1) == Some(4)
+    });
+    wait_for("the failed invalidation counted", || {
+        svc.server.counter("studio_cache_invalidation_errors_total") >= 1
+    });
+    assert_eq!(
+        svc.redis_counter(&redis_url, &generation_key),
+        generation,
+        "the invalidation did not reach Redis: B's version 3 is still under its stamp"
+    );
+
+    proxy.restore();
+    wait_for("the writer's epoch bump once Redis is back", || {
+        svc.redis_counter(&redis_url, "epoch") != epoch
+    });
+    assert_eq!(svc.version(B, 1), Some(4), "B's cached version 3 is gone");
+    assert_eq!(svc.version(A, 1), Some(4));
 }

@@ -105,6 +105,9 @@ pub enum CacheError {
     /// Redis did not answer within `redis.timeout_ms`.
     #[error("Redis did not answer within {0:?} (redis.timeout_ms)")]
     Timeout(Duration),
+    /// The writer's thread for invalidations could not start.
+    #[error("cannot start the cache invalidation thread: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// What the cache holds for a user's question about a blob.
@@ -340,7 +343,7 @@ impl InvalidatingSink {
             .thread_name("studio-cache-invalidation")
             .enable_all()
             .build()
-            .map_err(|e| CacheError::Redis(e.into()))?;
+            .map_err(CacheError::Runtime)?;
         let retry_every = options.retry_after.max(Duration::from_millis(100));
         let cache = BlobCache::open(options)?;
         let owed = Arc::new(AtomicBool::new(true));

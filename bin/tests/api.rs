@@ -603,7 +603,7 @@ impl CachedService {
 fn the_service_invalidates_cached_answers_after_its_commits() {
     let redis_url = studio_tests::services::service_env("REDIS_URL");
     let svc = CachedService::start(&redis_url);
-    let (s, name) = (&svc.server, &svc.prefix);
+    let s = &svc.server;
     let publish = |lines: &[String]| svc.publish(lines);
     let one = format!("/v1/blobs/{}", blob(1));
     let version = |u: u32| svc.version(u, 1);
@@ -636,7 +636,7 @@ fn the_service_invalidates_cached_answers_after_its_commits() {
     );
     assert_eq!(version(B), Some(4), "B's cached version 3 was dropped");
     assert_eq!(version(A), Some(4), "A's cached version 3 was dropped");
-    assert_eq!(as_user(&s, A, &one).1["doc"], json!({"content": "fourth"}));
+    assert_eq!(as_user(s, A, &one).1["doc"], json!({"content": "fourth"}));
 
     // A revoke: B's cached blob becomes a 404, A keeps reading it.
     assert!(generation().is_some());
@@ -659,7 +659,7 @@ fn the_service_invalidates_cached_answers_after_its_commits() {
         2,
         C,
     );
-    let (status, body) = as_user(&s, C, &two);
+    let (status, body) = as_user(s, C, &two);
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["doc"], json!({"content": "blob 2"}));
     assert!(s.counter("studio_cache_invalidations_total") >= 3);

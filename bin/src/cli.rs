@@ -50,8 +50,10 @@ pub enum Command {
     /// Serve the query API over HTTP: JSON, bearer tokens (JWT HS256, secret
     /// api.jwt_secret), only blobs the caller may read (docs/access.md).
     Serve(ServeArgs),
-    /// Run the built-in providers of --config on transform requests from a file and
-    /// write their output deltas as a delta log.
+    /// Run the built-in providers of --config: on the requests topic or subject of
+    /// Kafka or NATS as one of a group of workers (--source), publishing output deltas
+    /// and results; or on a request file (--requests), writing a delta log. Stops
+    /// gracefully on SIGINT/SIGTERM.
     Worker(WorkerArgs),
     /// Publish a delta log, generated or your own (--log), to Kafka or NATS at a target
     /// rate, keyed by blob_id, and print what rate was achieved.
@@ -112,15 +114,41 @@ pub struct RunArgs {
 /// `studio worker`.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// Transform requests, one JSON object per line (`studio replay --requests-out`).
-    #[arg(long, value_name = "FILE.jsonl")]
-    pub requests: PathBuf,
-    /// Where the output deltas go (a delta log).
-    #[arg(long, value_name = "FILE.jsonl")]
-    pub out: PathBuf,
-    /// Where the processing results go, one JSON object per line.
-    #[arg(long, value_name = "FILE.jsonl")]
+    /// File mode: transform requests, one JSON object per line (`studio replay
+    /// --requests-out`). Without it the worker serves the bus (--source).
+    #[arg(
+        long,
+        value_name = "FILE.jsonl",
+        requires = "out",
+        conflicts_with = "source"
+    )]
+    pub requests: Option<PathBuf>,
+    /// File mode: where the output deltas go (a delta log).
+    #[arg(long, value_name = "FILE.jsonl", requires = "requests")]
+    pub out: Option<PathBuf>,
+    /// File mode: where the processing results go, one JSON object per line.
+    #[arg(long, value_name = "FILE.jsonl", requires = "requests")]
     pub results: Option<PathBuf>,
+    /// Bus mode: the bus whose requests topic (Kafka) or subject (NATS) to serve, as a
+    /// member of the workers' group [config: worker.source].
+    #[arg(long, value_enum)]
+    pub source: Option<BusKind>,
+    /// Kafka bootstrap brokers [config: kafka.brokers].
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    /// NATS server URL [config: nats.url].
+    #[arg(long, env = "NATS_URL")]
+    pub url: Option<String>,
+    /// The memo's SQLite file, kept across restarts; "" for a memo in memory
+    /// [config: worker.memo].
+    #[arg(long, value_name = "FILE.sqlite")]
+    pub memo: Option<String>,
+    /// Bus mode: stop gracefully once no request arrived for this many milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub exit_when_idle: Option<u64>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `studio loadgen`.

@@ -18,8 +18,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     // A service logs what it does by default; one-shot commands only warn.
-    let service = matches!(cli.command, cli::Command::Run(_) | cli::Command::Serve(_));
-    telemetry::init(cli.log_format, cli.verbose, service);
+    let service = match &cli.command {
+        cli::Command::Run(_) | cli::Command::Serve(_) => true,
+        cli::Command::Worker(args) => args.requests.is_none(), // on the bus
+        _ => false,
+    };
+    // Only the [telemetry] section is read here; a config that does not load is the
+    // command's to report.
+    let traces = studio_config::Config::load(cli.config.as_deref())
+        .map(|config| config.telemetry)
+        .unwrap_or_else(|_| studio_config::Config::default().telemetry);
+    let _traces = telemetry::init(cli.log_format, cli.verbose, service, &traces);
     match commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -69,6 +69,7 @@ impl Setup {
                 k.topics.events = format!("{name}.events");
                 k.topics.applied = format!("{name}.applied");
                 k.topics.dead_letters = format!("{name}.dead");
+                k.topics.results = format!("{name}.results");
                 set("STUDIO_RUN__SOURCE", "kafka".into());
                 set("STUDIO_KAFKA__BROKERS", k.brokers.clone());
                 set("STUDIO_KAFKA__PARTITIONS", "1".into());
@@ -81,6 +82,8 @@ impl Setup {
                     "STUDIO_KAFKA__TOPICS__DEAD_LETTERS",
                     k.topics.dead_letters.clone(),
                 );
+                set("STUDIO_KAFKA__TOPICS__RESULTS", k.topics.results.clone());
+                set("STUDIO_WORKER__GROUP_ID", format!("{name}.workers"));
             }
             Bus::Nats => {
                 let n = &mut config.nats;
@@ -94,6 +97,7 @@ impl Setup {
                 n.subjects.events = format!("{id}.events");
                 n.subjects.applied = format!("{id}.applied");
                 n.subjects.dead_letters = format!("{id}.dead");
+                n.subjects.results = format!("{id}.results");
                 set("STUDIO_RUN__SOURCE", "nats".into());
                 set("STUDIO_NATS__URL", n.url.clone());
                 set("STUDIO_NATS__STREAM", n.stream.clone());
@@ -110,6 +114,8 @@ impl Setup {
                     "STUDIO_NATS__SUBJECTS__DEAD_LETTERS",
                     n.subjects.dead_letters.clone(),
                 );
+                set("STUDIO_NATS__SUBJECTS__RESULTS", n.subjects.results.clone());
+                set("STUDIO_WORKER__DURABLE", format!("w_{id}"));
             }
         }
         Setup { bus, config, vars }
@@ -117,22 +123,21 @@ impl Setup {
 
     /// Publishes `lines` to the deltas topic, keyed by blob id (malformed ones by "").
     fn publish(&self, lines: &[Vec<u8>]) {
+        self.publish_to(OutputStream::Deltas, lines);
+    }
+
+    /// Publishes `lines` to the topic of `stream`, keyed by blob id (malformed ones by "").
+    fn publish_to(&self, stream: OutputStream, lines: &[Vec<u8>]) {
         let mut publisher: Box<dyn RecordPublisher> = match self.bus {
-            Bus::Kafka => {
-                Box::new(KafkaPublisher::open(&self.config.kafka, &[OutputStream::Deltas]).unwrap())
-            }
-            Bus::Nats => {
-                Box::new(NatsPublisher::open(&self.config.nats, &[OutputStream::Deltas]).unwrap())
-            }
+            Bus::Kafka => Box::new(KafkaPublisher::open(&self.config.kafka, &[stream]).unwrap()),
+            Bus::Nats => Box::new(NatsPublisher::open(&self.config.nats, &[stream]).unwrap()),
         };
         for line in lines {
             let key = serde_json::from_slice::<Value>(line)
                 .ok()
                 .and_then(|v| v.get("blob_id").and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or_default();
-            publisher
-                .publish(OutputStream::Deltas, key.as_bytes(), line)
-                .unwrap();
+            publisher.publish(stream, key.as_bytes(), line).unwrap();
         }
         publisher.flush(Duration::from_secs(60)).unwrap();
     }
@@ -167,7 +172,8 @@ impl Setup {
         got
     }
 
-    fn service(&self, db: impl AsRef<OsStr>, extra: &[&str]) -> Command {
+    /// `studio SUBCOMMAND` with this setup's variables (and no others of Studio's).
+    fn studio(&self, subcommand: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_studio"));
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("STUDIO_") {
@@ -177,10 +183,13 @@ impl Setup {
         cmd.envs(self.vars.iter().map(|(k, v)| (k, v)))
             .env_remove("KAFKA_BROKERS")
             .env_remove("NATS_URL")
-            .arg("run")
-            .arg("--db")
-            .arg(db)
-            .args(extra);
+            .arg(subcommand);
+        cmd
+    }
+
+    fn service(&self, db: impl AsRef<OsStr>, extra: &[&str]) -> Command {
+        let mut cmd = self.studio("run");
+        cmd.arg("--db").arg(db).args(extra);
         cmd
     }
 
@@ -200,8 +209,12 @@ impl Setup {
     }
 
     fn spawn(&self, db: impl AsRef<OsStr>) -> Running {
+        self.spawn_with(db, &[])
+    }
+
+    fn spawn_with(&self, db: impl AsRef<OsStr>, extra: &[&str]) -> Running {
         Running(
-            self.service(db, &[])
+            self.service(db, extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -1048,4 +1061,736 @@ fn postgres_service_survives_kill_9() {
     let report = setup.run_to_idle(&url);
     assert!(report["records_read"].as_u64().is_some(), "{report}");
     assert_pg_matches_replay(&url, &lines, dir.path());
+}
+
+// ---- Providers on the bus (issue 18): `studio run` + two `studio worker`s ----
+
+/// A stand-in for a paid chat-completions API (the content expander's): answers every
+/// call after `delay_ms`, so a worker can be caught in the middle of a request, and
+/// tells how many calls it served (GET).
+struct SlowApi {
+    child: Child,
+    url: String,
+}
+
+impl SlowApi {
+    fn start(dir: &Path, delay_ms: u64) -> SlowApi {
+        let script = dir.join("slow_api.py");
+        std::fs::write(
+            &script,
+            r#"import json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+calls = 0
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = str(calls).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        global calls
+        calls += 1
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        time.sleep(int(sys.argv[1]) / 1000)
+        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "More words."}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#,
+        )
+        .unwrap();
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(delay_ms.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs the API stand-in");
+        let mut port = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut port)
+            .unwrap();
+        SlowApi {
+            child,
+            url: format!("http://127.0.0.1:{}/v1", port.trim()),
+        }
+    }
+}
+
+impl SlowApi {
+    /// The calls served so far.
+    fn calls(&self) -> u64 {
+        let base = self.url.trim_end_matches("/v1");
+        let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        use std::io::{Read, Write};
+        write!(stream, "GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+            .rsplit("\r\n\r\n")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for SlowApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The providers of these tests: two offline built-ins, a slow one (the expander on
+/// [`SlowApi`]) and one that fails every attempt (the expander on a closed port).
+fn bus_providers(dir: &Path, slow_api: &str) -> std::path::PathBuf {
+    let path = dir.join("providers.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[providers]]
+id = "grammar-checker"
+blob_types = ["text/plain"]
+
+[[providers]]
+id = "render-html"
+blob_types = ["text/markdown"]
+
+[[providers]]
+id = "slow-expander"
+worker = "content-expander"
+blob_types = ["text/x-expand"]
+timeout_ms = 20000
+config = {{ base_url = "{slow_api}" }}
+
+[[providers]]
+id = "always-fails"
+worker = "content-expander"
+blob_types = ["text/x-fail"]
+max_attempts = 2
+backoff_ms = 50
+timeout_ms = 5000
+config = {{ base_url = "http://127.0.0.1:9/v1" }}
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A `create` of blob `n` with `content_type` and `content`.
+fn document(n: u64, content_type: &str, content: &str) -> Vec<u8> {
+    serde_json::json!({
+        "id": format!("0000000d-0000-4000-8000-{n:012x}"),
+        "blob_id": format!("0000000b-0000-4000-8000-{n:012x}"),
+        "user_id": "0000000a-0000-4000-8000-000000000001",
+        "operation": "create",
+        "version": 1,
+        "created_at": "2026-01-01T00:00:00Z",
+        "patch": {"content": content},
+        "metadata": {"content_type": content_type},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The `fields` of a worker's JSON log lines whose message is `message`.
+fn logged(log: &Path, message: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|line| line["fields"].clone())
+        .filter(|fields| fields["message"] == message)
+        .collect()
+}
+
+/// A request the worker logging to `log` started and has not answered, of `provider`.
+fn in_the_middle(log: &Path, provider: &str) -> Option<String> {
+    let answered: Vec<Value> = logged(log, "answered");
+    logged(log, "running")
+        .into_iter()
+        .filter(|f| f["provider"] == provider)
+        .map(|f| f["request"].as_str().unwrap_or_default().to_owned())
+        .find(|id| !answered.iter().any(|a| a["request"] == id.as_str()))
+}
+
+/// Waits until the service created its views (the last table of all included).
+fn wait_for_views(db: &Path) {
+    wait_until(60, "the service did not create its views", || {
+        db.exists()
+            && std::panic::catch_unwind(|| {
+                text_rows(db, "SELECT CAST(count(*) AS TEXT) FROM result_log")
+            })
+            .is_ok()
+    });
+}
+
+/// The number a `SELECT count(*) ...` answers.
+fn count(db: &Path, sql: &str) -> u64 {
+    text_rows(db, &format!("SELECT CAST(({sql}) AS TEXT)"))[0][0]
+        .clone()
+        .unwrap_or_default()
+        .parse()
+        .unwrap()
+}
+
+/// Documents go in; two workers answer; one is killed with SIGKILL in the middle of a
+/// request, and the other answers it; every output lands once; a provider that fails
+/// every attempt ends `failed` with a `processing.failed` event; counts add up.
+fn providers_on_the_bus(bus: Bus) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(bus, "providers");
+    setup
+        .vars
+        .push(("STUDIO_WORKER__MAX_BATCH_REQUESTS".into(), "2".into()));
+    // A dead NATS worker's requests go to the other after this long.
+    setup
+        .vars
+        .push(("STUDIO_NATS__ACK_WAIT_S".into(), "4".into()));
+    if bus == Bus::Kafka {
+        // Requests spread over four partitions, shared by the workers' group.
+        let mut kafka = setup.config.kafka.clone();
+        kafka.partitions = 4;
+        studio_connectors::kafka::ensure_topics(&kafka, &[&kafka.topics.requests]).unwrap();
+    }
+    let api = SlowApi::start(dir.path(), 400);
+    let providers = bus_providers(dir.path(), &api.url);
+    let providers = providers.to_str().unwrap();
+    let db = dir.path().join("views.sqlite");
+    let service = setup
+        .service(&db, &["--config", providers, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_views(&db);
+    let worker = |name: &str| {
+        let log = dir.path().join(format!("{name}.log"));
+        let child = setup
+            .studio("worker")
+            .args(["--config", providers, "--log-format", "json", "--source"])
+            .arg(match bus {
+                Bus::Kafka => "kafka",
+                Bus::Nats => "nats",
+            })
+            .arg("--memo")
+            .arg(dir.path().join(format!("{name}.memo.sqlite")))
+            .env("RUST_LOG", "info,studio_dataflow::worker=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (Running(child), log)
+    };
+    let mut workers = [worker("a"), worker("b")];
+
+    let text = "We discussed the the roadmap. Their is a lot to do.";
+    let mut lines = Vec::new();
+    for n in 1..=6 {
+        lines.push(document(n, "text/plain", text));
+    }
+    lines.push(document(
+        7,
+        "text/markdown",
+        "# Notes\n\nship *providers*\n",
+    ));
+    lines.push(document(8, "text/x-fail", "nobody can expand this"));
+    for n in 10..22 {
+        lines.push(document(n, "text/x-expand", "Expand me."));
+    }
+    // Not a request: a dead letter of the worker that takes it, which goes on.
+    setup.publish_to(OutputStream::Requests, &[b"not a request".to_vec()]);
+    setup.publish(&lines);
+
+    // Catch a worker in the middle of a slow request, and kill it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (killed, request) = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no worker started a slow request"
+        );
+        let caught = workers
+            .iter()
+            .enumerate()
+            .find_map(|(i, (_, log))| Some((i, in_the_middle(log, "slow-expander")?)));
+        if let Some((i, request)) = caught {
+            workers[i].0.kill();
+            break (i, request);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let survivor = &workers[1 - killed].1;
+
+    let settled = |db: &Path| {
+        db.exists()
+            && count(
+                db,
+                "SELECT count(*) FROM transform_requests WHERE status IN ('completed', 'failed')",
+            ) >= 20
+            && count(
+                db,
+                "SELECT count(*) FROM transform_requests WHERE status = 'pending'",
+            ) == 0
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !settled(&db) {
+        assert!(
+            Instant::now() < deadline,
+            "requests still unsettled: {:?}",
+            text_rows(
+                &db,
+                "SELECT provider_id, blob_id, status FROM transform_requests ORDER BY 1, 2"
+            )
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The killed worker's request was answered by the other one, once.
+    assert!(
+        logged(survivor, "answered")
+            .iter()
+            .any(|a| a["request"] == request.as_str()),
+        "the surviving worker answered {request}"
+    );
+    let status = text_rows(
+        &db,
+        &format!("SELECT status FROM processing WHERE request_id = '{request}'"),
+    );
+    assert_eq!(status, vec![vec![Some("completed".to_owned())]]);
+    for n in 10..22 {
+        let blob = format!("0000000b-0000-4000-8000-{n:012x}");
+        let outputs = count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM deltas_applied WHERE blob_id = '{blob}' AND provider_id = 'slow-expander'"
+            ),
+        );
+        assert_eq!(outputs, 1, "exactly one output version of {blob}");
+        let expanded = count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM blobs WHERE blob_id = '{blob}' AND version = 2 AND json_extract(doc, '$.expanded') IS NOT NULL"
+            ),
+        );
+        assert_eq!(expanded, 1, "{blob} expanded");
+    }
+    // Grammar annotations on every text, the Markdown rendered to a derived blob.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM blobs WHERE content_type = 'text/plain' AND json_array_length(doc, '$.grammar') > 0"
+        ),
+        6
+    );
+    let html = text_rows(
+        &db,
+        "SELECT json_extract(doc, '$.content') FROM blobs WHERE parent_id = '0000000b-0000-4000-8000-000000000007' AND content_type = 'text/html'",
+    );
+    assert_eq!(html.len(), 1, "one derived blob");
+    assert!(
+        html[0][0]
+            .as_deref()
+            .unwrap_or_default()
+            .contains("<h1>Notes</h1>"),
+        "{html:?}"
+    );
+    // The failing provider: `failed` after its attempts, and one processing.failed.
+    let failed = text_rows(
+        &db,
+        "SELECT status, CAST(attempts AS TEXT) FROM processing WHERE provider_id = 'always-fails'",
+    );
+    assert_eq!(failed, vec![vec![Some("failed".into()), Some("2".into())]]);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM events WHERE type = 'processing.failed' AND provider_id = 'always-fails'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM transform_requests WHERE provider_id = 'always-fails' AND status = 'failed'"
+        ),
+        1
+    );
+
+    let letters: Vec<Value> = setup
+        .read_output(OutputStream::DeadLetters)
+        .iter()
+        .map(|r| serde_json::from_slice(r).unwrap())
+        .collect();
+    assert!(
+        letters
+            .iter()
+            .any(|l| l["raw"] == "not a request" && l["rule"] == "S1.1 malformed"),
+        "{letters:?}"
+    );
+
+    // A graceful stop; every record read was decided once.
+    let status = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = service.wait_with_output().unwrap();
+    assert!(out.status.success(), "a graceful stop exits 0");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = |key: &str| report[key].as_u64().unwrap();
+    assert_eq!(
+        n("accepted") + n("duplicates") + n("dead_letters"),
+        n("records_read"),
+        "counts add up: {report}"
+    );
+    assert_eq!(n("dead_letters"), 0, "{report}");
+}
+
+#[test]
+fn kafka_providers_on_the_bus() {
+    providers_on_the_bus(Bus::Kafka);
+}
+
+#[test]
+fn nats_providers_on_the_bus() {
+    providers_on_the_bus(Bus::Nats);
+}
+
+/// Waits (up to `secs`) until `done` holds, saying `what` when it never does.
+fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The events of `kind` about blob `n` ([`document`]).
+fn events_of(db: &Path, kind: &str, n: u64) -> u64 {
+    count(
+        db,
+        &format!(
+            "SELECT count(*) FROM events WHERE type = '{kind}' AND blob_id = '0000000b-0000-4000-8000-{n:012x}'"
+        ),
+    )
+}
+
+/// No worker runs: the service issues the request `max_attempts` times, then fails it
+/// (`processing.failed`). The failure is a result like any other: after a SIGKILL and
+/// a restart it is still there, once, and the request is not issued again.
+fn silent_workers(bus: Bus) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(bus, "silent");
+    setup
+        .vars
+        .push(("STUDIO_RUN__WORKER_GRACE_MS".into(), "300".into()));
+    let providers = dir.path().join("providers.toml");
+    std::fs::write(
+        &providers,
+        r#"
+[[providers]]
+id = "nobody-runs-me"
+worker = "content-expander"
+blob_types = ["text/x-expand"]
+timeout_ms = 200
+max_attempts = 2
+backoff_ms = 10
+config = { base_url = "http://127.0.0.1:9/v1" }
+"#,
+    )
+    .unwrap();
+    let providers = providers.to_str().unwrap();
+    let db = dir.path().join("views.sqlite");
+    let mut service = setup.spawn_with(&db, &["--config", providers]);
+    wait_for_views(&db);
+    setup.publish(&[document(1, "text/x-expand", "Expand me.")]);
+    let failed = |db: &Path| db.exists() && events_of(db, "processing.failed", 1) > 0;
+    wait_until(120, "the unanswered request never failed", || failed(&db));
+    let error = text_rows(&db, "SELECT status, error FROM processing");
+    assert_eq!(error.len(), 1, "{error:?}");
+    assert_eq!(error[0][0].as_deref(), Some("failed"));
+    assert!(
+        error[0][1]
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no worker answered: issued 2 times"),
+        "{error:?}"
+    );
+
+    // A restart replays the failure: the request stays failed, and is not issued again
+    // (a second document, published after the restart, fails after the same wait).
+    service.kill();
+    let service = setup
+        .service(&db, &["--config", providers, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    setup.publish(&[document(2, "text/x-expand", "Expand me too.")]);
+    wait_until(120, "the second request never failed", || {
+        events_of(&db, "processing.failed", 2) > 0
+    });
+    assert_eq!(events_of(&db, "processing.failed", 1), 1, "failed once");
+    let issued = setup.read_output(OutputStream::Requests);
+    let of = |n: u64| {
+        let blob = format!("0000000b-0000-4000-8000-{n:012x}");
+        issued
+            .iter()
+            .filter(|r| serde_json::from_slice::<Value>(r).unwrap()["blob_id"] == blob.as_str())
+            .count()
+    };
+    assert_eq!((of(1), of(2)), (2, 2), "each issued max_attempts times");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM transform_requests WHERE status = 'failed'"
+        ),
+        2
+    );
+
+    // Bad records on the results topic are dead letters with their bytes; a result
+    // again is a duplicate; nothing stops the service.
+    let mut results = setup.read_output(OutputStream::Results);
+    assert_eq!(results.len(), 2, "the service's two failures");
+    results.truncate(1); // published again: a duplicate
+    results.push(br#"{"kind":"result","request_id":"not-a-uuid"}"#.to_vec());
+    results.push(vec![0xff, 0xfe, 0x00]);
+    setup.publish_to(OutputStream::Results, &results);
+    wait_until(60, "the bad results were not dead-lettered", || {
+        count(&db, "SELECT count(*) FROM dead_letters") == 2
+    });
+    let raw = text_rows(&db, "SELECT reason, raw FROM dead_letters ORDER BY seq");
+    assert!(raw[0][0].as_deref().unwrap().starts_with("S1.1"), "{raw:?}");
+    assert!(
+        raw[0][1].as_deref().unwrap().contains("not-a-uuid"),
+        "{raw:?}"
+    );
+    assert_eq!(raw[1][1].as_deref(), Some("base64://4A"), "{raw:?}");
+    let status = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = service.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = |key: &str| report[key].as_u64().unwrap();
+    assert_eq!(
+        n("accepted") + n("duplicates") + n("dead_letters"),
+        n("records_read"),
+        "counts add up: {report}"
+    );
+    assert_eq!(n("duplicates"), 1, "{report}");
+    assert_eq!(
+        events_of(&db, "processing.failed", 1),
+        1,
+        "still failed once"
+    );
+}
+
+#[test]
+fn kafka_silent_workers_make_the_request_fail_after_max_attempts() {
+    silent_workers(Bus::Kafka);
+}
+
+#[test]
+fn nats_silent_workers_make_the_request_fail_after_max_attempts() {
+    silent_workers(Bus::Nats);
+}
+
+/// A worker restarted with its memo file answers what it answered before without
+/// calling the provider again (the memo is keyed by provider, version and fingerprint,
+/// not by blob: the same text in another blob is the same answer).
+#[test]
+fn kafka_worker_memo_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::new(Bus::Kafka, "memo");
+    let api = SlowApi::start(dir.path(), 0);
+    let providers = bus_providers(dir.path(), &api.url);
+    let providers = providers.to_str().unwrap();
+    let db = dir.path().join("views.sqlite");
+    let _service = setup.spawn_with(&db, &["--config", providers]);
+    wait_for_views(&db);
+    let memo = dir.path().join("memo.sqlite");
+    let worker = || {
+        setup
+            .studio("worker")
+            .args(["--config", providers, "--source", "kafka", "--json"])
+            .args(["--exit-when-idle", "8000", "--memo"])
+            .arg(&memo)
+            .stderr(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let expanded = |db: &Path| {
+        db.exists()
+            && count(
+                db,
+                "SELECT count(*) FROM blobs WHERE json_extract(doc, '$.expanded') IS NOT NULL",
+            ) == 1
+    };
+    let requested = |n: u64| {
+        move |db: &Path| {
+            db.exists()
+                && count(
+                    db,
+                    &format!(
+                        "SELECT count(*) FROM transform_requests WHERE blob_id = '0000000b-0000-4000-8000-{n:012x}'"
+                    ),
+                ) == 1
+        }
+    };
+    setup.publish(&[document(1, "text/x-expand", "Expand me.")]);
+    wait_until(60, "no request for the first document", || {
+        requested(1)(&db)
+    });
+    let first = worker();
+    assert!(first.status.success());
+    wait_until(60, "the first document was not expanded", || expanded(&db));
+    assert_eq!(api.calls(), 1);
+
+    setup.publish(&[document(2, "text/x-expand", "Expand me.")]);
+    wait_until(60, "no request for the second document", || {
+        requested(2)(&db)
+    });
+    let second = worker();
+    assert!(second.status.success());
+    let report: Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(report["memo_hits"], 1, "{report}");
+    assert_eq!(report["calls"], 0, "{report}");
+    assert_eq!(api.calls(), 1, "the provider was not called again");
+    let blob2 = "0000000b-0000-4000-8000-000000000002";
+    wait_until(60, "the second document was not expanded", || {
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM blobs WHERE blob_id = '{blob2}' AND json_extract(doc, '$.expanded') IS NOT NULL"
+            ),
+        ) == 1
+    });
+}
+
+/// A provider's output cascades down the DAG over the bus: Markdown → HTML (derived) →
+/// HTML of the HTML (derived from the derived). An edit whose HTML is unchanged stops
+/// at the first derived blob: it gets no new version, and nothing below it runs.
+#[test]
+fn kafka_a_cascade_runs_down_and_stops_at_an_unchanged_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::new(Bus::Kafka, "cascade");
+    let providers = dir.path().join("providers.toml");
+    std::fs::write(
+        &providers,
+        r#"
+[[providers]]
+id = "render-html"
+blob_types = ["text/markdown"]
+
+[[providers]]
+id = "render-again"
+worker = "render-html"
+blob_types = ["text/html"]
+"#,
+    )
+    .unwrap();
+    let providers = providers.to_str().unwrap();
+    let db = dir.path().join("views.sqlite");
+    let _service = setup.spawn_with(&db, &["--config", providers]);
+    wait_for_views(&db);
+    let _worker = Running(
+        setup
+            .studio("worker")
+            .args(["--config", providers, "--source", "kafka", "--memo", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let root = "0000000b-0000-4000-8000-000000000001";
+    let child_of = |parent: &str| {
+        let rows = text_rows(
+            &db,
+            &format!(
+                "SELECT blob_id, CAST(version AS TEXT), json_extract(doc, '$.content') FROM blobs WHERE parent_id = '{parent}'"
+            ),
+        );
+        rows.first().map(|r| {
+            let text = |i: usize| r[i].clone().unwrap_or_default();
+            (text(0), text(1).parse::<u64>().unwrap(), text(2))
+        })
+    };
+    let edit = |version: u64, content: &str| {
+        serde_json::json!({
+            "id": format!("0000000d-0000-4000-8000-{version:012x}"),
+            "blob_id": root,
+            "user_id": "0000000a-0000-4000-8000-000000000001",
+            "operation": if version == 1 { "create" } else { "update" },
+            "version": version,
+            "created_at": "2026-01-01T00:00:00Z",
+            "patch": {"content": content},
+            "metadata": {"content_type": "text/markdown"},
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let settled = |version: u64| {
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM transform_requests WHERE blob_id = '{root}' AND version = {version} AND status = 'completed'"
+            ),
+        ) == 1
+            && count(
+                &db,
+                "SELECT count(*) FROM transform_requests WHERE status = 'pending'",
+            ) == 0
+    };
+
+    setup.publish(&[edit(1, "# Title\n\nSome text.\n")]);
+    wait_until(90, "no grandchild was derived", || {
+        db.exists() && child_of(root).is_some_and(|(d, _, _)| child_of(&d).is_some())
+    });
+    let (derived, v1, _) = child_of(root).unwrap();
+    let (_, w1, _) = child_of(&derived).unwrap();
+
+    // An edit that changes the HTML runs down both levels.
+    setup.publish(&[edit(2, "# Title\n\nOther text.\n")]);
+    wait_until(90, "the edit did not cascade", || {
+        settled(2)
+            && child_of(&derived).is_some_and(|(_, w, html)| w > w1 && html.contains("Other text"))
+    });
+    let (_, v2, html) = child_of(root).unwrap();
+    assert_eq!(v2, v1 + 1);
+    assert!(html.contains("<p>Other text.</p>"), "{html}");
+    let (_, w2, _) = child_of(&derived).unwrap();
+
+    // An edit whose HTML is the same stops at the first derived blob.
+    setup.publish(&[edit(3, "# Title\n\n\nOther text.\n")]);
+    wait_until(90, "the unchanged edit was not processed", || settled(3));
+    assert_eq!(
+        child_of(root).unwrap().1,
+        v2,
+        "the derived blob is unchanged"
+    );
+    assert_eq!(child_of(&derived).unwrap().1, w2, "nothing below it ran");
+    assert_eq!(
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM processing WHERE provider_id = 'render-again' AND blob_id = '{derived}'"
+            ),
+        ),
+        2,
+        "render-again ran twice on the derived blob, not three times"
+    );
 }

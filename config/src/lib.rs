@@ -36,6 +36,8 @@ pub struct Config {
     pub nats: NatsConfig,
     /// How provider workers run.
     pub provider_runtime: ProviderRuntimeConfig,
+    /// The bus worker (`studio worker --source kafka|nats`).
+    pub worker: WorkerConfig,
     /// Providers registered at start (`[[providers]]` tables; SPEC S5.3), as written:
     /// `studio_model::Provider::from_tables` checks them and reads them (this crate is
     /// a leaf and does not know the provider's schema).
@@ -54,6 +56,22 @@ pub struct Config {
     /// The Redis cache in front of `GET /v1/blobs/{id}`, and its invalidation by the
     /// view writer.
     pub redis: RedisConfig,
+    /// Traces exported over OTLP.
+    pub telemetry: TelemetryConfig,
+}
+
+/// OpenTelemetry traces (docs/observability.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP endpoint spans are exported to (e.g. `http://127.0.0.1:4318`;
+    /// `/v1/traces` is appended). Empty: no traces are exported.
+    pub otlp_endpoint: String,
+    /// The resource's `service.name`.
+    pub service_name: String,
+    /// Also export a span per delta applied (`delta.apply`): one per delta, so off by
+    /// default on a busy service.
+    pub delta_spans: bool,
 }
 
 /// The Redis read-through cache of the query API (docs/access.md, "The Redis cache").
@@ -157,6 +175,10 @@ pub struct RunConfig {
     pub publish: Vec<OutputStream>,
     /// Record events (S5.8) in the view store.
     pub events: bool,
+    /// How long after a request's provider could have answered (every attempt timed
+    /// out, with its backoffs) the service waits for its result before it issues the
+    /// request again, in ms.
+    pub worker_grace_ms: u64,
 }
 
 /// The buses Studio reads from and publishes to (`run.source`, and the binary's
@@ -190,17 +212,48 @@ pub enum OutputStream {
     Applied,
     /// Dead letters, with their reason and raw bytes.
     DeadLetters,
+    /// Processing results (S5.7), written by the provider workers and read by the
+    /// service. Never published by the service.
+    #[serde(skip_deserializing)]
+    Results,
 }
 
 impl OutputStream {
     /// Every stream, in a fixed order.
-    pub const ALL: [OutputStream; 5] = [
+    pub const ALL: [OutputStream; 6] = [
         OutputStream::Deltas,
         OutputStream::Requests,
         OutputStream::Events,
         OutputStream::Applied,
         OutputStream::DeadLetters,
+        OutputStream::Results,
     ];
+
+    /// The key of its topic or subject in `[kafka.topics]` and `[nats.subjects]`.
+    pub fn key(self) -> &'static str {
+        match self {
+            OutputStream::Deltas => "deltas",
+            OutputStream::Requests => "requests",
+            OutputStream::Events => "events",
+            OutputStream::Applied => "applied",
+            OutputStream::DeadLetters => "dead_letters",
+            OutputStream::Results => "results",
+        }
+    }
+}
+
+impl BusNames {
+    /// The topic or subject of `stream`.
+    pub fn of(&self, stream: OutputStream) -> &str {
+        match stream {
+            OutputStream::Deltas => &self.deltas,
+            OutputStream::Requests => &self.requests,
+            OutputStream::Events => &self.events,
+            OutputStream::Applied => &self.applied,
+            OutputStream::DeadLetters => &self.dead_letters,
+            OutputStream::Results => &self.results,
+        }
+    }
 }
 
 /// The in-process provider worker runtime.
@@ -209,6 +262,29 @@ impl OutputStream {
 pub struct ProviderRuntimeConfig {
     /// Tokio threads running provider calls (>= 1).
     pub threads: usize,
+    /// The environment variables a content expander's `config.api_key_env` may name
+    /// (their values are sent to its `base_url`).
+    pub api_key_env_allow: Vec<String>,
+}
+
+/// The bus worker: `studio worker --source kafka|nats` (docs/providers.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The bus the requests come from.
+    pub source: BusKind,
+    /// The Kafka consumer group the workers share.
+    pub group_id: String,
+    /// The JetStream durable pull consumer the workers share.
+    pub durable: String,
+    /// Requests taken from the bus at once (>= 1); their positions are acknowledged
+    /// once every one of them is answered and published.
+    pub max_batch_requests: usize,
+    /// How long a poll waits for the first request, in ms (>= 1).
+    pub poll_timeout_ms: u64,
+    /// The memo's SQLite file (answers by provider, provider version and fingerprint,
+    /// kept across restarts); empty: the memo lives in the process only.
+    pub memo: String,
 }
 
 /// The Postgres view store.
@@ -357,6 +433,8 @@ pub struct BusNames {
     pub applied: String,
     /// Dead letters.
     pub dead_letters: String,
+    /// Processing results from the provider workers, which `studio run` reads.
+    pub results: String,
 }
 
 /// The NATS JetStream bus (see `default.toml` for what each key does).
@@ -474,6 +552,11 @@ impl Config {
                 self.run.writer_queue_batches as u64,
             ),
             ("run.gap_timeout_ms", self.run.gap_timeout_ms),
+            (
+                "worker.max_batch_requests",
+                self.worker.max_batch_requests as u64,
+            ),
+            ("worker.poll_timeout_ms", self.worker.poll_timeout_ms),
             (
                 "provider_runtime.threads",
                 self.provider_runtime.threads as u64,

@@ -45,6 +45,7 @@ pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod load;
+pub mod merged;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod open;
@@ -58,7 +59,10 @@ pub mod sqlite;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod stored;
 
-pub use open::{Db, OpenError, open_publisher, open_reader, open_source, open_view_store};
+pub use open::{
+    Db, OpenError, open_group_source, open_publisher, open_reader, open_service_source,
+    open_source, open_view_store,
+};
 pub use query::{Param, Rows, ViewReader};
 pub use readable::Readable;
 
@@ -156,6 +160,22 @@ pub trait Source: Send {
     fn lag(&mut self) -> Result<Vec<(u32, u64)>, SourceError>;
 }
 
+/// How a bus source shares its topic or subject.
+#[derive(Clone, Copy, Debug)]
+pub enum Membership<'a> {
+    /// Alone, resuming right after these positions (Studio's view database is
+    /// authoritative): the service. Kafka: every partition assigned; NATS: the durable
+    /// consumer recreated to start there, ack policy *all*.
+    Assigned(&'a [SourcePos]),
+    /// One of a group named so, from the group's own progress: the provider workers.
+    /// Kafka: a consumer group, whose members share the partitions (a member that dies
+    /// leaves its partitions to the others after `kafka.session_timeout_ms`); NATS: a
+    /// durable pull consumer the members pull from, with explicit acks (a record not
+    /// acknowledged within `nats.ack_wait_s` goes to another member). Records may come
+    /// again (at least once); commits of records another member took over are ignored.
+    Group(&'a str),
+}
+
 /// The streams Studio publishes to a bus (declared in `studio-config`, whose
 /// `run.publish` lists them).
 pub use studio_config::OutputStream;
@@ -227,8 +247,9 @@ pub trait ViewSink {
         Ok(())
     }
 
-    /// Reads back what a restart needs (`studio run`): hands `each`, in log order,
-    /// every record whose replay rebuilds the state: the accepted deltas, those waiting
+    /// Reads back what a restart needs (`studio run`): hands `each`, in no particular
+    /// order (each with its log position, by which the dataflow orders them), every
+    /// record whose replay rebuilds the state: the accepted deltas, those waiting
     /// for a gap, and the rejected deltas (well-formed: replayed in the same order they
     /// are rejected again, unwritten, and their ids stay known as duplicates, S4.2).
     /// Deltas that expired in a gap (S4.4) come as [`RecoveredAs::KnownId`]: their ids

@@ -338,6 +338,88 @@ pub fn open_source(
     }
 }
 
+/// The service's source: the deltas, and beside them (with `results`) the processing
+/// results of the provider workers, as one [`MergedSource`](crate::merged::MergedSource)
+/// whose positions hold both (the results' partitions from
+/// [`SECOND_PART`](crate::merged::SECOND_PART)); each resumes after its own positions.
+/// The results are read through their own durable consumer (`nats.durable` + `_results`).
+pub fn open_service_source(
+    kind: BusKind,
+    config: &Config,
+    resume_from: &[SourcePos],
+    results: bool,
+) -> Result<Box<dyn Source>, SourceError> {
+    if !results {
+        return open_source(kind, config, resume_from);
+    }
+    let (deltas_at, results_at) = crate::merged::MergedSource::split(resume_from);
+    let results = open_results_source(kind, config, &results_at)?;
+    let deltas = open_source(kind, config, &deltas_at)?;
+    Ok(Box::new(crate::merged::MergedSource::new(deltas, results)))
+}
+
+/// The results topic or subject, resuming after `resume_from`.
+fn open_results_source(
+    kind: BusKind,
+    config: &Config,
+    resume_from: &[SourcePos],
+) -> Result<Box<dyn Source>, SourceError> {
+    let _ = resume_from;
+    match kind {
+        #[cfg(feature = "kafka")]
+        BusKind::Kafka => Ok(Box::new(crate::kafka::KafkaSource::open_topic(
+            &config.kafka,
+            &config.kafka.topics.results,
+            crate::Membership::Assigned(resume_from),
+        )?)),
+        #[cfg(feature = "nats")]
+        BusKind::Nats => {
+            let mut nats = config.nats.clone();
+            nats.durable = format!("{}_results", nats.durable);
+            Ok(Box::new(crate::nats::NatsSource::open_stream(
+                &nats,
+                OutputStream::Results,
+                crate::Membership::Assigned(resume_from),
+            )?))
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(SourceError::bus(
+            format!("opening the results of {}", source_name(kind, config)),
+            bus_feature_off(kind),
+        )),
+    }
+}
+
+/// A member of the group `group` reading `stream` on the bus `kind` (the provider
+/// workers: `worker.group_id` on Kafka, `worker.durable` on NATS).
+pub fn open_group_source(
+    kind: BusKind,
+    config: &Config,
+    stream: OutputStream,
+    group: &str,
+) -> Result<Box<dyn Source>, SourceError> {
+    let _ = (config, stream, group);
+    match kind {
+        #[cfg(feature = "kafka")]
+        BusKind::Kafka => Ok(Box::new(crate::kafka::KafkaSource::open_topic(
+            &config.kafka,
+            config.kafka.topics.of(stream),
+            crate::Membership::Group(group),
+        )?)),
+        #[cfg(feature = "nats")]
+        BusKind::Nats => Ok(Box::new(crate::nats::NatsSource::open_stream(
+            &config.nats,
+            stream,
+            crate::Membership::Group(group),
+        )?)),
+        #[allow(unreachable_patterns)]
+        _ => Err(SourceError::bus(
+            format!("opening the {} stream", stream.key()),
+            bus_feature_off(kind),
+        )),
+    }
+}
+
 /// The publisher of `streams` on the bus `kind`.
 pub fn open_publisher(
     kind: BusKind,

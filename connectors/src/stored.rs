@@ -30,15 +30,19 @@ impl Row for LargeDoc<'_> {
     }
 }
 
-/// Everything a restart replays, in log order: the accepted deltas, the waiting ones,
-/// the accepted grant records, and the rejected deltas and grants except expired gaps (see [`crate::ViewSink::recover`]).
-/// Columns: part, offset, record, expired in a gap. SQL both stores run.
+/// Everything a restart replays: the accepted deltas, the waiting ones, the accepted
+/// grant records, the accepted processing results, and the rejected deltas and grants
+/// except expired gaps (see [`crate::ViewSink::recover`]). Columns: part, offset,
+/// record, expired in a gap. SQL both stores run. Unordered: the lead feeds it all at
+/// one timestamp, and the operators order a timestamp's records by their position, so
+/// an `ORDER BY` would only make the store sort the whole history (a tenth of a
+/// restart's time at 1M).
 pub(crate) const RECOVERY_QUERY: &str = "SELECT pos_part, pos_offset, record, false FROM deltas \
      UNION ALL SELECT pos_part, pos_offset, record, false FROM deltas_waiting \
      UNION ALL SELECT pos_part, pos_offset, record, false FROM grant_log \
+     UNION ALL SELECT pos_part, pos_offset, record, false FROM result_log \
      UNION ALL SELECT pos_part, pos_offset, raw, reason LIKE 'S4.4%' FROM dead_letters \
-         WHERE delta_id IS NOT NULL \
-     ORDER BY 1, 2";
+         WHERE delta_id IS NOT NULL";
 
 /// One row of [`RECOVERY_QUERY`], handed to `each`; refuses a row without its record.
 pub(crate) fn recovered(

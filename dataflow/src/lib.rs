@@ -23,7 +23,8 @@
 //! - [`pipeline`] runs it: the one source -> dataflow -> writer path, with a clock.
 //! - [`replay`] (a bounded replay of files) and [`run`] (the service: a bus in, durable
 //!   views, recovery on start) are its two configurations.
-//! - [`providers`] hands pending transform requests to the built-in workers.
+//! - [`providers`] hands pending transform requests to the built-in workers in process
+//!   (a replay); [`worker`] answers them from the bus (`studio worker --source`).
 #![forbid(missing_docs)]
 
 pub mod pipeline;
@@ -32,6 +33,7 @@ pub mod render;
 pub mod replay;
 pub mod run;
 pub mod sink;
+pub mod worker;
 
 pub use pipeline::WorkerError;
 pub use studio_model as model;

@@ -1,5 +1,6 @@
-//! The provider loop (S5.4–S5.7): hands pending transform requests to the built-in
-//! workers and feeds their answers back into the dataflow.
+//! The provider loop (S5.4–S5.7): hands pending transform requests to the workers run
+//! here (built-in, or external programs in a sandbox) and feeds their answers back
+//! into the dataflow.
 //!
 //! ```text
 //!  ViewBatch.requests --observe--> pending (by provider, blob) --dispatch--> Runtime (tokio)
@@ -31,7 +32,7 @@ use studio_model::{
     Fingerprint, ProcessingResult, ProcessingStatus, Provider, SourcePos, Timestamp,
     TransformRequest, Uuid, ViewBatch,
 };
-use studio_providers::{Answer, Runtime, Transformer};
+use studio_providers::{Answer, Policy, Runtime, Transformer};
 
 /// Source partition of provider outputs fed back into the dataflow.
 pub const OUTPUT_PART: u32 = u32::MAX;
@@ -57,6 +58,8 @@ pub struct ProviderSetup {
     pub each_batch: bool,
     /// Implementations by worker name, besides (and before) the built-in ones.
     pub transformers: Vec<(String, Arc<dyn Transformer>)>,
+    /// What a provider definition may ask for (`provider_runtime.api_key_env_allow`).
+    pub policy: Policy,
 }
 
 impl std::fmt::Debug for ProviderSetup {
@@ -66,6 +69,7 @@ impl std::fmt::Debug for ProviderSetup {
             .field("threads", &self.threads)
             .field("requests_out", &self.requests_out)
             .field("each_batch", &self.each_batch)
+            .field("policy", &self.policy)
             .field(
                 "transformers",
                 &self.transformers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
@@ -79,7 +83,8 @@ impl std::fmt::Debug for ProviderSetup {
 pub struct ProviderReport {
     /// Providers registered.
     pub providers: usize,
-    /// Of which run by a built-in worker here.
+    /// Of which run here: by a built-in worker, a sandboxed `command`, or a given
+    /// implementation.
     pub providers_built_in: usize,
     /// Distinct transform requests emitted.
     pub requests: u64,
@@ -144,9 +149,10 @@ impl Feed {
 }
 
 impl Dispatcher {
-    /// Starts the runtime and registers the built-in providers of `setup`.
+    /// Starts the runtime and registers the providers of `setup` that run here; fails
+    /// when the policy refuses a definition.
     pub fn start(setup: &ProviderSetup) -> std::io::Result<Self> {
-        let (runtime, answers) = Runtime::new(setup.threads)?;
+        let (runtime, answers) = Runtime::with_policy(setup.threads, setup.policy.clone())?;
         let mut report = ProviderReport {
             providers: setup.providers.len(),
             ..ProviderReport::default()
@@ -159,10 +165,13 @@ impl Dispatcher {
             if let Some((_, transformer)) = custom {
                 runtime.register(provider.clone(), Arc::clone(transformer));
                 report.providers_built_in += 1;
-            } else if runtime.register_builtin(provider.clone()) {
+            } else if runtime
+                .register_runnable(provider.clone())
+                .map_err(std::io::Error::other)?
+            {
                 report.providers_built_in += 1;
             } else {
-                tracing::info!(provider = %provider.id, worker = provider.worker_name(), "no built-in worker: its requests wait for an external worker");
+                tracing::info!(provider = %provider.id, worker = provider.worker_name(), "no built-in worker and no command: its requests wait for a worker elsewhere");
             }
         }
         let requests_out = match &setup.requests_out {

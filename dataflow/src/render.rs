@@ -17,6 +17,7 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::Inspect;
 use timely::dataflow::operators::OkErr;
 use timely::dataflow::operators::Operator;
+use timely::dataflow::operators::generic::operator::empty;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::vec::input::Handle;
 use timely::dataflow::operators::vec::input::Input;
@@ -123,9 +124,17 @@ pub fn render<'scope>(
 ) -> (Inputs, ViewStreams<'scope>) {
     let (records_in, records) = scope.new_input::<(SourcePos, Vec<u8>)>();
     let (records, malformed) = parse(records);
+    // `ok_err` splits by a `Result`; a result record is the larger side, and rare.
+    #[allow(clippy::result_large_err)]
+    let (records, bus_results): (StreamVec<'_, Time, InputRecord>, _) =
+        records.ok_err(|record| match record {
+            InputRecord::Result(result) => Err(result),
+            other => Ok(other),
+        });
     let (deltas, grants) = records.ok_err(|record| match record {
         InputRecord::Delta(delta) => Ok(delta),
         InputRecord::Grant(grant) => Err(grant),
+        InputRecord::Result(_) => unreachable!("split off above"),
     });
     let (providers_in, providers) = scope.new_input::<ProviderChange>();
     let (results_in, results) = scope.new_input::<(ProcessingResult, Time, isize)>();
@@ -133,6 +142,12 @@ pub fn render<'scope>(
     let (known_ids_in, known_ids) = scope.new_input::<Uuid>();
     let (unique, repeats) = deltas.dedup_by_id(known_ids);
     count_into(repeats, Arc::clone(&duplicates));
+    // Results read from the bus (the service, S5.7): the first of each request counts,
+    // later ones are duplicates; they join the results fed in process (a replay).
+    let (bus_results, repeated_results) = bus_results.dedup_by_id(empty(scope));
+    count_into(repeated_results, Arc::clone(&duplicates));
+    let result_log = as_inserts(bus_results);
+    let results = results.concat(result_log.clone().map(|(row, t, d)| (row.result, t, d)));
     // Access control (S6): grants and deltas in log order, on one worker.
     let access = unique
         .map(InputRecord::Delta)
@@ -194,6 +209,26 @@ pub fn render<'scope>(
             waiting: applied.waiting.concat(access.waiting),
             grants: access.grants,
             grant_log: access.grant_log,
+            result_log: result_log.as_collection(),
+        },
+    )
+}
+
+/// Each record as an insertion at its own timestamp (a collection update).
+fn as_inserts<'scope, D: Clone + 'static>(
+    stream: StreamVec<'scope, Time, D>,
+) -> StreamVec<'scope, Time, (D, Time, isize)> {
+    stream.unary::<CapacityContainerBuilder<Vec<(D, Time, isize)>>, _, _, _>(
+        timely::dataflow::channels::pact::Pipeline,
+        "AsInserts",
+        |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    let Some(&time) = cap.least() else { return };
+                    let mut session = output.session(&cap);
+                    session.give_iterator(data.drain(..).map(|d| (d, time, 1)));
+                });
+            }
         },
     )
 }

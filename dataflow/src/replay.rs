@@ -67,6 +67,7 @@ pub fn replay(
         durable: None,
         publish: Vec::new(),
         exit_when_idle: None,
+        worker_grace: None,
     };
     let endpoints = Endpoints {
         open_source,

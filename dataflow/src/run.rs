@@ -20,6 +20,13 @@
 //! streams (requests, events, applied deltas, dead letters) are published and
 //! flushed *before* the commit: they are at least once, with stable ids for
 //! consumers to deduplicate. A stop leaves the deltas waiting for a gap waiting.
+//!
+//! **Provider results.** With providers registered, the source is the deltas and,
+//! beside them, the workers' processing results (`MergedSource`): both are read by
+//! the one reader, numbered in the order read, and their positions are one checkpoint,
+//! so a result enters the dataflow exactly like a delta (deterministic, replayed from
+//! `result_log` on restart). Requests whose worker went silent are published again,
+//! then failed (`pipeline::reissue`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +81,7 @@ pub fn run(
         durable: Some(service.source),
         publish: service.publish,
         exit_when_idle: service.exit_when_idle,
+        worker_grace: Some(Duration::from_millis(config.worker_grace_ms)),
     };
     run_pipeline(pipeline, endpoints, control)
 }

@@ -6,6 +6,8 @@
 //! that carried them: differential operators (`join`, `reduce`, `iterate`) may send
 //! updates for later times under an earlier capability. A time is handed on only when
 //! every input's frontier has passed it, so a batch is always one complete timestamp.
+//! Updates at a time the caller will not write (a restart's recovered timestamp, whose
+//! views are stored already) are dropped as they arrive, unsorted and unbuffered.
 
 use std::collections::BTreeMap;
 
@@ -23,9 +25,9 @@ use crate::render::{Time, ViewStreams};
 /// One view's input to the sink: its updates by their timestamps, until those are
 /// complete, and where its changes go in a batch.
 trait ViewInput {
-    /// Takes the waiting updates, and holds a capability for each time they carry
-    /// until that time is handed on.
-    fn absorb(&mut self, held: &mut Held);
+    /// Takes the waiting updates at the times `written` accepts, and holds a
+    /// capability for each such time until it is handed on.
+    fn absorb(&mut self, held: &mut Held, written: &dyn Fn(Time) -> bool);
     /// The earliest time with updates.
     fn first_time(&self) -> Option<Time>;
     /// Moves the net changes at `time` into `batch`.
@@ -40,10 +42,13 @@ struct Buffered<R: View, P: Pull<Message<Time, Vec<(R, Time, isize)>>>> {
 }
 
 impl<R: View, P: Pull<Message<Time, Vec<(R, Time, isize)>>>> ViewInput for Buffered<R, P> {
-    fn absorb(&mut self, held: &mut Held) {
+    fn absorb(&mut self, held: &mut Held, written: &dyn Fn(Time) -> bool) {
         let updates = &mut self.updates;
         self.input.for_each(|cap, data| {
             for (row, time, diff) in data.drain(..) {
+                if !written(time) {
+                    continue;
+                }
                 held.entry(time).or_insert_with(|| cap.delayed(&time, 0));
                 updates.entry(time).or_default().push((row, diff));
             }
@@ -92,11 +97,13 @@ macro_rules! view_inputs {
 }
 studio_model::for_each_view!(view_inputs);
 
-/// Sends every completed timestamp's changes to `on_batch`, in time order, on worker 0.
-/// Times with no change produce no batch. The returned stream carries nothing; its
+/// Sends every completed timestamp's changes to `on_batch`, in time order, on worker 0,
+/// for the times `written` accepts (asked as their updates arrive). Times with no
+/// change produce no batch. The returned stream carries nothing; its
 /// frontier passes a time once `on_batch` has seen it (probe it to wait for that).
 pub fn sink_views<'scope>(
     views: ViewStreams<'scope>,
+    written: impl Fn(Time) -> bool + 'static,
     mut on_batch: impl FnMut(Time, ViewBatch) + 'static,
 ) -> StreamVec<'scope, Time, ()> {
     let scope = views.blobs.inner.scope();
@@ -108,7 +115,7 @@ pub fn sink_views<'scope>(
         let mut held = Held::new();
         move |frontiers| {
             for input in &mut inputs {
-                input.absorb(&mut held);
+                input.absorb(&mut held, &written);
             }
             loop {
                 let next = inputs.iter().filter_map(|i| i.first_time()).min();

@@ -76,6 +76,10 @@ pub struct ApplyOptions<T: Timestamp> {
     pub store_records: bool,
 }
 
+/// The target of the `delta.apply` span [`ApplyDeltas`] opens around each delta it
+/// offers (at `debug` level: a subscriber enables it on purpose, e.g. for traces).
+pub const DELTA_SPAN_TARGET: &str = "studio_operators::delta";
+
 /// An edge proposal and its place in acceptance order: the log position of the delta
 /// whose arrival made it apply (a delta that waited for a gap applies when the delta
 /// filling the gap arrives), then its rank among the edges that arrival accepted.
@@ -199,7 +203,14 @@ impl<T: Timestamp + TotalOrder> Fold<T> {
                 .ledgers
                 .entry(blob)
                 .or_insert_with(|| BlobLedger::new(self.history.clone(), track_facts));
-            ledger.offer(delta, fx);
+            let span = tracing::debug_span!(
+                target: DELTA_SPAN_TARGET,
+                "delta.apply",
+                delta.id = %delta.id,
+                blob.id = %blob,
+                operation = delta.operation.as_str(),
+            );
+            span.in_scope(|| ledger.offer(delta, fx));
             edges.extend(
                 fx.edges
                     .drain(..)

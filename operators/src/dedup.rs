@@ -1,4 +1,5 @@
-//! [`DedupById`]: the same delta id again is a duplicate (SPEC S4.2).
+//! [`DedupById`]: the same delta id again is a duplicate (SPEC S4.2); so is a second
+//! processing result for one request (the first in log order settles it).
 //!
 //! Deltas are exchanged by id, so every copy of an id meets on one worker; within a
 //! timestamp the first copy in log order passes and later copies come out on the
@@ -13,7 +14,7 @@
 use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use studio_model::delta::route;
-use studio_model::{Delta, SourcePos, Uuid};
+use studio_model::{Delta, ResultLogRow, SourcePos, Uuid};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
@@ -33,28 +34,58 @@ pub struct Duplicate {
     pub pos: SourcePos,
 }
 
-/// Removes repeated delta ids.
-pub trait DedupById<'scope, T: Timestamp> {
-    /// Returns the first delta of each id, and the repeats. Ids in `known` count as
+/// A record with an identity: a repeat of its id is a duplicate.
+pub trait Identified {
+    /// Its id.
+    fn id(&self) -> Uuid;
+    /// Where it was read (log order decides which copy is first).
+    fn pos(&self) -> SourcePos;
+}
+
+impl Identified for Delta {
+    fn id(&self) -> Uuid {
+        self.id
+    }
+    fn pos(&self) -> SourcePos {
+        self.pos
+    }
+}
+
+/// A result is identified by its request: the first result of a request settles it.
+impl Identified for ResultLogRow {
+    fn id(&self) -> Uuid {
+        self.result.request_id
+    }
+    fn pos(&self) -> SourcePos {
+        self.pos
+    }
+}
+
+/// Removes repeated ids.
+pub trait DedupById<'scope, T: Timestamp, D> {
+    /// Returns the first record of each id, and the repeats. Ids in `known` count as
     /// seen from their timestamp on.
     fn dedup_by_id(
         self,
         known: StreamVec<'scope, T, Uuid>,
-    ) -> (StreamVec<'scope, T, Delta>, StreamVec<'scope, T, Duplicate>);
+    ) -> (StreamVec<'scope, T, D>, StreamVec<'scope, T, Duplicate>);
 }
 
-impl<'scope, T: Timestamp + TotalOrder> DedupById<'scope, T> for StreamVec<'scope, T, Delta> {
+impl<'scope, T, D> DedupById<'scope, T, D> for StreamVec<'scope, T, D>
+where
+    T: Timestamp + TotalOrder,
+    D: Identified + timely::ExchangeData,
+{
     fn dedup_by_id(
         self,
         known: StreamVec<'scope, T, Uuid>,
-    ) -> (StreamVec<'scope, T, Delta>, StreamVec<'scope, T, Duplicate>) {
+    ) -> (StreamVec<'scope, T, D>, StreamVec<'scope, T, Duplicate>) {
         let mut builder = OperatorBuilder::new("DedupById".to_owned(), self.scope());
-        let mut input = builder.new_input(self, Exchange::new(|d: &Delta| d.id_route()));
+        let mut input = builder.new_input(self, Exchange::new(|d: &D| route(d.id())));
         let mut known = builder.new_input(known, Exchange::new(|id: &Uuid| route(*id)));
         let (unique_out, unique) = builder.new_output();
         let (dups_out, dups) = builder.new_output();
-        let mut unique_out =
-            OutputBuilder::<_, CapacityContainerBuilder<Vec<Delta>>>::from(unique_out);
+        let mut unique_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<D>>>::from(unique_out);
         let mut dups_out =
             OutputBuilder::<_, CapacityContainerBuilder<Vec<Duplicate>>>::from(dups_out);
 
@@ -73,17 +104,17 @@ impl<'scope, T: Timestamp + TotalOrder> DedupById<'scope, T> for StreamVec<'scop
                 for (_, (_, ids)) in known_stash.take_where(complete) {
                     seen.extend(ids);
                 }
-                for (_, (caps, mut deltas)) in stash.take_where(complete) {
-                    deltas.sort_by_key(|d| d.pos);
+                for (_, (caps, mut records)) in stash.take_where(complete) {
+                    records.sort_by_key(Identified::pos);
                     let mut pass = unique_session.session(&caps[0]);
                     let mut drop = dups_session.session(&caps[1]);
-                    for delta in deltas {
-                        if seen.insert(delta.id) {
-                            pass.give(delta);
+                    for record in records {
+                        if seen.insert(record.id()) {
+                            pass.give(record);
                         } else {
                             drop.give(Duplicate {
-                                id: delta.id,
-                                pos: delta.pos,
+                                id: record.id(),
+                                pos: record.pos(),
                             });
                         }
                     }

@@ -6,7 +6,7 @@
 //!
 //! | operator | rule | what it does |
 //! |---|---|---|
-//! | [`DedupById`] | S4.2 | drops a delta whose id was seen before, in log order |
+//! | [`DedupById`] | S4.2 | drops a delta whose id was seen before, in log order (and a request's second result) |
 //! | [`Authorize`] | S6.1, S6.2 | grants in log order; lets through only deltas their user may make |
 //! | [`ApplyDeltas`] | S3, S4 | folds each blob's deltas in version order into its state |
 //! | [`CycleGuard`] | S5.1 | adds proposed edges to the DAG in acceptance order, refusing cycles |
@@ -33,11 +33,11 @@ mod ports;
 pub mod reachability;
 pub mod stash;
 
-pub use apply_deltas::{AppliedStreams, ApplyDeltas, ApplyOptions, OrderedEdge};
+pub use apply_deltas::{AppliedStreams, ApplyDeltas, ApplyOptions, DELTA_SPAN_TARGET, OrderedEdge};
 pub use authorize::{Authorize, AuthorizedStreams};
 pub use cycle_guard::CycleGuard;
 pub use dag_views::{DagLimits, DagStreams, DagViews};
-pub use dedup::{DedupById, Duplicate};
+pub use dedup::{DedupById, Duplicate, Identified};
 pub use depth::Depth;
 pub use pending_triggers::{PendingTriggers, ProviderChange};
 pub use reachability::Reachability;

@@ -161,6 +161,7 @@ fn run_text(
             requests_out: None,
             each_batch,
             transformers,
+            policy: Default::default(),
         }),
         events: true,
     };

@@ -469,6 +469,7 @@ fn replay_with_providers(sink: impl ViewSink + Send + 'static) -> ReplayReport {
             requests_out: None,
             each_batch: false,
             transformers: Vec::new(),
+            policy: Default::default(),
         }),
         events: true,
     };

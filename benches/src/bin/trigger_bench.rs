@@ -174,6 +174,7 @@ fn with_providers(
             requests_out: None,
             each_batch,
             transformers,
+            policy: Default::default(),
         }),
         events: false,
     }

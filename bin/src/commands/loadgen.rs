@@ -196,16 +196,40 @@ struct CommitWatch {
     handle: std::thread::JoinHandle<anyhow::Result<Vec<(Instant, u64)>>>,
 }
 
+/// The service's committed record count: its checkpoint's next log position.
 const CHECKPOINT_SQL: &str =
     "SELECT CAST(coalesce(max(next_seq), 0) AS TEXT) AS n FROM checkpoints";
 
-fn committed(reader: &mut dyn studio_connectors::ViewReader) -> anyhow::Result<u64> {
-    let rows = reader.rows(CHECKPOINT_SQL, &[])?;
+/// Where a store that has no checkpoint yet (a replayed database the service takes
+/// over) makes the service's numbering start: after the last record its recovery
+/// replays (`ViewSink::recover`). Read once: the tables are not indexed by position.
+const STORED_SQL: &str = "SELECT CAST(coalesce(max(p), 0) AS TEXT) AS n FROM ( \
+     SELECT max(pos_offset) + 1 AS p FROM deltas \
+     UNION ALL SELECT max(pos_offset) + 1 FROM deltas_waiting \
+     UNION ALL SELECT max(pos_offset) + 1 FROM grant_log \
+     UNION ALL SELECT max(pos_offset) + 1 FROM result_log \
+     UNION ALL SELECT max(pos_offset) + 1 FROM dead_letters WHERE delta_id IS NOT NULL) AS stored";
+
+/// The single count `sql` answers.
+fn count(reader: &mut dyn studio_connectors::ViewReader, sql: &str) -> anyhow::Result<u64> {
+    let rows = reader.rows(sql, &[])?;
     let value = rows.first().and_then(|r| r.first()).map(|(_, v)| v.clone());
     value
         .as_ref()
         .and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or(v.as_u64()))
-        .context("the checkpoints table answered no count")
+        .context("the view store answered no count")
+}
+
+fn committed(reader: &mut dyn studio_connectors::ViewReader) -> anyhow::Result<u64> {
+    count(reader, CHECKPOINT_SQL)
+}
+
+/// The count before the first record is published: the service's checkpoint, or the
+/// end of a store it has not committed to yet (else every new record would look
+/// committed at the service's first commit).
+fn committed_before(reader: &mut dyn studio_connectors::ViewReader) -> u64 {
+    let checkpoint = committed(reader).unwrap_or(0);
+    checkpoint.max(count(reader, STORED_SQL).unwrap_or(0))
 }
 
 impl CommitWatch {
@@ -226,7 +250,7 @@ impl CommitWatch {
                         Err(_) => std::thread::sleep(Duration::from_millis(100)), // not created yet
                     }
                 };
-                let base = committed(reader.as_mut()).unwrap_or(0);
+                let base = committed_before(reader.as_mut());
                 let _ = base_tx.send(base);
                 let mut commits = Vec::new();
                 let mut last = base;

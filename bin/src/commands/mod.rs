@@ -12,6 +12,7 @@ use std::path::Path;
 
 use studio_config::Config;
 use studio_model::Provider;
+use studio_providers::Policy;
 
 use crate::cli::{Cli, Command};
 
@@ -29,10 +30,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Loads the configuration (defaults < file < `STUDIO_*` environment) and reads its
-/// `[[providers]]`: every command refuses a config whose providers do not fit, whether
-/// it runs them or not.
+/// `[[providers]]`: every command refuses a config whose providers do not fit, or that
+/// the provider policy refuses (an `api_key_env` off the allow-list, a credential
+/// handed to a provider), whether it runs them or not.
 fn load_config(file: Option<&Path>) -> anyhow::Result<(Config, Vec<Provider>)> {
     let config = Config::load(file)?;
     let providers = Provider::from_tables(&config.providers)?;
+    let policy = provider_policy(&config)?;
+    for provider in &providers {
+        policy.check(provider)?;
+    }
     Ok((config, providers))
+}
+
+/// What provider definitions may ask for, from `[provider_runtime]`.
+fn provider_policy(config: &Config) -> anyhow::Result<Policy> {
+    Ok(Policy::new(
+        config.provider_runtime.api_key_env_allow.clone(),
+    )?)
 }

@@ -86,8 +86,12 @@ fn replay_options(
             events: args.events,
         });
     }
+    let policy = super::provider_policy(config)?;
     if let Some(log) = &args.provider_log {
         for provider in read_provider_log(log).map_err(anyhow::Error::msg)? {
+            policy
+                .check(&provider)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?;
             providers.retain(|p| p.id != provider.id);
             providers.push(provider);
         }
@@ -104,6 +108,7 @@ fn replay_options(
             requests_out: args.requests_out.clone(),
             each_batch: args.providers_each_batch,
             transformers: Vec::new(),
+            policy,
         }),
         events: true,
     })

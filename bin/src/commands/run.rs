@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use studio_config::{BusKind, Config};
 use studio_connectors::open::{output_streams, source_name};
-use studio_connectors::{Db, OpenMode, open_publisher, open_source, open_view_store};
+use studio_connectors::{Db, OpenMode, open_publisher, open_service_source, open_view_store};
 use studio_dataflow::pipeline::{Control, Endpoints, OpenSource};
 use studio_dataflow::run::{RunReport, Service, run as run_service};
 
@@ -53,8 +53,10 @@ pub fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
         Some(open_publisher(kind, &config, &streams).context(check)?)
     };
     let source_config = config.clone();
+    // With providers, the workers' results are read beside the deltas (S5.7).
+    let results = !providers.is_empty();
     let open_bus_source: OpenSource =
-        Box::new(move |positions| open_source(kind, &source_config, positions));
+        Box::new(move |positions| open_service_source(kind, &source_config, positions, results));
     let service = Service {
         source: source_name(kind, &config),
         providers,

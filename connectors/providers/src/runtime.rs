@@ -9,17 +9,17 @@
 //! the channel that [`Runtime::new`] returned.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
-use studio_model::{
-    Fingerprint, ProcessingResult, ProcessingStatus, Provider, Timestamp, TransformRequest,
-};
+use studio_model::{ProcessingResult, ProcessingStatus, Provider, Timestamp, TransformRequest};
 use tokio::sync::Semaphore;
 
+use crate::external::ExternalProvider;
+use crate::memo::Memo;
 use crate::output::{OutputDelta, output_deltas};
-use crate::{ProviderError, ProviderInput, ProviderOutput, Transformer, builtin};
+use crate::{Policy, ProviderError, ProviderInput, Refused, Transformer, builtin};
 
 /// The runtime's answer to one request.
 #[derive(Debug)]
@@ -69,21 +69,40 @@ struct Registered {
     slots: Arc<Semaphore>,
 }
 
-type MemoKey = (String, String, Fingerprint);
-
 /// The provider worker runtime.
 pub struct Runtime {
     tokio: tokio::runtime::Runtime,
     providers: Arc<RwLock<FxHashMap<String, Registered>>>,
-    memo: Arc<Mutex<FxHashMap<MemoKey, ProviderOutput>>>,
+    memo: Arc<Memo>,
     answers: crossbeam_channel::Sender<Answer>,
+    policy: Policy,
     /// What it did so far.
     pub stats: Arc<RuntimeStats>,
 }
 
 impl Runtime {
-    /// A runtime on `threads` tokio threads, and the channel its answers arrive on.
+    /// A runtime on `threads` tokio threads, and the channel its answers arrive on,
+    /// with the default [`Policy`] (no `api_key_env` allowed) and a memo in memory.
     pub fn new(threads: usize) -> std::io::Result<(Runtime, crossbeam_channel::Receiver<Answer>)> {
+        Self::with_policy(threads, Policy::default())
+    }
+
+    /// A runtime that registers only the definitions `policy` accepts, with a memo in
+    /// memory.
+    pub fn with_policy(
+        threads: usize,
+        policy: Policy,
+    ) -> std::io::Result<(Runtime, crossbeam_channel::Receiver<Answer>)> {
+        Self::with_policy_and_memo(threads, policy, Memo::in_memory())
+    }
+
+    /// A runtime that registers only the definitions `policy` accepts and remembers
+    /// answers in `memo` (a file survives restarts).
+    pub fn with_policy_and_memo(
+        threads: usize,
+        policy: Policy,
+        memo: Memo,
+    ) -> std::io::Result<(Runtime, crossbeam_channel::Receiver<Answer>)> {
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("studio-provider")
@@ -94,30 +113,67 @@ impl Runtime {
             Runtime {
                 tokio,
                 providers: Arc::default(),
-                memo: Arc::default(),
+                memo: Arc::new(memo),
                 answers,
+                policy,
                 stats: Arc::default(),
             },
             received,
         ))
     }
 
-    /// Registers (or replaces) a provider run by its built-in implementation; false
-    /// when there is none (an external worker must answer its requests).
-    pub fn register_builtin(&self, provider: Provider) -> bool {
-        match builtin::by_name(provider.worker_name()) {
-            Some(transformer) => {
-                self.register(provider, transformer);
-                true
+    /// Registers (or replaces) a provider with the implementation its definition
+    /// names: a sandboxed process when it has a `command`, else its built-in worker.
+    /// `Ok(false)` when it has neither (a worker elsewhere must answer its requests);
+    /// an error, and nothing registered, when the policy refuses the definition or
+    /// its program cannot be found.
+    pub fn register_runnable(&self, provider: Provider) -> Result<bool, Refused> {
+        let refused = self.policy.check(&provider).and_then(|()| {
+            if !provider.is_external() {
+                return Ok(builtin::by_name(provider.worker_name()));
             }
-            None => {
+            match ExternalProvider::new(&provider) {
+                Ok(external) => Ok(Some(Arc::new(external) as Arc<dyn Transformer>)),
+                Err(problem) => Err(Refused::External {
+                    provider: provider.id.clone(),
+                    problem,
+                }),
+            }
+        });
+        match refused {
+            Ok(Some(transformer)) => {
+                self.register(provider, transformer);
+                Ok(true)
+            }
+            Ok(None) => {
                 self.remove(&provider.id);
-                false
+                Ok(false)
+            }
+            Err(refused) => {
+                self.remove(&provider.id);
+                Err(refused)
             }
         }
     }
 
-    /// Registers (or replaces) a provider with the implementation given.
+    /// Registers (or replaces) a provider run by its built-in implementation; false
+    /// when there is none (an external worker must answer its requests) and when the
+    /// policy refuses it (logged as an error). [`Runtime::register_runnable`] also runs
+    /// `command` providers and returns the refusal.
+    pub fn register_builtin(&self, provider: Provider) -> bool {
+        let id = provider.id.clone();
+        if provider.is_external() {
+            self.remove(&id);
+            return false;
+        }
+        self.register_runnable(provider).unwrap_or_else(|refused| {
+            tracing::error!(provider = %id, error = %refused, "provider not registered");
+            false
+        })
+    }
+
+    /// Registers (or replaces) a provider with the implementation given, trusted as it
+    /// is: no policy check.
     pub fn register(&self, provider: Provider, transformer: Arc<dyn Transformer>) {
         let slots = Arc::new(Semaphore::new(
             provider.processing_rules.process_in_parallel.limit() as usize,
@@ -184,15 +240,33 @@ impl Runtime {
     }
 }
 
+/// An external provider enforces `timeout_ms` itself and kills its process group; the
+/// runtime's own timer waits this much longer, so that the kill comes first and the
+/// next attempt never overlaps the process of the one before.
+const EXTERNAL_KILL_GRACE: Duration = Duration::from_secs(1);
+
 fn now() -> Timestamp {
     Timestamp(chrono::Utc::now())
 }
 
 /// Runs one request: memo, attempts, timeout, backoff.
+#[tracing::instrument(
+    name = "provider.call",
+    skip_all,
+    fields(
+        provider.id = %input.provider.id,
+        blob.id = %input.request.blob_id,
+        request.id = %input.request.request_id,
+        version = input.request.version,
+        status = tracing::field::Empty,
+        attempts = tracing::field::Empty,
+        memo_hit = tracing::field::Empty,
+    )
+)]
 async fn run(
     input: &ProviderInput,
     transformer: &dyn Transformer,
-    memo: &Mutex<FxHashMap<MemoKey, ProviderOutput>>,
+    memo: &Memo,
     stats: &RuntimeStats,
 ) -> Outcome {
     let (request, provider) = (&input.request, &input.provider);
@@ -202,7 +276,7 @@ async fn run(
         request.fingerprint,
     );
     let started_at = now();
-    let remembered = memo.lock().expect("memo lock").get(&key).cloned();
+    let remembered = memo.get(&key);
     let memo_hit = remembered.is_some();
     let mut attempts = 0;
     let mut error = None;
@@ -213,14 +287,19 @@ async fn run(
         }
         None => {
             let mut backoff = Duration::from_millis(provider.backoff_ms);
-            let limit = Duration::from_millis(provider.timeout_ms);
+            let limit = Duration::from_millis(provider.timeout_ms)
+                + if provider.is_external() {
+                    EXTERNAL_KILL_GRACE
+                } else {
+                    Duration::ZERO
+                };
             loop {
                 attempts += 1;
                 stats.calls.fetch_add(1, Ordering::Relaxed);
                 let attempt = tokio::time::timeout(limit, transformer.transform(input)).await;
                 match attempt.unwrap_or(Err(ProviderError::Timeout(provider.timeout_ms))) {
                     Ok(output) => {
-                        memo.lock().expect("memo lock").insert(key, output.clone());
+                        memo.insert(key, &output);
                         break Some(output);
                     }
                     Err(e) => {
@@ -251,6 +330,10 @@ async fn run(
         stats.failed.fetch_add(1, Ordering::Relaxed);
         ProcessingStatus::Failed
     };
+    let span = tracing::Span::current();
+    span.record("status", status.as_str());
+    span.record("attempts", attempts);
+    span.record("memo_hit", memo_hit);
     Outcome {
         result: ProcessingResult {
             request_id: request.request_id,

@@ -48,10 +48,15 @@ impl ProviderInput {
     pub fn config_str(&self, key: &str) -> Option<&str> {
         self.config.get(key).and_then(Value::as_str)
     }
+
+    /// A number setting of the provider's `config`.
+    pub fn config_u64(&self, key: &str) -> Option<u64> {
+        self.config.get(key).and_then(Value::as_u64)
+    }
 }
 
 /// What a provider answers.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ProviderOutput {
     /// A JSON merge patch (RFC 7386) for the blob itself: its annotations.
     Annotate(Value),
@@ -65,7 +70,7 @@ pub enum ProviderOutput {
 }
 
 /// Why an attempt failed. Every failure is retried until `max_attempts`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ProviderError {
     /// The provider's service answered with an error or something unusable.
     #[error("{0}")]

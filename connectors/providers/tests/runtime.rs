@@ -2,18 +2,17 @@
 //! API is paid and remote): retries, exhaustion, timeouts, malformed answers, the memo,
 //! the concurrency bound; and the offline built-in providers on real text.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::{patch_of, request_for, run_one};
 use serde_json::{Value, json};
-use studio_model::{
-    BlobFacts, BlobRow, Doc, Operation, ProcessingStatus, Provider, Timestamp, TransformRequest,
-    Uuid,
-};
-use studio_providers::output::OutputDelta;
+use studio_model::{Doc, ProcessingStatus, Provider};
+use studio_providers::Runtime;
 use studio_providers::runtime::Outcome;
-use studio_providers::{Answer, Runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the stub answers to its n-th call (from 0).
@@ -153,41 +152,6 @@ fn expander(url: &str, extra: Value) -> Provider {
     serde_json::from_value(def).unwrap()
 }
 
-fn request_for(provider: &Provider, blob: u128, content: &str) -> TransformRequest {
-    let t = Timestamp::parse_rfc3339("2026-11-01T10:00:00Z").unwrap();
-    let facts = BlobFacts {
-        row: BlobRow {
-            blob_id: Uuid::from_u128(blob),
-            user_id: Uuid::from_u128(9),
-            version: 1,
-            content_type: "text/markdown".into(),
-            doc: Doc::new(json!({"content": content})),
-            parent_id: None,
-            created_at: t,
-            updated_at: t,
-            deleted_at: None,
-        },
-        last_operation: Operation::Create,
-        last_delta_id: Uuid::from_u128(blob << 8),
-        last_user_id: Uuid::from_u128(9),
-        last_provider: None,
-        last_metadata_keys: Vec::new(),
-        created_by: None,
-    };
-    provider.trigger(&facts, &[], &[]).expect("triggers")
-}
-
-fn run_one(
-    runtime: &Runtime,
-    answers: &crossbeam_channel::Receiver<Answer>,
-    r: TransformRequest,
-) -> Answer {
-    runtime.submit(r, Arc::new(|_| true));
-    answers
-        .recv_timeout(Duration::from_secs(60))
-        .expect("an answer")
-}
-
 /// Runs one request of a content expander (with `extra` settings, against `stub`) on
 /// a fresh runtime; returns the runtime (for its counters) and the outcome.
 fn expand_once(stub: &Stub, extra: Value, content: &str) -> (Runtime, Outcome) {
@@ -198,11 +162,6 @@ fn expand_once(stub: &Stub, extra: Value, content: &str) -> (Runtime, Outcome) {
         .outcome
         .expect("the request ran");
     (runtime, outcome)
-}
-
-fn patch_of(output: &OutputDelta) -> Value {
-    let record: Value = serde_json::from_str(&output.record).unwrap();
-    record["patch"].clone()
 }
 
 #[test]
@@ -277,6 +236,26 @@ fn a_slow_stub_times_out_per_attempt() {
             .unwrap()
             .contains("timed out after 100 ms")
     );
+}
+
+#[test]
+fn an_answer_larger_than_max_response_bytes_fails_unread() {
+    let big = "x".repeat(200_000);
+    let stub = start_stub(move |_| ok(&big));
+    let (_, outcome) = expand_once(
+        &stub,
+        json!({"max_attempts": 1, "config": {"base_url": stub.url, "max_response_bytes": 10_000}}),
+        "x",
+    );
+    assert_eq!(outcome.result.status, ProcessingStatus::Failed);
+    let error = outcome.result.error.unwrap();
+    assert!(
+        error.contains("larger than 10000 bytes; raise config.max_response_bytes"),
+        "{error}"
+    );
+    // The default bound (1 MiB) lets the same answer through.
+    let (_, outcome) = expand_once(&stub, json!({}), "x");
+    assert_eq!(outcome.result.status, ProcessingStatus::Completed);
 }
 
 #[test]

@@ -12,6 +12,13 @@
 //! record without a value is an empty one. Transient errors (a broker restarting, a
 //! connection reset) are logged and retried by librdkafka; `poll` returns what arrived.
 //!
+//! **Group members** ([`Membership::Group`], the provider workers): the source
+//! subscribes as a member of a consumer group, which shares the partitions among its
+//! members and gives a dead member's partitions to the others after
+//! `kafka.session_timeout_ms`; each resumes from the group's committed offsets, and
+//! [`Source::commit`] commits them (a commit refused by a rebalance is only logged: the
+//! partition's new owner does the work again).
+//!
 //! **Publisher.** [`KafkaPublisher`] produces keyed records (`blob_id`: the default
 //! partitioner sends one key to one partition, so a blob's records keep their order) to
 //! the topic of each [`OutputStream`]; [`RecordPublisher::flush`] waits until the broker
@@ -38,18 +45,13 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use studio_config::{KafkaConfig, StartAt};
 use studio_model::SourcePos;
 
-use crate::{OutputStream, OwnedRecord, RecordPublisher, SinkError, Source, SourceError};
+use crate::{
+    Membership, OutputStream, OwnedRecord, RecordPublisher, SinkError, Source, SourceError,
+};
 
 /// The topic that carries `stream`.
 pub fn topic_of(config: &KafkaConfig, stream: OutputStream) -> &str {
-    let t = &config.topics;
-    match stream {
-        OutputStream::Deltas => &t.deltas,
-        OutputStream::Requests => &t.requests,
-        OutputStream::Events => &t.events,
-        OutputStream::Applied => &t.applied,
-        OutputStream::DeadLetters => &t.dead_letters,
-    }
+    config.topics.of(stream)
 }
 
 fn client_config(config: &KafkaConfig) -> ClientConfig {
@@ -110,6 +112,8 @@ pub struct KafkaSource {
     start: StartAt,
     timeout: Duration,
     last_warning: Option<Instant>,
+    /// A member of a consumer group: partitions come and go with rebalances.
+    grouped: bool,
 }
 
 impl KafkaSource {
@@ -120,15 +124,51 @@ impl KafkaSource {
     /// `kafka.request_timeout_ms`, or when `resume_from` names a partition the topic does
     /// not have.
     pub fn open(config: &KafkaConfig, resume_from: &[SourcePos]) -> Result<Self, SourceError> {
-        let topic = config.topics.deltas.clone();
+        Self::open_topic(
+            config,
+            &config.topics.deltas,
+            Membership::Assigned(resume_from),
+        )
+    }
+
+    /// Opens `topic` (created first when `kafka.create_topics`) as `membership` says.
+    pub fn open_topic(
+        config: &KafkaConfig,
+        topic: &str,
+        membership: Membership<'_>,
+    ) -> Result<Self, SourceError> {
+        let topic = topic.to_owned();
         if config.create_topics {
             ensure_topics(config, &[&topic])
                 .map_err(|e| SourceError::bus(format!("cannot create topic {topic}"), e))?;
         }
-        let consumer: BaseConsumer<DefaultConsumerContext> = consumer_config(config)
+        let group = match membership {
+            Membership::Assigned(_) => config.group_id.as_str(),
+            Membership::Group(group) => group,
+        };
+        let consumer: BaseConsumer<DefaultConsumerContext> = consumer_config(config, group)
             .create()
             .map_err(|e| SourceError::bus("cannot create the Kafka consumer", e))?;
         let partitions = topic_partitions(&consumer, &topic, config)?;
+        let resume_from = match membership {
+            Membership::Assigned(resume_from) => resume_from,
+            Membership::Group(group) => {
+                consumer.subscribe(&[&topic]).map_err(|e| {
+                    SourceError::bus(format!("cannot join group {group} on topic {topic}"), e)
+                })?;
+                tracing::info!(%topic, %group, ?partitions, "kafka group consumer open");
+                return Ok(KafkaSource {
+                    consumer: Some(consumer),
+                    topic,
+                    next: BTreeMap::new(),
+                    committed: BTreeMap::new(),
+                    start: config.start,
+                    timeout: timeout(config),
+                    last_warning: None,
+                    grouped: true,
+                });
+            }
+        };
         let stored = stored_offsets(&topic, &partitions, resume_from)?;
         let mut assignment = TopicPartitionList::new();
         let mut next = BTreeMap::new();
@@ -156,6 +196,7 @@ impl KafkaSource {
             start: config.start,
             timeout: timeout(config),
             last_warning: None,
+            grouped: false,
         })
     }
 
@@ -203,7 +244,7 @@ impl KafkaSource {
                 let part = message.partition();
                 let offset = message.offset();
                 let next = self.next.entry(part).or_insert(None);
-                if next.is_some_and(|n| offset < n) {
+                if !self.grouped && next.is_some_and(|n| offset < n) {
                     // Already handed out (a refetch after a reconnection): never twice.
                     return Ok(true);
                 }
@@ -243,10 +284,11 @@ impl KafkaSource {
     }
 }
 
-/// The consumer's settings: Studio commits positions itself, after the views.
-fn consumer_config(config: &KafkaConfig) -> ClientConfig {
+/// The consumer's settings: Studio commits positions itself, after the views (or, in a
+/// worker, after the answers are published).
+fn consumer_config(config: &KafkaConfig, group: &str) -> ClientConfig {
     let mut c = client_config(config);
-    c.set("group.id", &config.group_id)
+    c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
@@ -353,9 +395,22 @@ impl Source for KafkaSource {
         if newer.is_empty() {
             return Ok(());
         }
-        self.consumer()
-            .commit(&list, CommitMode::Sync)
-            .map_err(|e| SourceError::bus(format!("cannot commit offsets of {}", self.topic), e))?;
+        let committed = self.consumer().commit(&list, CommitMode::Sync);
+        match committed {
+            Ok(()) => {}
+            // A rebalance took the partition away: its new owner does the work again
+            // (duplicates are harmless, S4.2), so a group member only warns.
+            Err(e) if self.grouped => {
+                tracing::warn!(topic = %self.topic, error = %e, "kafka group: cannot commit; the partition's next owner redoes it");
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(SourceError::bus(
+                    format!("cannot commit offsets of {}", self.topic),
+                    e,
+                ));
+            }
+        }
         for (part, offset) in newer {
             self.committed.insert(part, offset);
         }
@@ -431,16 +486,6 @@ pub struct KafkaPublisher {
     failed_reported: u64,
 }
 
-fn stream_key(stream: OutputStream) -> &'static str {
-    match stream {
-        OutputStream::Deltas => "deltas",
-        OutputStream::Requests => "requests",
-        OutputStream::Events => "events",
-        OutputStream::Applied => "applied",
-        OutputStream::DeadLetters => "dead_letters",
-    }
-}
-
 impl KafkaPublisher {
     /// Connects a producer; creates the topics of `streams` first when
     /// `kafka.create_topics`.
@@ -460,7 +505,7 @@ impl KafkaPublisher {
                 .map_err(|e| SinkError::bus("cannot create the Kafka producer", e))?;
         let topics = OutputStream::ALL
             .iter()
-            .map(|&s| (stream_key(s), topic_of(config, s).to_owned()))
+            .map(|&s| (s.key(), topic_of(config, s).to_owned()))
             .collect();
         Ok(KafkaPublisher {
             producer,
@@ -499,7 +544,7 @@ impl KafkaPublisher {
 
 impl RecordPublisher for KafkaPublisher {
     fn publish(&mut self, stream: OutputStream, key: &[u8], bytes: &[u8]) -> Result<(), SinkError> {
-        let topic = &self.topics[stream_key(stream)];
+        let topic = &self.topics[stream.key()];
         let mut record = BaseRecord::to(topic).key(key).payload(bytes);
         loop {
             match self.producer.send(record) {

@@ -16,6 +16,12 @@
 //! recreates the consumer from the last committed position and skips what it already
 //! handed out, so nothing is lost and nothing repeated. Any bytes are a record.
 //!
+//! **Group members** ([`Membership::Group`], the provider workers): the source joins a
+//! durable pull consumer that several processes share (created when missing, never
+//! recreated), with explicit acks; [`Source::commit`] acknowledges each record this
+//! member took, and a record a dead member never acknowledged is redelivered to another
+//! after `nats.ack_wait_s` (redeliveries are handed out again: at least once).
+//!
 //! **Publisher.** [`NatsPublisher`] publishes each record to the subject of its
 //! [`OutputStream`] through JetStream (every publish is acknowledged by the server once it
 //! is stored), with the key in the `Studio-Key` header. A stream keeps one total order,
@@ -35,21 +41,34 @@ use studio_config::{NatsConfig, NatsStorage};
 use studio_model::SourcePos;
 use tokio::runtime::Runtime;
 
-use crate::{OutputStream, OwnedRecord, RecordPublisher, SinkError, Source, SourceError};
+use crate::{
+    Membership, OutputStream, OwnedRecord, RecordPublisher, SinkError, Source, SourceError,
+};
 
 /// The header that carries a record's key.
 pub const KEY_HEADER: &str = "Studio-Key";
 
 /// The subject that carries `stream`.
 pub fn subject_of(config: &NatsConfig, stream: OutputStream) -> &str {
-    let s = &config.subjects;
+    config.subjects.of(stream)
+}
+
+/// The stream that holds `stream`'s subject: the input stream for the deltas, the
+/// output stream for the others.
+pub fn stream_of(config: &NatsConfig, stream: OutputStream) -> &str {
     match stream {
-        OutputStream::Deltas => &s.deltas,
-        OutputStream::Requests => &s.requests,
-        OutputStream::Events => &s.events,
-        OutputStream::Applied => &s.applied,
-        OutputStream::DeadLetters => &s.dead_letters,
+        OutputStream::Deltas => &config.stream,
+        _ => &config.output_stream,
     }
+}
+
+/// The subjects the output stream captures: every stream's but the deltas'.
+fn output_subjects(config: &NatsConfig) -> Vec<String> {
+    OutputStream::ALL
+        .iter()
+        .filter(|&&s| s != OutputStream::Deltas)
+        .map(|&s| subject_of(config, s).to_owned())
+        .collect()
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -110,6 +129,12 @@ pub struct NatsSource {
     consumer: Option<consumer::PullConsumer>,
     messages: Option<consumer::pull::Stream>,
     config: NatsConfig,
+    /// The stream's name, the subject read and the durable consumer.
+    stream_name: String,
+    subject: String,
+    durable: String,
+    /// A member of a group sharing the durable consumer (explicit acks).
+    shared: bool,
     /// The last stream sequence handed out.
     last: Option<u64>,
     /// The last stream sequence committed (or resumed from).
@@ -125,56 +150,95 @@ impl NatsSource {
     /// position, in part 0), or at the stream's first record when it is empty. Fails
     /// when the server cannot be reached within `nats.request_timeout_ms`.
     pub fn open(config: &NatsConfig, resume_from: &[SourcePos]) -> Result<Self, SourceError> {
+        Self::open_stream(
+            config,
+            OutputStream::Deltas,
+            Membership::Assigned(resume_from),
+        )
+    }
+
+    /// Opens the subject of `stream` in the stream that holds it ([`stream_of`]) as
+    /// `membership` says: alone, resuming after the given position, or as a member of
+    /// the durable consumer the group shares.
+    pub fn open_stream(
+        config: &NatsConfig,
+        stream: OutputStream,
+        membership: Membership<'_>,
+    ) -> Result<Self, SourceError> {
+        let (stream_name, subject) = (stream_of(config, stream), subject_of(config, stream));
+        let (resume_from, durable, shared) = match membership {
+            Membership::Assigned(resume_from) => (resume_from, config.durable.as_str(), false),
+            Membership::Group(durable) => (&[][..], durable, true),
+        };
         if let Some(pos) = resume_from.iter().find(|p| p.part != 0) {
             return Err(SourceError::bus(
-                format!("cannot resume stream {} at {pos}", config.stream),
+                format!("cannot resume stream {stream_name} at {pos}"),
                 "a JetStream stream has one partition, 0",
             ));
         }
         let committed = resume_from.iter().map(|p| p.offset).max();
         let runtime = runtime().map_err(|e| SourceError::bus("cannot start a runtime", e))?;
-        let stream = runtime
+        let captured = match stream {
+            OutputStream::Deltas => vec![config.subjects.deltas.clone()],
+            _ => output_subjects(config),
+        };
+        let handle = runtime
             .block_on(async {
                 let js = connect(config).await?;
-                ensure_stream(
-                    &js,
-                    config,
-                    &config.stream,
-                    vec![config.subjects.deltas.clone()],
-                )
-                .await
+                ensure_stream(&js, config, stream_name, captured).await
             })
             .map_err(|e| {
                 SourceError::bus(
-                    format!("cannot open stream {} at {}", config.stream, config.url),
+                    format!("cannot open stream {stream_name} at {}", config.url),
                     e,
                 )
             })?;
         let mut source = NatsSource {
             runtime,
-            stream,
+            stream: handle,
             consumer: None,
             messages: None,
             config: config.clone(),
+            stream_name: stream_name.to_owned(),
+            subject: subject.to_owned(),
+            durable: durable.to_owned(),
+            shared,
             last: committed,
             committed,
             acks: BTreeMap::new(),
             last_warning: None,
         };
-        source.recreate_consumer().map_err(|e| {
-            SourceError::bus(format!("cannot create consumer {}", config.durable), e)
-        })?;
-        tracing::info!(stream = %config.stream, durable = %config.durable, ?committed, "nats source open");
+        source
+            .recreate_consumer()
+            .map_err(|e| SourceError::bus(format!("cannot create consumer {durable}"), e))?;
+        tracing::info!(stream = %stream_name, %subject, %durable, shared, ?committed, "nats source open");
         Ok(source)
     }
 
     /// Deletes and creates the durable consumer, starting after the last committed
-    /// position; what was handed out since is skipped when redelivered.
+    /// position; what was handed out since is skipped when redelivered. A group member
+    /// joins the shared durable consumer instead (creating it when missing).
     fn recreate_consumer(&mut self) -> Result<(), BoxError> {
         self.messages = None;
         self.consumer = None;
         self.acks.clear();
         let config = &self.config;
+        if self.shared {
+            let consumer_config = consumer::pull::Config {
+                durable_name: Some(self.durable.clone()),
+                filter_subject: self.subject.clone(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(config.ack_wait_s),
+                ..Default::default()
+            };
+            let stream = &self.stream;
+            let consumer = self
+                .runtime
+                .block_on(stream.get_or_create_consumer(&self.durable.clone(), consumer_config))?;
+            self.consumer = Some(consumer);
+            return Ok(());
+        }
         let deliver_policy = match self.committed {
             Some(seq) => consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: seq + 1,
@@ -182,8 +246,8 @@ impl NatsSource {
             None => consumer::DeliverPolicy::All,
         };
         let consumer_config = consumer::pull::Config {
-            durable_name: Some(config.durable.clone()),
-            filter_subject: config.subjects.deltas.clone(),
+            durable_name: Some(self.durable.clone()),
+            filter_subject: self.subject.clone(),
             deliver_policy,
             ack_policy: consumer::AckPolicy::All,
             ack_wait: Duration::from_secs(config.ack_wait_s),
@@ -193,9 +257,9 @@ impl NatsSource {
             },
             ..Default::default()
         };
-        let stream = &self.stream;
+        let (stream, durable) = (&self.stream, &self.durable);
         let consumer = self.runtime.block_on(async {
-            match stream.delete_consumer(&config.durable).await {
+            match stream.delete_consumer(durable).await {
                 Ok(_) => {}
                 Err(e) if e.to_string().contains("not found") => {}
                 Err(e) => tracing::debug!(%e, "deleting the durable consumer"),
@@ -211,7 +275,7 @@ impl NatsSource {
             .last_warning
             .is_some_and(|at| at.elapsed() < Duration::from_secs(5));
         if !quiet {
-            tracing::warn!(stream = %self.config.stream, %error, "nats source: {what}");
+            tracing::warn!(stream = %self.stream_name, %error, "nats source: {what}");
             self.last_warning = Some(Instant::now());
         }
     }
@@ -305,7 +369,7 @@ impl NatsSource {
                         return;
                     }
                 };
-                if self.last.is_some_and(|last| sequence <= last) {
+                if !self.shared && self.last.is_some_and(|last| sequence <= last) {
                     // A redelivery of something already handed out. Keep its acker:
                     // a redelivery after a consumer was recreated is what commits use.
                     if self.committed.is_none_or(|c| sequence > c) {
@@ -351,6 +415,16 @@ impl Source for NatsSource {
         if self.committed.is_some_and(|c| c >= upto) {
             return Ok(());
         }
+        if self.shared {
+            // Explicit acks: each record this member took, at or below `upto`.
+            for (sequence, acker) in self.acks.range(..=upto) {
+                if let Err(error) = self.runtime.block_on(acker.double_ack()) {
+                    tracing::warn!(stream = %self.stream_name, sequence, %error, "nats group: cannot acknowledge; it will be redelivered");
+                }
+            }
+            self.acks = self.acks.split_off(&(upto + 1));
+            return Ok(());
+        }
         // Ack policy "all": acknowledging the newest delivered record at or below `upto`
         // acknowledges everything before it.
         if let Some((&sequence, acker)) = self.acks.range(..=upto).next_back() {
@@ -367,7 +441,7 @@ impl Source for NatsSource {
     }
 
     fn lag(&mut self) -> Result<Vec<(u32, u64)>, SourceError> {
-        let durable = self.config.durable.clone();
+        let durable = self.durable.clone();
         let info = self
             .runtime
             .block_on(self.stream.consumer_info(&durable))
@@ -409,17 +483,8 @@ impl NatsPublisher {
                     )
                     .await?;
                 }
-                let outputs: Vec<String> = streams
-                    .iter()
-                    .filter(|&&s| s != OutputStream::Deltas)
-                    .map(|&s| subject_of(config, s).to_owned())
-                    .collect();
-                if !outputs.is_empty() {
-                    let all = OutputStream::ALL
-                        .iter()
-                        .filter(|&&s| s != OutputStream::Deltas)
-                        .map(|&s| subject_of(config, s).to_owned())
-                        .collect();
+                if streams.iter().any(|&s| s != OutputStream::Deltas) {
+                    let all = output_subjects(config);
                     ensure_stream(&js, config, &config.output_stream, all).await?;
                 }
                 Ok::<_, BoxError>(js)

@@ -42,6 +42,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "row_security",
         include_str!("migrations/0008_row_security.sql"),
     ),
+    (9, "results", include_str!("migrations/0009_results.sql")),
 ];
 
 /// The migration before which `doc_lz4` is turned back into JSON in `doc`.

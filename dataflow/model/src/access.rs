@@ -3,6 +3,7 @@
 //! ```text
 //!   raw bytes --parse_input--> InputRecord::Delta  (S1, as before)
 //!                          \-> InputRecord::Grant  (S6.4: a record with a "kind")
+//!                          \-> InputRecord::Result (S5.7: "kind": "result", read by the service)
 //!   deltas and grants, in log order --AccessControl--> authorized deltas (to the ledger)
 //!                                                  \-> dead letters S6.1 / S6.2
 //!                                                  \-> `grants` view, `grant_log`
@@ -24,7 +25,10 @@ use crate::parse::{
     Check, describe_json_error, quote, required, string_field, time_field, uuid_field,
 };
 use crate::views::{Keyed, WaitingRow};
-use crate::{DeadLetter, Delta, Operation, Reason, SourcePos, Timestamp, parse_record};
+use crate::{
+    DeadLetter, Delta, Operation, ProcessingResult, Reason, ResultLogRow, SourcePos, Timestamp,
+    parse_record,
+};
 
 /// A right on a blob (the seed's `BlobPermission`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -138,6 +142,8 @@ pub enum InputRecord {
     Delta(Delta),
     /// A grant or revoke.
     Grant(GrantRecord),
+    /// A provider worker's processing result (`"kind": "result"`, S5.7).
+    Result(ResultLogRow),
 }
 
 impl InputRecord {
@@ -146,6 +152,7 @@ impl InputRecord {
         match self {
             InputRecord::Delta(d) => d.pos,
             InputRecord::Grant(g) => g.pos,
+            InputRecord::Result(r) => r.pos,
         }
     }
 }
@@ -190,10 +197,22 @@ pub fn parse_input(raw: &[u8], pos: SourcePos) -> Result<InputRecord, Box<DeadLe
         .and_then(|fields| fields.kind);
     match kind {
         None => parse_record(raw, pos).map(InputRecord::Delta),
+        Some(kind) if kind.get() == "\"result\"" => parse_result(raw, pos)
+            .map(InputRecord::Result)
+            .map_err(|what| DeadLetter::malformed(pos, raw, what)),
         Some(_) => parse_grant(raw, pos)
             .map(InputRecord::Grant)
             .map_err(|what| DeadLetter::malformed(pos, raw, what)),
     }
+}
+
+fn parse_result(raw: &[u8], pos: SourcePos) -> Check<ResultLogRow> {
+    let text = std::str::from_utf8(raw).map_err(|e| format!("not UTF-8 ({e})"))?;
+    Ok(ResultLogRow {
+        result: ProcessingResult::from_record(text)?,
+        pos,
+        record: Arc::from(text),
+    })
 }
 
 fn parse_grant(raw: &[u8], pos: SourcePos) -> Check<GrantRecord> {
@@ -334,6 +353,7 @@ impl AccessControl {
         match record {
             InputRecord::Delta(d) => self.offer_delta(d, fx),
             InputRecord::Grant(g) => self.offer_grant(g, fx),
+            InputRecord::Result(_) => {} // results settle requests; they need no rights
         }
     }
 

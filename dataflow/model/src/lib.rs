@@ -41,7 +41,7 @@ pub use parse::parse_record;
 pub use position::SourcePos;
 pub use provider::{
     BlobFacts, DerivedRef, Fingerprint, InvalidProvider, ProcessingResult, ProcessingStatus,
-    Provider, Settled, TransformRequest,
+    Provider, ResultLogRow, SandboxLimits, Settled, TransformRequest,
 };
 pub use table::{Cell, Column, ColumnType, Kind, Row, Table};
 pub use time::Timestamp;

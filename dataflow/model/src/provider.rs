@@ -135,6 +135,45 @@ pub struct Provider {
     /// The longest delay between attempts.
     #[serde(default = "default_backoff_max_ms")]
     pub backoff_max_ms: u64,
+    /// An external implementation: a program and its arguments, run as a sandboxed
+    /// child process speaking JSON lines (docs/providers.md, "External providers").
+    /// Empty: the built-in implementation named by `worker`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// The operating-system limits of the `command`'s process.
+    #[serde(default)]
+    pub sandbox: SandboxLimits,
+}
+
+/// The limits of an external provider's process (`[providers.sandbox]`), enforced by
+/// the operating system; the wall-clock limit is the provider's `timeout_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxLimits {
+    /// CPU seconds per call (`RLIMIT_CPU`): SIGXCPU past it, SIGKILL a second later.
+    #[serde(default = "default_cpu_secs")]
+    pub cpu_secs: u64,
+    /// Address space per process in MiB (`RLIMIT_AS`): allocations past it fail.
+    #[serde(default = "default_address_space_mib")]
+    pub address_space_mib: u64,
+    /// Bytes of standard output per call; past it the process group is killed.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: u64,
+    /// The environment variables passed on from Studio's environment; every other one
+    /// is cleared (`HOME` and `TMPDIR` are set to the call's temporary directory).
+    #[serde(default = "default_env_allow")]
+    pub env_allow: Vec<String>,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits {
+            cpu_secs: default_cpu_secs(),
+            address_space_mib: default_address_space_mib(),
+            max_output_bytes: default_max_output_bytes(),
+            env_allow: default_env_allow(),
+        }
+    }
 }
 
 /// The seed's `ProcessingRules`.
@@ -249,6 +288,18 @@ fn default_backoff_ms() -> u64 {
 }
 fn default_backoff_max_ms() -> u64 {
     10_000
+}
+fn default_cpu_secs() -> u64 {
+    30
+}
+fn default_address_space_mib() -> u64 {
+    1024
+}
+fn default_max_output_bytes() -> u64 {
+    16 << 20
+}
+fn default_env_allow() -> Vec<String> {
+    ["PATH", "LANG", "LC_ALL", "TZ"].map(String::from).to_vec()
 }
 
 /// A blob as triggers see it: its row and its latest accepted change.
@@ -479,6 +530,46 @@ impl ProcessingResult {
     }
 }
 
+/// The `kind` of a processing result on the bus (S5.7): the workers publish each
+/// [`ProcessingResult`] as a JSON object with `"kind": "result"` (and `provider_ms`),
+/// and the service reads it beside the deltas, told apart by that field as grant
+/// records are (S6.4).
+pub const RESULT_KIND: &str = "result";
+
+impl ProcessingResult {
+    /// Its record on the bus: its fields, `"kind": "result"`, and `provider_ms`, the
+    /// time from its first attempt to its end (0 when the memo answered).
+    pub fn to_record(&self) -> String {
+        let mut fields = serde_json::to_value(self).expect("a result serialises");
+        let millis = (self.finished_at.0 - self.started_at.0)
+            .num_milliseconds()
+            .max(0);
+        let object = fields.as_object_mut().expect("a result is an object");
+        object.insert("kind".into(), RESULT_KIND.into());
+        object.insert("provider_ms".into(), millis.into());
+        fields.to_string()
+    }
+
+    /// Parses a result record ([`ProcessingResult::to_record`]); the error says what
+    /// does not fit.
+    pub fn from_record(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(crate::parse::describe_json_error)
+    }
+}
+
+/// An accepted processing result read from the bus, with its record and log position:
+/// a row of `result_log`, which a restart replays (the first result of a request wins;
+/// later ones are duplicates, S4.2).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ResultLogRow {
+    /// The result.
+    pub result: ProcessingResult,
+    /// Where it was read.
+    pub pos: crate::SourcePos,
+    /// The record as read.
+    pub record: std::sync::Arc<str>,
+}
+
 /// Why a provider has no pending trigger on a blob (for tests and diagnostics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoTrigger {
@@ -501,6 +592,11 @@ pub enum NoTrigger {
 }
 
 impl Provider {
+    /// True when a sandboxed process (`command`) implements this provider.
+    pub fn is_external(&self) -> bool {
+        !self.command.is_empty()
+    }
+
     /// The implementation that runs this provider: `worker`, else its id.
     pub fn worker_name(&self) -> &str {
         self.worker.as_deref().unwrap_or(&self.id)

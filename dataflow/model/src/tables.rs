@@ -11,7 +11,7 @@ use crate::views::{
     AppliedRow, DepthRow, EdgeRow, EventRow, KeyedChanges, ProcessedRow, ReachRow, RejectedEdgeRow,
     UserDepthRow, View, WaitingRow, consolidated, keyed_changes,
 };
-use crate::{BlobRow, DeadLetter, ProcessingResult, TransformRequest};
+use crate::{BlobRow, DeadLetter, ProcessingResult, ResultLogRow, TransformRequest};
 
 /// A keyed view: its changes are upserts and deletes by key.
 macro_rules! keyed_view {
@@ -383,6 +383,29 @@ impl View for GrantLogRow {
     }
 }
 
+table! {
+    /// `result_log` (S5.7): the first processing result of each request read from the
+    /// bus, with its record and log position, which a restart replays.
+    RESULT_LOG = "result_log", Append by ["request_id"],
+    ResultLogRow => |r| {
+        column("request_id", Id) => r.result.request_id,
+        required("status", Text) => r.result.status.as_str(),
+        required("pos_part", Int) => r.pos.part,
+        required("pos_offset", Int) => r.pos.offset,
+        required("record", Text) => &*r.record,
+    }
+}
+
+impl View for ResultLogRow {
+    const TABLE: &'static Table = &RESULT_LOG;
+    type Changes = Vec<Self>;
+    fn changes(updates: Vec<(Self, isize)>) -> Vec<Self> {
+        let mut rows = inserts(updates);
+        rows.sort_by_key(|r| r.pos);
+        rows
+    }
+}
+
 /// `large_docs` (Postgres only): large documents when no other large store is
 /// configured, named by `blobs.doc_ref`.
 pub const LARGE_DOCS: Table = Table::new(
@@ -394,7 +417,7 @@ pub const LARGE_DOCS: Table = Table::new(
 
 /// The view tables Studio owns in every store, in creation order (a replay rebuilds
 /// exactly these).
-pub const TABLES: [&Table; 17] = [
+pub const TABLES: [&Table; 18] = [
     &BLOBS,
     &DELTAS,
     &DELTAS_APPLIED,
@@ -412,6 +435,7 @@ pub const TABLES: [&Table; 17] = [
     &EVENTS,
     &GRANTS,
     &GRANT_LOG,
+    &RESULT_LOG,
 ];
 
 /// The names of [`TABLES`].

@@ -473,6 +473,9 @@ macro_rules! for_each_view {
                 grants: $crate::access::GrantRow,
                 /// Accepted grant records (`grant_log`), insert-only.
                 grant_log: $crate::access::GrantLogRow,
+                /// Accepted processing results read from the bus (`result_log`),
+                /// insert-only.
+                result_log: $crate::ResultLogRow,
             }
         }
     };

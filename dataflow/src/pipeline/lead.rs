@@ -121,7 +121,11 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), Wor
     let mut inputs = worker.dataflow::<Time, _, _>(|scope| {
         let (inputs, views) = render(scope, Arc::clone(&shared.duplicates), render_options);
         let on_batch = hand_on(shared, Rc::clone(&book), dispatcher.clone());
-        sink_views(views, on_batch).probe_with(&probe);
+        let written = {
+            let book = Rc::clone(&book);
+            move |time| book.writes(time)
+        };
+        sink_views(views, written, on_batch).probe_with(&probe);
         inputs
     });
     if !lead {
@@ -158,6 +162,18 @@ fn hand_on(
         }
         let (read_at, checkpoint) = book.take_upto(time);
         if !book.writes(time) {
+            if !book.closing.get() && !batch.requests.is_empty() {
+                // The recovered delta store: its pending requests are watched again.
+                let requests = ViewBatch {
+                    requests: std::mem::take(&mut batch.requests),
+                    ..ViewBatch::default()
+                };
+                let _ = completed.send(Completed {
+                    batch: Box::new(requests),
+                    read_at: Instant::now(),
+                    stored: true,
+                });
+            }
             return;
         }
         batch.checkpoint = checkpoint;
@@ -168,6 +184,7 @@ fn hand_on(
         let _ = completed.send(Completed {
             batch: Box::new(batch),
             read_at,
+            stored: false,
         });
     }
 }
@@ -439,6 +456,7 @@ impl Lead<'_> {
         let _ = self.shared.completed.send(Completed {
             batch: Box::new(batch),
             read_at: read_at.unwrap_or_else(Instant::now),
+            stored: false,
         });
     }
 

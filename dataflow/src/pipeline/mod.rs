@@ -26,6 +26,7 @@ mod control;
 mod lead;
 mod outputs;
 mod reader;
+mod reissue;
 mod report;
 mod writer;
 
@@ -38,6 +39,7 @@ use studio_model::{Provider, SourcePos};
 
 pub use clock::{Clock, ROUND_SPAN};
 pub use control::{Control, Phase, Progress};
+pub(crate) use outputs::{key, publish_records};
 pub use report::{Latency, PipelineError, Report, WorkerError};
 
 use crate::providers::ProviderSetup;
@@ -81,6 +83,9 @@ pub struct PipelineOptions {
     pub publish: Vec<OutputStream>,
     /// Stop (gracefully) after this long without a record.
     pub exit_when_idle: Option<Duration>,
+    /// Publish again a request whose result has not come this long after its provider
+    /// could have answered (S5.7, with a publisher); `None`: never.
+    pub worker_grace: Option<Duration>,
 }
 
 /// What the pipeline reads from and writes to.

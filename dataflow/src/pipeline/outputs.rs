@@ -18,7 +18,16 @@ pub(super) fn publish(
     batch: &ViewBatch,
     control: &Control,
 ) -> u64 {
-    let records = outputs(streams, batch);
+    publish_records(publisher, &outputs(streams, batch), control)
+}
+
+/// Publishes `records` (`(stream, key, value)`) and waits for the bus to take them,
+/// retrying with backoff while it does not. Returns the number published.
+pub(crate) fn publish_records(
+    publisher: &mut dyn RecordPublisher,
+    records: &[(OutputStream, Vec<u8>, Vec<u8>)],
+    control: &Control,
+) -> u64 {
     if records.is_empty() {
         return 0;
     }
@@ -45,7 +54,6 @@ pub(super) fn publish(
 /// The records of a batch's output streams: `(stream, key, value)`, keyed by blob.
 fn outputs(streams: &[OutputStream], batch: &ViewBatch) -> Vec<(OutputStream, Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
-    let key = |id: &studio_model::Uuid| id.hyphenated().to_string().into_bytes();
     for stream in streams {
         match stream {
             OutputStream::Requests => {
@@ -86,10 +94,16 @@ fn outputs(streams: &[OutputStream], batch: &ViewBatch) -> Vec<(OutputStream, Ve
                     out.push((*stream, key, value.to_string().into_bytes()));
                 }
             }
-            OutputStream::Deltas => {} // the input stream: never published by the service
+            // The input stream, and the workers' results: never published by the service.
+            OutputStream::Deltas | OutputStream::Results => {}
         }
     }
     out
+}
+
+/// A record's key: its blob's id.
+pub(crate) fn key(id: &studio_model::Uuid) -> Vec<u8> {
+    id.hyphenated().to_string().into_bytes()
 }
 
 /// The delta as applied: its record with `applied_at` set (S1).

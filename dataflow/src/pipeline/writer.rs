@@ -7,15 +7,17 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
+use studio_connectors::OutputStream;
 use studio_connectors::{RecordPublisher, RecoveredAs, ViewSink};
 use studio_model::{Checkpoint, SourcePos, ViewBatch};
 
 use super::PipelineOptions;
 use super::clock::wall_clock_ms;
 use super::control::Control;
-use super::outputs::publish;
+use super::outputs::{key, publish, publish_records};
+use super::reissue::Reissuer;
 use super::report::PipelineError;
 
 /// At most this many queued batches go into one transaction.
@@ -35,7 +37,13 @@ pub(super) enum Recovered {
 pub(super) struct Completed {
     pub batch: Box<ViewBatch>,
     pub read_at: Instant,
+    /// Already in the store (the recovered delta store): only its pending requests
+    /// matter, to watch them ([`Reissuer`]).
+    pub stored: bool,
 }
+
+/// How often the writer looks for requests whose worker went silent.
+const REISSUE_CHECK: Duration = Duration::from_millis(100);
 
 /// What the writer counted over the transactions it committed.
 pub(super) struct WriterTally {
@@ -88,8 +96,10 @@ impl WriterTally {
             let micros = now.saturating_duration_since(*at).as_micros().max(1);
             self.latency_us.saturating_record(micros as u64);
         }
-        // Accepted grant records count as accepted (docs/access.md).
-        self.accepted += (merged.applied.len() + merged.grant_log.len()) as u64;
+        // Accepted grant records and results count as accepted (docs/access.md,
+        // docs/providers.md).
+        self.accepted +=
+            (merged.applied.len() + merged.grant_log.len() + merged.result_log.len()) as u64;
         for letter in &merged.dead_letters {
             *self
                 .dead_letters
@@ -136,13 +146,40 @@ pub(super) fn write_views(
     drop(recovered);
     let mut tally = WriterTally::default();
     let mut dag_depth = 0u32;
-    while let Ok(first) = completed.recv() {
+    let mut reissuer = match (&options.worker_grace, &publisher) {
+        (Some(grace), Some(_)) if !options.providers.is_empty() => {
+            Some(Reissuer::new(&options.providers, *grace))
+        }
+        _ => None,
+    };
+    loop {
+        let first = match completed.recv_timeout(REISSUE_CHECK) {
+            Ok(first) => first,
+            Err(RecvTimeoutError::Timeout) => {
+                reissue_overdue(reissuer.as_mut(), publisher.as_deref_mut(), control);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if first.stored {
+            if let Some(reissuer) = reissuer.as_mut() {
+                reissuer.observe(&first.batch, Instant::now());
+            }
+            continue;
+        }
         let (merged, read_at) = merge_queued(first, &completed);
         if let Some(publisher) = publisher.as_mut() {
             tally.published += publish(publisher.as_mut(), &options.publish, &merged, control);
         }
         let writing = Instant::now();
-        sink.write(&merged)?;
+        tracing::info_span!(
+            "batch.commit",
+            batches = read_at.len(),
+            deltas = merged.applied.len(),
+            blobs = merged.blobs.upserts.len(),
+            dead_letters = merged.dead_letters.len(),
+        )
+        .in_scope(|| sink.write(&merged))?;
         let now = Instant::now();
         tally.busy += now - writing;
         tracing::debug!(
@@ -158,9 +195,35 @@ pub(super) fn write_views(
             let _ = acknowledge.send(checkpoint.positions.clone());
         }
         record_metrics(&merged, &read_at, now, &mut dag_depth);
+        if let Some(reissuer) = reissuer.as_mut() {
+            reissuer.observe(&merged, now);
+        }
+        reissue_overdue(reissuer.as_mut(), publisher.as_deref_mut(), control);
     }
     sink.finish()?;
     Ok(tally)
+}
+
+/// Publishes the overdue requests again, and the failures of those issued too often.
+fn reissue_overdue(
+    reissuer: Option<&mut Reissuer>,
+    publisher: Option<&mut (dyn RecordPublisher + 'static)>,
+    control: &Control,
+) {
+    let (Some(reissuer), Some(publisher)) = (reissuer, publisher) else {
+        return;
+    };
+    let overdue = reissuer.overdue(Instant::now());
+    let requests = overdue.reissue.iter().map(|r| {
+        let value = serde_json::to_vec(r).expect("requests serialise");
+        (OutputStream::Requests, key(&r.blob_id), value)
+    });
+    let failures = overdue.failed.iter().map(|r| {
+        let value = r.to_record().into_bytes();
+        (OutputStream::Results, key(&r.blob_id), value)
+    });
+    let records: Vec<_> = requests.chain(failures).collect();
+    publish_records(publisher, &records, control);
 }
 
 /// Reads the delta store back, in chunks, for the lead to replay.

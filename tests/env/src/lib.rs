@@ -9,6 +9,7 @@
 //! | `DATABASE_URL` | `postgres` | a PostgreSQL cluster of its own |
 //! | `S3_ENDPOINT` (and `AWS_*`) | `s3` | moto |
 //! | `REDIS_URL` | `redis` | `redis-server` |
+//! | `OTLP_ENDPOINT`, `OTLP_SPANS` | `otlp` | an OTLP/HTTP receiver (PyPI `oteltest`) writing the spans it gets to the file `OTLP_SPANS` |
 //!
 //! [`service_env`] returns the variable when it is set (given addresses win). Otherwise
 //! it starts the service on a free loopback port, installing what is missing, through
@@ -46,6 +47,7 @@ pub fn service_of(var: &str) -> Option<&'static str> {
         "DATABASE_URL" => "postgres",
         "S3_ENDPOINT" | "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" | "AWS_REGION" => "s3",
         "REDIS_URL" => "redis",
+        "OTLP_ENDPOINT" | "OTLP_SPANS" => "otlp",
         _ => return None,
     })
 }

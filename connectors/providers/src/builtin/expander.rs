@@ -3,7 +3,9 @@
 //!
 //! Provider `config`: `base_url` (e.g. `https://api.openai.com/v1`), `model`,
 //! `api_key_env` (the name of the environment variable holding the key; no key is sent
-//! when unset), optional `system_prompt`.
+//! when unset; only a name on `provider_runtime.api_key_env_allow`, see
+//! [`crate::policy`]), optional `system_prompt`, `max_response_bytes` (answers larger
+//! than this fail the attempt unread; default [`DEFAULT_MAX_RESPONSE_BYTES`]).
 
 use serde_json::{Value, json};
 
@@ -15,6 +17,9 @@ use crate::{
 pub const DEFAULT_PROMPT: &str = "Expand the following text into a detailed, well-structured piece. \
 Maintain the original meaning and intent, add relevant details and examples, use clear, \
 engaging language, and structure it with paragraphs.";
+
+/// The largest answer read when `config.max_response_bytes` is not set: 1 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 1 << 20;
 
 /// A chat-completions client (one connection pool for all requests).
 pub struct ContentExpander {
@@ -38,6 +43,26 @@ impl Default for ContentExpander {
 
 fn failed(what: impl std::fmt::Display) -> ProviderError {
     ProviderError::Failed(what.to_string())
+}
+
+/// The body of `response`, refused past `max_bytes` (announced or read).
+async fn read_bounded(mut response: reqwest::Response, max_bytes: u64) -> Result<String, String> {
+    let too_large = || {
+        format!(
+            "the answer is larger than {max_bytes} bytes; raise config.max_response_bytes if that is expected"
+        )
+    };
+    if response.content_length().is_some_and(|n| n > max_bytes) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if (body.len() + chunk.len()) as u64 > max_bytes {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 impl Transformer for ContentExpander {
@@ -67,8 +92,10 @@ impl Transformer for ContentExpander {
                 .await
                 .map_err(|e| failed(format!("POST {url}: {e}")))?;
             let status = response.status();
-            let body = response
-                .text()
+            let max_bytes = input
+                .config_u64("max_response_bytes")
+                .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
+            let body = read_bounded(response, max_bytes)
                 .await
                 .map_err(|e| failed(format!("reading the answer of {url}: {e}")))?;
             if !status.is_success() {

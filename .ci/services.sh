@@ -8,7 +8,7 @@
 #   postgres  PostgreSQL (Debian postgresql)                          -> DATABASE_URL
 #   s3        moto, an S3-compatible server (PyPI, in a venv)         -> S3_ENDPOINT,
 #             AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION
-#   redis     redis-server (Debian redis-server); not in the default set -> REDIS_URL
+#   redis     redis-server (Debian redis-server)                     -> REDIS_URL
 # Installs what is missing (idempotent; apt needs root or sudo; pip needs PyPI).
 #
 #   source .ci/services.sh && services_start DIR [SERVICE...]  # exports; records pids
@@ -16,7 +16,7 @@
 #   bash .ci/services.sh up DIR [--watch PID] [SERVICE...]     # start; print `export` lines
 #   bash .ci/services.sh down DIR [SERVICE...]                 # stop
 #   bash .ci/services.sh bin SERVICE                           # install; print its program
-# SERVICE defaults to kafka nats postgres s3. `up` skips a service already running in
+# SERVICE defaults to kafka nats postgres s3 redis. `up` skips a service already running in
 # DIR and prints the addresses of all running in DIR. With --watch PID a watchdog
 # (detached, its own session) stops every service in DIR by pid, and removes DIR, once
 # process PID has exited: the tests pass their runner's pid. Ports: CI_KAFKA_PORT,
@@ -26,7 +26,7 @@
 # first), so that they survive a restart of tansu; the default is memory.
 
 SERVICES_SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
-SERVICES_DEFAULT=(kafka nats postgres s3)
+SERVICES_DEFAULT=(kafka nats postgres s3 redis)
 
 services_free_port() { # preferred port (0: any), or any free one when it is taken
   python3 - "$1" <<'PY'
@@ -60,23 +60,37 @@ STUDIO_TANSU_VENV="${CI_TANSU_VENV:-$HOME/.cache/studio-tansu-venv}"
 STUDIO_MOTO_VENV="${STUDIO_MOTO_VENV:-$HOME/.cache/studio-moto-venv}"
 STUDIO_OTLP_VENV="${STUDIO_OTLP_VENV:-$HOME/.cache/studio-otlp-venv}"
 
-services_install() { # SERVICE...
-  local need=() s
-  command -v python3 >/dev/null 2>&1 || need+=(python3)
-  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
-  command -v curl >/dev/null 2>&1 || need+=(curl)
+services_apt_missing() { # SERVICE...: the Debian packages they need that are missing
+  local s
+  command -v python3 >/dev/null 2>&1 || echo python3
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv
+  command -v curl >/dev/null 2>&1 || echo curl
   for s in "$@"; do
     case "$s" in
-      nats) command -v nats-server >/dev/null 2>&1 || need+=(nats-server) ;;
-      postgres) [ -n "$(services_pgbin)" ] || need+=(postgresql) ;;
-      redis) command -v redis-server >/dev/null 2>&1 || need+=(redis-server) ;;
+      nats) command -v nats-server >/dev/null 2>&1 || echo nats-server ;;
+      postgres) [ -n "$(services_pgbin)" ] || echo postgresql ;;
+      redis) command -v redis-server >/dev/null 2>&1 || echo redis-server ;;
     esac
   done
+}
+
+services_install() { # SERVICE...
+  local need=() s
+  mapfile -t need < <(services_apt_missing "$@")
   if ((${#need[@]})); then
-    echo "== installing ${need[*]} (apt)" >&2
-    services_as_root apt-get update -q >/dev/null &&
-      services_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null ||
-      { echo "apt-get install ${need[*]} failed" >&2; return 1; }
+    # Tests start services from parallel processes: one apt at a time (apt's own
+    # lock fails the second instead of waiting), and look again once it is ours.
+    exec {apt_lock}>"${TMPDIR:-/tmp}/studio-services-apt.lock"
+    flock "$apt_lock"
+    mapfile -t need < <(services_apt_missing "$@")
+    if ((${#need[@]})); then
+      echo "== installing ${need[*]} (apt)" >&2
+      services_as_root apt-get update -q >/dev/null &&
+        services_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null ||
+        { echo "apt-get install ${need[*]} failed" >&2; flock -u "$apt_lock"; return 1; }
+    fi
+    flock -u "$apt_lock"
+    exec {apt_lock}>&-
   fi
   for s in "$@"; do
     case "$s" in

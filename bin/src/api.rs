@@ -5,6 +5,11 @@
 //! user may read ([`Readable`]): an unreadable blob answers exactly like a missing one
 //! (404). View readers are blocking (each holds its own runtime), so a few threads own
 //! one reader each and take the questions from a channel ([`ReaderPool`]).
+//!
+//! With `[redis]` configured, `GET /v1/blobs/{id}` reads through the Redis cache
+//! ([`BlobCache`]): per user, so one user's answer is never another's, and dropped by
+//! the view writer after each commit that changes the blob or its grants. Redis
+//! failing only costs the cache: the answer comes from the view store.
 
 use std::sync::Arc;
 
@@ -18,6 +23,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use studio_config::Config;
+use studio_connectors::cache::{BlobCache, CacheOptions, Lookup};
 use studio_connectors::readable::HistoryError;
 use studio_connectors::{Db, Readable, SinkError, ViewReader, open_reader};
 use uuid::Uuid;
@@ -31,6 +37,7 @@ pub struct ApiState {
     readers: ReaderPool,
     key: Arc<DecodingKey>,
     max_page: u32,
+    cache: Option<BlobCache>,
 }
 
 impl ApiState {
@@ -52,10 +59,21 @@ impl ApiState {
                  file or STUDIO_API__JWT_SECRET"
             );
         }
+        let cache = CacheOptions::from_config(&config.redis)
+            .map(BlobCache::open)
+            .transpose()?;
+        if let Some(cache) = &cache {
+            tracing::info!(
+                ttl = ?cache.options().ttl,
+                prefix = %cache.options().key_prefix,
+                "GET /v1/blobs/{{id}} reads through the Redis cache"
+            );
+        }
         Ok(ApiState {
             readers: ReaderPool::open(config, db, threads, lazy)?,
             key: Arc::new(DecodingKey::from_secret(config.api.jwt_secret.as_bytes())),
             max_page: config.api.max_page,
+            cache,
         })
     }
 }
@@ -144,12 +162,29 @@ async fn blob(
     State(s): State<ApiState>,
     User(user): User,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = blob_id(&id)?;
+    let lookup = match &s.cache {
+        Some(cache) => cache.lookup(user, id).await,
+        None => None,
+    };
+    if let Some(Lookup::Hit(answer)) = lookup {
+        return blob_answer(id, answer);
+    }
+    // Read after the lookup: the stamp it read is older than what the store shows.
     let found = s.readers.ask(move |r| r.readable_blob(user, id)).await??;
-    found
-        .map(|o| Json(Value::Object(o)))
-        .ok_or_else(|| not_found(id))
+    let answer = found.map(|o| Value::Object(o).to_string());
+    if let (Some(cache), Some(Lookup::Miss { stamp })) = (&s.cache, lookup) {
+        let (cache, answer) = (cache.clone(), answer.clone());
+        tokio::spawn(async move { cache.store(user, id, &stamp, answer.as_deref()).await });
+    }
+    blob_answer(id, answer)
+}
+
+/// The answer of `GET /v1/blobs/{id}`: the blob's JSON text, or 404.
+fn blob_answer(id: Uuid, answer: Option<String>) -> Result<Response, ApiError> {
+    let json = answer.ok_or_else(|| not_found(id))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 #[derive(Deserialize)]

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use studio_config::BusKind;
+use studio_config::{BusKind, Config};
 
 /// Studio: a stream-processing dataflow for event-sourced documents.
 #[derive(Debug, Parser)]
@@ -60,6 +60,24 @@ pub enum Command {
     Loadgen(LoadgenArgs),
 }
 
+/// The Redis cache of the query API, which view writers invalidate (`[redis]`).
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Redis for the query API's cache of GET /v1/blobs/{id}, which the view writer
+    /// invalidates after each commit [config: redis.url].
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    pub redis: Option<String>,
+}
+
+impl CacheArgs {
+    /// Applies the flag over the file and the environment.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(url) = &self.redis {
+            config.redis.url = url.clone();
+        }
+    }
+}
+
 /// `studio run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -89,6 +107,8 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout when stopping.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// `studio worker`.
@@ -195,6 +215,8 @@ pub struct ServeArgs {
     /// Reader threads, each with its own connection to the view store.
     #[arg(long, default_value_t = 4)]
     pub readers: usize,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// `studio query`.
@@ -310,6 +332,8 @@ pub struct ReplayArgs {
     /// [config: replay.store_records].
     #[arg(long)]
     pub store_records: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// `studio gen`.

@@ -66,7 +66,44 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         metrics::Unit::Seconds,
         "Per blob change committed: from reading its batch to committing it."
     );
+    describe_counter!(
+        "studio_api_cache_hits_total",
+        "GET /v1/blobs/{id} answered from the Redis cache."
+    );
+    describe_counter!(
+        "studio_api_cache_misses_total",
+        "GET /v1/blobs/{id} not in the Redis cache: answered from the view store, then cached."
+    );
+    describe_counter!(
+        "studio_api_cache_errors_total",
+        "Redis cache operations of the API that failed or timed out, by operation (lookup, store)."
+    );
+    describe_counter!(
+        "studio_api_cache_bypassed_total",
+        "GET /v1/blobs/{id} answered from the view store without asking Redis, in the pause after a cache error."
+    );
+    describe_counter!(
+        "studio_cache_invalidations_total",
+        "Blobs whose cached answers the view writer dropped after a commit."
+    );
+    describe_counter!(
+        "studio_cache_invalidation_errors_total",
+        "Commits after which the view writer could not reach Redis to invalidate."
+    );
     Ok(handle)
+}
+
+/// `GET /metrics`: the recorder's metrics in the Prometheus text format.
+pub fn metrics_router(metrics: PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || async move {
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                metrics.render(),
+            )
+        }),
+    )
 }
 
 /// Serves the endpoints on `listen` from a background thread, and the query API
@@ -81,23 +118,13 @@ pub fn serve(
         anyhow::anyhow!("cannot listen on {listen} for /metrics: {e} (set run.listen or --listen)")
     })?;
     listener.set_nonblocking(true)?;
-    let mut app = Router::new()
-        .route(
-            "/metrics",
-            get(move || async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    metrics.render(),
-                )
-            }),
-        )
-        .route(
-            "/healthz",
-            get(move || async move {
-                let (status, body) = health(&control);
-                (status, [(header::CONTENT_TYPE, "application/json")], body)
-            }),
-        );
+    let mut app = metrics_router(metrics).route(
+        "/healthz",
+        get(move || async move {
+            let (status, body) = health(&control);
+            (status, [(header::CONTENT_TYPE, "application/json")], body)
+        }),
+    );
     let what = match api {
         Some(state) => {
             app = app.merge(crate::api::router(state));

@@ -26,39 +26,42 @@ fn blob(n: u32) -> String {
     format!("0000000b-0000-4000-8000-{n:012x}")
 }
 
-fn log() -> String {
-    let mut lines = Vec::new();
-    let mut id = 0;
-    let mut push = |fields: Value| {
-        id += 1;
-        let mut f = fields;
-        f["id"] = json!(format!("0000000d-0000-4000-8000-{id:012x}"));
-        f["created_at"] = json!(format!("2026-01-01T00:00:{:02}Z", id % 60));
-        lines.push(f.to_string());
-    };
+/// One JSON line of the log, numbered `n` (its id and `created_at` follow from `n`).
+fn record(n: u32, mut fields: Value) -> String {
+    fields["id"] = json!(format!("0000000d-0000-4000-8000-{n:012x}"));
+    fields["created_at"] = json!(format!("2026-01-01T00:00:{:02}Z", n % 60));
+    fields.to_string()
+}
+
+fn log_records() -> Vec<String> {
+    let mut fields = Vec::new();
     for b in 1..=5 {
-        push(
+        fields.push(
             json!({"blob_id": blob(b), "user_id": user(A), "operation": "create", "version": 1,
             "patch": {"content": format!("blob {b}")}}),
         );
     }
-    push(
+    fields.push(
         json!({"blob_id": blob(1), "user_id": user(A), "operation": "update", "version": 2,
         "patch": {"content": "second"}}),
     );
-    push(
+    fields.push(
         json!({"blob_id": blob(1), "user_id": user(A), "operation": "update", "version": 3,
         "patch": {"content": "third"}}),
     );
-    push(
+    fields.push(
         json!({"blob_id": blob(6), "user_id": user(A), "operation": "create", "version": 1,
         "parent_id": blob(1), "patch": {"content": "derived"}}),
     );
-    push(
+    fields.push(
         json!({"kind": "grant", "blob_id": blob(1), "user_id": user(B), "permission": "read",
         "granted_by": user(A)}),
     );
-    lines.join("\n") + "\n"
+    (1..).zip(fields).map(|(n, f)| record(n, f)).collect()
+}
+
+fn log() -> String {
+    log_records().join("\n") + "\n"
 }
 
 fn studio() -> Command {
@@ -84,7 +87,7 @@ fn replay(dir: &Path) -> String {
     db
 }
 
-/// A `studio serve` process on a free port; killed on drop.
+/// A `studio serve` (or `studio run`) process; killed on drop.
 struct Server {
     child: Child,
     base: String,
@@ -92,6 +95,11 @@ struct Server {
 
 impl Server {
     fn start(db: &str) -> Server {
+        Server::start_with(db, &[])
+    }
+
+    /// `studio serve` on a free port, with more `STUDIO_*` variables.
+    fn start_with(db: &str, env: &[(&str, String)]) -> Server {
         let mut child = studio()
             .args([
                 "serve",
@@ -103,6 +111,7 @@ impl Server {
                 "2",
             ])
             .env("STUDIO_API__JWT_SECRET", SECRET)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -116,6 +125,20 @@ impl Server {
         };
         std::thread::spawn(move || lines.for_each(drop));
         Server { child, base }
+    }
+
+    /// The value of a counter on `/metrics` (0 when not yet counted).
+    fn counter(&self, name: &str) -> u64 {
+        let text = Client::new()
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
     }
 }
 
@@ -323,4 +346,364 @@ fn query_as_a_user_sees_only_readable_blobs() {
     let out = ask(B, &["blobs"]);
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------
+// The Redis cache of GET /v1/blobs/{id} (issue 17, docs/access.md "The Redis cache"),
+// against a real redis-server (`REDIS_URL`, or one started for the run; a test that
+// stops Redis starts one of its own). Each test has a key prefix of its own.
+
+/// `[redis]` for a server process: the URL and a prefix of this test's own.
+fn cache_env(url: &str, prefix: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("STUDIO_REDIS__URL", url.to_owned()),
+        ("STUDIO_REDIS__KEY_PREFIX", prefix.to_owned()),
+    ]
+}
+
+/// A connection to look into Redis.
+fn redis_connection(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_connection()
+        .unwrap_or_else(|e| panic!("cannot connect to Redis at {url}: {e}"))
+}
+
+/// The cache's keys under `prefix` matching `pattern`, with their values.
+fn cached(url: &str, prefix: &str, pattern: &str) -> Vec<(String, String)> {
+    let mut c = redis_connection(url);
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:{pattern}"))
+        .query(&mut c)
+        .unwrap();
+    keys.sort();
+    keys.into_iter()
+        .map(|k| {
+            let v: String = redis::cmd("GET").arg(&k).query(&mut c).unwrap();
+            (k, v)
+        })
+        .collect()
+}
+
+/// Waits (up to a minute) until `done` holds; panics saying `what` otherwise.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after a minute: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Cached answers equal uncached ones, per user: an owner's, a reader's, a stranger's
+/// 404 and a missing blob's 404 are each cached under the asking user's own key, and
+/// none is served to another user. Then Redis stops: the API answers the same from the
+/// view store, and a replay (a view writer) still completes; Redis back, caching
+/// resumes.
+#[test]
+fn the_cache_answers_as_the_store_per_user_and_redis_down_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = replay(dir.path());
+    let mut redis = studio_tests::services::OwnServices::start(&["redis"]);
+    let url = redis.var("REDIS_URL");
+    let prefix = studio_tests::services::unique_name("api");
+    let cachedserver = Server::start_with(&db, &cache_env(&url, &prefix));
+    let plain = Server::start(&db);
+    let questions = [
+        (A, blob(1)),
+        (C, blob(1)), // after A's answer is cached: C must still get 404
+        (B, blob(1)),
+        (B, blob(6)),
+        (A, blob(6)),
+        (C, blob(99)),
+    ];
+    let ask_all = |s: &Server| -> Vec<(StatusCode, Value)> {
+        questions
+            .iter()
+            .map(|(u, b)| as_user(s, *u, &format!("/v1/blobs/{b}")))
+            .collect()
+    };
+    let uncached = ask_all(&plain);
+    assert_eq!(uncached[0].0, StatusCode::OK);
+    assert_eq!(uncached[1].0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        ask_all(&cachedserver),
+        uncached,
+        "the first answers (misses)"
+    );
+    // The entries are stored after the answers (in the background): wait for all six.
+    wait_for("six cached answers", || {
+        cached(&url, &prefix, "blob:*").len() == questions.len()
+    });
+    let hits = cachedserver.counter("studio_api_cache_hits_total");
+    assert_eq!(ask_all(&cachedserver), uncached, "the cached answers");
+    assert_eq!(
+        cachedserver.counter("studio_api_cache_hits_total") - hits,
+        questions.len() as u64,
+        "every second answer came from Redis"
+    );
+    // One key per user and blob: A's answer is under A's key, C's under C's ("": 404).
+    let entries = cached(&url, &prefix, "blob:*");
+    let entry = |u: u32, b: u32| -> String {
+        let head = format!("{prefix}:blob:{}:{}:g", user(u), blob(b));
+        let found: Vec<&String> = entries
+            .iter()
+            .filter(|(k, _)| k.starts_with(&head))
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one entry for user {u}, blob {b}: {entries:?}"
+        );
+        found[0].clone()
+    };
+    let a1: Value = serde_json::from_str(&entry(A, 1)).unwrap();
+    assert_eq!(a1, uncached[0].1);
+    assert_eq!(
+        entry(C, 1),
+        "",
+        "the stranger's entry is a 404, not A's blob"
+    );
+    assert_eq!(entry(B, 6), "", "B may read 1, not 6");
+
+    // Redis stops: the same answers, from the view store; the failures are counted.
+    redis.stop(&["redis"]);
+    assert_eq!(ask_all(&cachedserver), uncached, "Redis down");
+    assert!(cachedserver.counter("studio_api_cache_errors_total") >= 1);
+    // A view writer does not stop either: a replay invalidating into a dead Redis.
+    let out = studio()
+        .args(["replay", dir.path().join("log.jsonl").to_str().unwrap()])
+        .args(["--db", dir.path().join("again.sqlite").to_str().unwrap()])
+        .args(["--no-progress", "--redis", &url])
+        .env("STUDIO_REDIS__KEY_PREFIX", &prefix)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot invalidate the Redis cache"),
+        "{stderr}"
+    );
+
+    // Redis back (empty: it keeps nothing): answers are cached again.
+    redis.restart(&["redis"]);
+    assert_eq!(cached(&url, &prefix, "blob:*"), vec![]);
+    wait_for("answers cached again once Redis is back", || {
+        assert_eq!(ask_all(&cachedserver), uncached, "Redis back");
+        cached(&url, &prefix, "blob:*").len() == questions.len()
+    });
+}
+
+/// `studio run` over NATS, on a stream of its own holding this file's log, with the
+/// cache at `redis_url` (key prefix `prefix`), and its API on a free port.
+struct CachedService {
+    server: Server,
+    nats: studio_config::NatsConfig,
+    prefix: String,
+    _dir: tempfile::TempDir,
+}
+
+impl CachedService {
+    fn start(redis_url: &str) -> CachedService {
+        let prefix = studio_tests::services::unique_name("cache").replace(['-', '.'], "_");
+        let mut nats = studio_config::Config::default().nats;
+        nats.url = studio_tests::services::service_env("NATS_URL");
+        nats.stream = format!("IN_{prefix}");
+        nats.output_stream = format!("OUT_{prefix}");
+        nats.durable = format!("d_{prefix}");
+        nats.subjects.deltas = format!("{prefix}.deltas");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = studio()
+            .args([
+                "run",
+                "--db",
+                dir.path().join("run.sqlite").to_str().unwrap(),
+            ])
+            .args(["--source", "nats", "--url", &nats.url])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("STUDIO_API__JWT_SECRET", SECRET)
+            .env("STUDIO_RUN__PUBLISH", "[]")
+            .env("STUDIO_NATS__STREAM", &nats.stream)
+            .env("STUDIO_NATS__OUTPUT_STREAM", &nats.output_stream)
+            .env("STUDIO_NATS__DURABLE", &nats.durable)
+            .env("STUDIO_NATS__SUBJECTS__DELTAS", &nats.subjects.deltas)
+            .envs(cache_env(redis_url, &prefix))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let service = CachedService {
+            server: Server {
+                child,
+                base: format!("http://127.0.0.1:{port}"),
+            },
+            nats,
+            prefix,
+            _dir: dir,
+        };
+        service.publish(&log_records());
+        wait_for("the log applied", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && service.version(B, 1) == Some(3)
+        });
+        service
+    }
+
+    /// Publishes `lines` to the service's input.
+    fn publish(&self, lines: &[String]) {
+        use studio_connectors::nats::NatsPublisher;
+        use studio_connectors::{OutputStream, RecordPublisher};
+        let mut publisher = NatsPublisher::open(&self.nats, &[OutputStream::Deltas]).unwrap();
+        for line in lines {
+            publisher
+                .publish(OutputStream::Deltas, b"", line.as_bytes())
+                .unwrap();
+        }
+        publisher.flush(std::time::Duration::from_secs(30)).unwrap();
+    }
+
+    /// The version of blob `b` that user `u` is answered; `None`: 404.
+    fn version(&self, u: u32, b: u32) -> Option<u64> {
+        let (status, body) = as_user(&self.server, u, &format!("/v1/blobs/{}", blob(b)));
+        (status == StatusCode::OK).then(|| body["version"].as_u64().unwrap())
+    }
+
+    /// A counter of the cache in Redis at `redis_url` (`epoch`, `gen:BLOB_ID`).
+    fn redis_counter(&self, redis_url: &str, key: &str) -> Option<u64> {
+        redis::cmd("GET")
+            .arg(format!("{}:{key}", self.prefix))
+            .query(&mut redis_connection(redis_url))
+            .unwrap()
+    }
+
+    /// Waits until asking `u` for blob `b` again is a cache hit.
+    fn wait_until_cached(&self, u: u32, b: u32) {
+        wait_for("an answer cached", || {
+            let hits = self.server.counter("studio_api_cache_hits_total");
+            self.version(u, b);
+            self.server.counter("studio_api_cache_hits_total") - hits == 1
+        });
+    }
+}
+
+/// `studio run` over NATS with the cache: a cached answer is replaced after the commit
+/// of an update, of a revoke (the reader gets 404) and of a grant (a cached 404
+/// becomes the blob). The test waits until the writer has bumped the blob's
+/// generation, which it does only after its commit; from then on the API must answer
+/// the new state, at once, with no retry.
+#[test]
+fn the_service_invalidates_cached_answers_after_its_commits() {
+    let redis_url = studio_tests::services::service_env("REDIS_URL");
+    let svc = CachedService::start(&redis_url);
+    let s = &svc.server;
+    let publish = |lines: &[String]| svc.publish(lines);
+    let one = format!("/v1/blobs/{}", blob(1));
+    let version = |u: u32| svc.version(u, 1);
+    let generation = || svc.redis_counter(&redis_url, &format!("gen:{}", blob(1)));
+    // Cached: asked again, both answers are hits.
+    svc.wait_until_cached(A, 1);
+    svc.wait_until_cached(B, 1);
+    assert_eq!((version(A), version(B)), (Some(3), Some(3)));
+
+    // Publishes `fields` and waits until the writer has invalidated blob `b`, reading
+    // as `u` meanwhile: answers may be old until then, never after.
+    let mut n = 100;
+    let mut change = |fields: Value, b: u32, u: u32| {
+        let bump_key = format!("gen:{}", blob(b));
+        let before = svc.redis_counter(&redis_url, &bump_key);
+        n += 1;
+        publish(&[record(n, fields)]);
+        wait_for("the writer's invalidation", || {
+            svc.version(u, b); // keeps the old answer cached until the bump
+            svc.redis_counter(&redis_url, &bump_key) != before
+        });
+    };
+
+    // An update: the new version for both, at once.
+    change(
+        json!({"blob_id": blob(1), "user_id": user(A), "operation": "update", "version": 4,
+        "patch": {"content": "fourth"}}),
+        1,
+        B,
+    );
+    assert_eq!(version(B), Some(4), "B's cached version 3 was dropped");
+    assert_eq!(version(A), Some(4), "A's cached version 3 was dropped");
+    assert_eq!(as_user(s, A, &one).1["doc"], json!({"content": "fourth"}));
+
+    // A revoke: B's cached blob becomes a 404, A keeps reading it.
+    assert!(generation().is_some());
+    change(
+        json!({"kind": "revoke", "blob_id": blob(1), "user_id": user(B), "permission": "read",
+        "granted_by": user(A)}),
+        1,
+        B,
+    );
+    assert_eq!(version(B), None, "B lost read: 404 after the commit");
+    assert_eq!(version(A), Some(4));
+
+    // A grant: C's cached 404 on blob 2 becomes the blob.
+    let two = format!("/v1/blobs/{}", blob(2));
+    assert_eq!(svc.version(C, 2), None);
+    svc.wait_until_cached(C, 2);
+    change(
+        json!({"kind": "grant", "blob_id": blob(2), "user_id": user(C), "permission": "read",
+        "granted_by": user(A)}),
+        2,
+        C,
+    );
+    let (status, body) = as_user(s, C, &two);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["doc"], json!({"content": "blob 2"}));
+    assert!(s.counter("studio_cache_invalidations_total") >= 3);
+}
+
+/// The writer cannot reach Redis (a network cut, Redis itself keeps its entries):
+/// the API answers from the view store meanwhile, the writer's commit stands and its
+/// failed invalidation is counted; once Redis is reachable again the writer drops
+/// every cached answer (bumps the epoch), after which no stale answer is served.
+#[test]
+fn a_writer_cut_off_from_redis_drops_every_cached_answer_once_back() {
+    let redis_url = studio_tests::services::service_env("REDIS_URL");
+    let proxy =
+        studio_tests::services::FlakyProxy::start(studio_tests::services::host_port(&redis_url));
+    let svc = CachedService::start(&format!("redis://{}", proxy.addr()));
+    svc.wait_until_cached(B, 1);
+    let epoch = svc.redis_counter(&redis_url, "epoch");
+    assert!(epoch.is_some());
+    let generation_key = format!("gen:{}", blob(1));
+    let generation = svc.redis_counter(&redis_url, &generation_key);
+
+    proxy.cut();
+    svc.publish(&[record(
+        100,
+        json!({"blob_id": blob(1), "user_id": user(A), "operation": "update", "version": 4,
+        "patch": {"content": "fourth"}}),
+    )]);
+    // Redis out of reach: answered from the store, so the commit shows at once.
+    wait_for("the update committed, answered from the store", || {
+        svc.version(B, 1) == Some(4)
+    });
+    wait_for("the failed invalidation counted", || {
+        svc.server.counter("studio_cache_invalidation_errors_total") >= 1
+    });
+    assert_eq!(
+        svc.redis_counter(&redis_url, &generation_key),
+        generation,
+        "the invalidation did not reach Redis: B's version 3 is still under its stamp"
+    );
+
+    proxy.restore();
+    wait_for("the writer's epoch bump once Redis is back", || {
+        svc.redis_counter(&redis_url, "epoch") != epoch
+    });
+    assert_eq!(svc.version(B, 1), Some(4), "B's cached version 3 is gone");
+    assert_eq!(svc.version(A, 1), Some(4));
 }

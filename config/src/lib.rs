@@ -53,6 +53,9 @@ pub struct Config {
     pub retry: RetryConfig,
     /// The query API (`studio serve`, and `studio run`'s listener).
     pub api: ApiConfig,
+    /// The Redis cache in front of `GET /v1/blobs/{id}`, and its invalidation by the
+    /// view writer.
+    pub redis: RedisConfig,
     /// Traces exported over OTLP.
     pub telemetry: TelemetryConfig,
 }
@@ -69,6 +72,53 @@ pub struct TelemetryConfig {
     /// Also export a span per delta applied (`delta.apply`): one per delta, so off by
     /// default on a busy service.
     pub delta_spans: bool,
+}
+
+/// The Redis read-through cache of the query API (docs/access.md, "The Redis cache").
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://HOST:PORT[/DB]`; empty: no cache, and writers invalidate nothing.
+    pub url: String,
+    /// How long a cached answer lives, seconds (>= 1): the bound on staleness when an
+    /// invalidation could not reach Redis.
+    pub ttl_seconds: u64,
+    /// The first part of every key (`PREFIX:blob:...`), so that deployments can share
+    /// a server.
+    pub key_prefix: String,
+    /// How long one cache operation may take before the API answers from the view
+    /// store instead (and the writer gives up on an invalidation), ms (>= 1).
+    pub timeout_ms: u64,
+    /// After a failed cache operation, the API leaves Redis alone this long, ms.
+    pub retry_after_ms: u64,
+    /// Answers larger than this are not cached, bytes.
+    pub max_entry_bytes: u64,
+}
+
+impl RedisConfig {
+    /// True when a cache is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: show only whether it is set.
+        let url = if self.url.is_empty() {
+            "(unset)"
+        } else {
+            "(set)"
+        };
+        f.debug_struct("RedisConfig")
+            .field("url", &url)
+            .field("ttl_seconds", &self.ttl_seconds)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("retry_after_ms", &self.retry_after_ms)
+            .field("max_entry_bytes", &self.max_entry_bytes)
+            .finish()
+    }
 }
 
 /// The query API: bearer tokens and pages (docs/access.md).
@@ -525,6 +575,8 @@ impl Config {
             ("s3.timeout_secs", self.s3.timeout_secs),
             ("retry.initial_delay_ms", self.retry.initial_delay_ms),
             ("api.max_page", self.api.max_page as u64),
+            ("redis.ttl_seconds", self.redis.ttl_seconds),
+            ("redis.timeout_ms", self.redis.timeout_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::OutOfRange(format!(
@@ -804,6 +856,36 @@ mod tests {
         assert_eq!(p["id"], "g");
         assert_eq!(p["timeout_ms"], 5);
         assert_eq!(p["processing_rules"]["max_input_size"], 10);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
+    fn redis_section_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("studio.toml");
+        std::fs::write(
+            &file,
+            "[redis]\nurl = \"redis://file:1\"\nttl_seconds = 60\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            let d = Config::default();
+            assert!(!d.redis.enabled(), "no cache unless configured");
+            assert_eq!(d.redis.ttl_seconds, 300, "the seed's TTL");
+            jail.set_env("STUDIO_REDIS__URL", "redis://env:2");
+            let c = Config::load(Some(&file)).unwrap();
+            assert_eq!(c.redis.url, "redis://env:2", "env over file");
+            assert_eq!(c.redis.ttl_seconds, 60, "file over defaults");
+            assert_eq!(c.redis.key_prefix, "studio");
+            assert!(
+                !format!("{:?}", c.redis).contains("env:2"),
+                "the URL is not logged"
+            );
+            Ok(())
+        });
+        std::fs::write(&file, "[redis]\nttl_seconds = 0\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("redis.ttl_seconds"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! [`RecordPublisher`].
 //! | [`postgres`] | `postgres` | the Postgres view store and delta store |
 //! | [`content`] | (`s3` for S3) | how documents are stored: JSON, LZ4, or a large store |
+//! | `cache` | `redis` | the query API's Redis cache, invalidated by the view writers |
 //!
 //! [`open`] holds one factory per store and bus ([`open_view_store`], [`open_reader`],
 //! [`open_source`], [`open_publisher`]): the binary calls them instead of building the
@@ -36,6 +37,8 @@ use std::time::Duration;
 
 use studio_model::{Checkpoint, SourcePos, ViewBatch};
 
+#[cfg(feature = "redis")]
+pub mod cache;
 pub mod content;
 #[cfg(feature = "file")]
 pub mod file;

@@ -198,7 +198,7 @@ pub fn open_view_store(
         context: context.clone(),
         source,
     };
-    match db {
+    let sink: Result<Box<dyn ViewSink + Send>, OpenError> = match db {
         #[cfg(feature = "sqlite")]
         Db::Sqlite(path) => Ok(Box::new(
             crate::sqlite::SqliteViews::open(&crate::sqlite::SqliteOptions {
@@ -227,6 +227,29 @@ pub fn open_view_store(
             let _ = (content, retry, mode, store);
             Err(store_feature_off(db))
         }
+    };
+    with_cache_invalidation(config, sink?)
+}
+
+/// `sink`, invalidating the Redis cache after each commit when `[redis]` is configured.
+fn with_cache_invalidation(
+    config: &Config,
+    sink: Box<dyn ViewSink + Send>,
+) -> Result<Box<dyn ViewSink + Send>, OpenError> {
+    if !config.redis.enabled() {
+        return Ok(sink);
+    }
+    #[cfg(feature = "redis")]
+    {
+        let options = crate::cache::CacheOptions::from_config(&config.redis).expect("enabled");
+        let sink = crate::cache::InvalidatingSink::wrap(sink, options)
+            .map_err(|e| OpenError::Invalid(e.to_string()))?;
+        Ok(Box::new(sink))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = sink;
+        Err(feature_off("redis.url (the Redis cache)", "redis"))
     }
 }
 

@@ -27,6 +27,7 @@ pub fn run(config_file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
         config.replay.batch_records = batch;
     }
     config.replay.store_records |= args.store_records;
+    args.cache.apply(&mut config);
     config.validate()?;
 
     for log in &args.logs {

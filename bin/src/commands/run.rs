@@ -97,6 +97,7 @@ fn apply_flags(config: &mut Config, args: &RunArgs) {
     if let Some(url) = &args.url {
         config.nats.url = url.clone();
     }
+    args.cache.apply(config);
 }
 
 fn print_summary(report: &RunReport) {

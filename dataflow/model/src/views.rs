@@ -543,6 +543,20 @@ pub struct RequestChanges<'a> {
 }
 
 impl ViewBatch {
+    /// The blobs whose answer to a reader this batch may change: their `blobs` row
+    /// (document, version, deletion) or their grants (who may read them), sorted and
+    /// unique. A cache of per-blob answers drops exactly these after the commit.
+    pub fn blobs_changed_for_readers(&self) -> Vec<Uuid> {
+        let mut blobs: Vec<Uuid> = (self.blobs.upserts.iter().map(|row| row.blob_id))
+            .chain(self.blobs.deletes.iter().copied())
+            .chain(self.grants.upserts.iter().map(|row| row.blob_id))
+            .chain(self.grants.deletes.iter().map(|key| key.0))
+            .collect();
+        blobs.sort_unstable();
+        blobs.dedup();
+        blobs
+    }
+
     /// The net change of each request the batch touched, in log order: a `+1` leaves
     /// it pending, a `-1` alone supersedes it.
     pub fn request_changes(&self) -> RequestChanges<'_> {
@@ -580,5 +594,27 @@ impl ViewBatch {
             .flat_map(EventRow::of_applied)
             .chain(self.processing.iter().map(EventRow::of_processing))
             .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::{GrantKey, Permission};
+
+    /// What a cache of per-blob answers must drop: blobs whose row or grants changed,
+    /// each once, whatever else the batch holds.
+    #[test]
+    fn blobs_changed_for_readers_are_rows_and_grants_once_each() {
+        let id = Uuid::from_u128;
+        let mut batch = ViewBatch::default();
+        batch.blobs.deletes = vec![id(3), id(1)];
+        batch.grants.deletes = vec![
+            GrantKey(id(2), id(9), Permission::Read),
+            GrantKey(id(1), id(9), Permission::Write),
+        ];
+        batch.depth.deletes = vec![id(7)];
+        assert_eq!(batch.blobs_changed_for_readers(), vec![id(1), id(2), id(3)]);
+        assert!(ViewBatch::default().blobs_changed_for_readers().is_empty());
     }
 }

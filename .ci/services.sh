@@ -263,7 +263,7 @@ services_stop() { # DIR [SERVICE...]: stop by pid (all running in DIR by default
   local dir="$1" s
   shift
   local which=("$@") killers=()
-  ((${#which[@]})) || which=(kafka nats postgres s3 redis)
+  ((${#which[@]})) || which=(kafka nats postgres s3 redis otlp)
   for s in "${which[@]}"; do
     [ -f "$dir/$s.pid" ] || continue
     if [ "$s" = postgres ] && [ -f "$dir/pgbin" ]; then

@@ -4,7 +4,6 @@
 //! that every blob's deltas share a partition in version order.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;

@@ -61,7 +61,13 @@ pub fn init(format: LogFormat, verbose: u8, service: bool, traces: &TelemetryCon
             .with_tracer(provider.tracer("studio"))
             .with_filter(targets)
     });
-    tracing_subscriber::registry().with(logs).with(spans).init();
+    // Without traces there is no span layer at all: an absent (`None`) layer would
+    // enable every callsite, the per-delta spans included.
+    let subscriber = tracing_subscriber::registry().with(logs);
+    match spans {
+        Some(spans) => subscriber.with(spans).init(),
+        None => subscriber.init(),
+    }
     if let Some(e) = export_error {
         tracing::warn!("traces are not exported: {e} (check telemetry.otlp_endpoint)");
     }

@@ -29,16 +29,30 @@ SERVICES_SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BAS
 SERVICES_DEFAULT=(kafka nats postgres s3 redis)
 
 services_free_port() { # preferred port (0: any), or any free one when it is taken
+  # Not from the kernel's ephemeral range: a service restarted on its port (the restart
+  # tests) must find it free, and outgoing connections take their source ports there.
   python3 - "$1" <<'PY'
-import socket, sys
-p = int(sys.argv[1])
-s = socket.socket()
+import random, socket, sys
+def free(port):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        return s.getsockname()[1]
+    except OSError:
+        return None
+    finally:
+        s.close()
 try:
-    s.bind(("127.0.0.1", p))
-except OSError:
-    s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    low = 32768
+preferred = int(sys.argv[1])
+port = free(preferred) if preferred else None
+for _ in range(500):
+    if port:
+        break
+    port = free(random.randrange(10000, max(low, 10001)))
+print(port or free(0))
 PY
 }
 
